@@ -1,0 +1,193 @@
+"""The one exception tree of popvault.
+
+Every error popvault raises on purpose is a :class:`PopvaultError`. Foreign
+exceptions (``OSError``, ``ssl.SSLError``, SQLAlchemy's) are mapped once, where
+they arise, into one of these; callers never see the foreign type.
+
+::
+
+    PopvaultError
+     +-- ConfigError(file, account, key)              exit status 2
+     +-- Pop3Error(account)
+     |    +-- TransportError
+     |    |    +-- ConnectError
+     |    |    +-- Pop3Timeout
+     |    |    +-- ReadError
+     |    |    +-- WriteError
+     |    |    +-- TLSError
+     |    +-- ProtocolError
+     |    |    +-- RemoteProtocolError                the server broke the RFC
+     |    |    +-- LocalProtocolError                 our own misuse of the protocol
+     |    +-- ServerError(code, text)                  the server said -ERR
+     |    |    +-- AuthError           [AUTH], or any refused login
+     |    |    +-- InUseError          [IN-USE]       (RFC 2449 section 8.1.1)
+     |    |    +-- LoginDelayError     [LOGIN-DELAY]  (RFC 2449 section 8.1.2)
+     |    |    +-- TemporaryError      [SYS/TEMP]     (RFC 3206 section 4)
+     |    +-- SecurityPolicyError                      we refused to go on (no STLS, plaintext)
+     +-- StoreError                                    disk full, read-only, permissions
+     +-- LedgerError
+          +-- DatabaseUnavailable
+          +-- SchemaMismatch
+
+This module imports nothing from popvault, so that every other module may
+import it.
+"""
+
+from __future__ import annotations
+
+
+class PopvaultError(Exception):
+    """Base of every error popvault raises on purpose."""
+
+
+class ConfigError(PopvaultError):
+    """The configuration is unreadable or invalid.
+
+    ``file``, ``account`` and ``key`` say where, as far as they are known, so
+    that the message points the user at the line to fix.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        account: str | None = None,
+        key: str | None = None,
+    ) -> None:
+        self.message = message
+        self.file = file
+        self.account = account
+        self.key = key
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        where = []
+        if self.file is not None:
+            where.append(str(self.file))
+        if self.account is not None:
+            where.append(f"account {self.account!r}")
+        if self.key is not None:
+            where.append(f"key {self.key!r}")
+        prefix = ", ".join(where)
+        return f"{prefix}: {self.message}" if prefix else self.message
+
+
+class Pop3Error(PopvaultError):
+    """Anything that went wrong talking POP3 to one account's server.
+
+    ``account`` is filled in by the client (which knows the account name),
+    not by the sans-IO core (which does not).
+    """
+
+    def __init__(self, message: str, *, account: str | None = None) -> None:
+        self.message = message
+        self.account = account
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        if self.account is not None:
+            return f"account {self.account!r}: {self.message}"
+        return self.message
+
+
+class TransportError(Pop3Error):
+    """The connection failed: network, DNS, TLS or a timeout."""
+
+
+class ConnectError(TransportError):
+    """The TCP connection could not be made (refused, unreachable, DNS)."""
+
+
+class Pop3Timeout(TransportError):
+    """The server did not answer within the configured timeout."""
+
+
+class ReadError(TransportError):
+    """Reading from the connection failed or the server closed it early."""
+
+
+class WriteError(TransportError):
+    """Writing to the connection failed."""
+
+
+class TLSError(TransportError):
+    """The TLS handshake failed, including certificate verification."""
+
+
+class ProtocolError(Pop3Error):
+    """The POP3 conversation broke its rules."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The server sent something RFC 1939 does not allow."""
+
+
+class LocalProtocolError(ProtocolError):
+    """popvault tried to do something the protocol state does not allow."""
+
+
+class SecurityPolicyError(Pop3Error):
+    """popvault refused to continue because that would weaken security.
+
+    For example ``security = "starttls"`` against a server without STLS, or a
+    password over a plain connection without ``allow_plaintext = true``.
+    """
+
+
+class ServerError(Pop3Error):
+    """The server answered ``-ERR``.
+
+    ``code`` is the RFC 2449 extended response code (``"IN-USE"``,
+    ``"SYS/TEMP"``, ...) or ``None``; ``text`` is what the server said.
+    """
+
+    def __init__(
+        self,
+        text: str,
+        *,
+        code: str | None = None,
+        command: str | None = None,
+        account: str | None = None,
+    ) -> None:
+        self.text = text
+        self.code = code
+        self.command = command
+        said = f"[{code}] {text}" if code else text
+        where = f"{command}: " if command else ""
+        super().__init__(f"{where}server said -ERR {said}".rstrip(), account=account)
+
+
+class AuthError(ServerError):
+    """The server refused the credentials ([AUTH], or a plain -ERR on login)."""
+
+
+class InUseError(ServerError):
+    """The mailbox is locked by another session ([IN-USE])."""
+
+
+class LoginDelayError(ServerError):
+    """Logged in again too soon ([LOGIN-DELAY])."""
+
+
+class TemporaryError(ServerError):
+    """A temporary server-side failure ([SYS/TEMP])."""
+
+
+class StoreError(PopvaultError):
+    """Writing or reading the archive on disk failed."""
+
+
+class LedgerError(PopvaultError):
+    """The ledger database failed."""
+
+
+class DatabaseUnavailable(LedgerError):
+    """The ledger database cannot be reached, or is locked past the timeout."""
+
+
+class SchemaMismatch(LedgerError):
+    """The ledger's schema is not the one this popvault expects.
+
+    The message names the command to run (``popvault db upgrade``).
+    """
