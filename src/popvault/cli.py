@@ -1,0 +1,264 @@
+"""The ``popvault`` command: argument parsing, exit codes, output.
+
+Exit status: 0 when every account succeeded, 1 when any failed, 2 for a usage
+or configuration error. Heavy modules (SQLAlchemy, ssl, pydantic) are imported
+inside the command functions so that ``popvault --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from popvault import __version__
+from popvault.humanize import human_size
+
+if TYPE_CHECKING:
+    from popvault.config import Config
+    from popvault.ledger import Ledger
+    from popvault.sync import RunResult
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+log = logging.getLogger("popvault")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every command (also used by the docs test)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="config file (default: $POPVAULT_CONFIG, else ~/.config/popvault/config.toml)",
+    )
+    common.add_argument(
+        "--log-level",
+        default=argparse.SUPPRESS,
+        choices=["debug", "info", "warning", "error"],
+        help="how much to log on standard error (default: warning)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="popvault",
+        description="Incremental POP3 mailbox archiver.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"popvault {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run", parents=[common], help="archive new messages of every account, once"
+    )
+    run.add_argument(
+        "--account",
+        action="append",
+        metavar="NAME",
+        help="only this account (repeat for several)",
+    )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list what would be downloaded; change nothing",
+    )
+    run.set_defaults(func=cmd_run)
+
+    status = commands.add_parser("status", parents=[common], help="show each account's state")
+    status.add_argument("--json", action="store_true", help="print JSON for scripts")
+    status.set_defaults(func=cmd_status)
+
+    demo = commands.add_parser(
+        "demo", parents=[common], help="archive a bundled fake mailbox, to see popvault work"
+    )
+    demo.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="folder for the demo's config, ledger and archive (default: a new temp folder)",
+    )
+    demo.add_argument("--messages", type=int, default=36, help="how many sample messages")
+    demo.set_defaults(func=cmd_demo)
+
+    db = commands.add_parser("db", parents=[common], help="ledger database maintenance")
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
+    upgrade = db_commands.add_parser(
+        "upgrade", parents=[common], help="apply the ledger's schema migrations"
+    )
+    upgrade.set_defaults(func=cmd_db_upgrade)
+    check = db_commands.add_parser(
+        "check", parents=[common], help="exit 1 unless the ledger's schema is current"
+    )
+    check.set_defaults(func=cmd_db_check)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``popvault`` console script."""
+    args = build_parser().parse_args(argv)
+    _setup_logging(getattr(args, "log_level", "warning"))
+    from popvault.errors import ConfigError, LedgerError, PopvaultError
+
+    try:
+        status: int = args.func(args)
+    except ConfigError as exc:
+        print(f"popvault: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except LedgerError as exc:
+        print(f"popvault: ledger error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except PopvaultError as exc:
+        print(f"popvault: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("popvault: interrupted", file=sys.stderr)
+        return 130
+    return status
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _load_config(args: argparse.Namespace) -> Config:
+    from popvault import config
+
+    return config.load(getattr(args, "config", None))
+
+
+def _open_ledger(cfg: Config) -> Ledger:
+    from popvault.ledger import Ledger
+
+    return Ledger.open(cfg.ledger_url, upgrade=True)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``popvault run``: one pass over the (selected) accounts."""
+    from popvault.sync import sync_accounts
+
+    cfg = _load_config(args)
+    accounts = [cfg.account(name) for name in args.account] if args.account else list(cfg.accounts)
+    if not accounts:
+        print(f"popvault: no accounts in {cfg.file}", file=sys.stderr)
+        return EXIT_USAGE
+    progress = _TerminalProgress() if sys.stderr.isatty() else None
+    with _open_ledger(cfg) as ledger:
+        results = sync_accounts(cfg, accounts, ledger, dry_run=args.dry_run, progress=progress)
+    if progress is not None:
+        progress.close()
+    _print_summary(results, dry_run=args.dry_run)
+    return EXIT_OK if all(result.ok for result in results) else EXIT_FAILED
+
+
+def _print_summary(results: Sequence[RunResult], *, dry_run: bool) -> None:
+    for result in results:
+        if dry_run:
+            _print_dry_run(result)
+        elif result.ok:
+            extra = f", recovered {result.recovered}" if result.recovered else ""
+            print(
+                f"{result.account}: ok, {result.messages} new message(s), "
+                f"{human_size(result.octets)}, {result.on_server} on server{extra}"
+            )
+        else:
+            print(
+                f"{result.account}: FAILED after {result.messages} new message(s): {result.error}"
+            )
+    failed = sum(1 for result in results if not result.ok)
+    print(f"{len(results)} account(s), {failed} failed")
+
+
+def _print_dry_run(result: RunResult) -> None:
+    if not result.ok:
+        print(f"{result.account}: FAILED: {result.error}")
+        return
+    octets = sum(message.size for message in result.planned)
+    print(
+        f"{result.account}: would download {len(result.planned)} of {result.on_server} "
+        f"message(s), {human_size(octets)}; would delete 0 (retention: keep)"
+    )
+    for message in result.planned:
+        print(f"  download message {message.number} ({message.size} octets)")
+
+
+class _TerminalProgress:
+    """A one-line progress bar on standard error, redrawn in place."""
+
+    def __init__(self) -> None:
+        self._account = ""
+        self._total_messages = 0
+        self._total_octets = 0
+        self._done_messages = 0
+        self._done_octets = 0
+
+    def planned(self, account: str, messages: int, octets: int) -> None:
+        self._account = account
+        self._total_messages, self._total_octets = messages, octets
+        self._done_messages = self._done_octets = 0
+        self._draw()
+
+    def fetched(self, account: str, octets: int) -> None:
+        self._done_messages += 1
+        self._done_octets += octets
+        self._draw()
+
+    def _draw(self) -> None:
+        width = 30
+        share = self._done_octets / self._total_octets if self._total_octets else 1.0
+        filled = min(width, int(share * width))
+        bar = "#" * filled + "-" * (width - filled)
+        sys.stderr.write(
+            f"\r{self._account}: [{bar}] {self._done_messages}/{self._total_messages} "
+            f"{human_size(self._done_octets)}\x1b[K"
+        )
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        sys.stderr.write("\r\x1b[K")
+        sys.stderr.flush()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """``popvault status``: per account, what is archived and how the last run went."""
+    from popvault.status import account_statuses, render_json, render_table
+
+    cfg = _load_config(args)
+    with _open_ledger(cfg) as ledger:
+        rows = account_statuses(cfg, ledger)
+    print(render_json(rows) if args.json else render_table(rows))
+    return EXIT_OK
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    """``popvault db upgrade``: bring the ledger's schema up to date."""
+    from popvault.ledger import migrate
+
+    cfg = _load_config(args)
+    migrate.upgrade(cfg.ledger_url)
+    print(f"ledger schema is at {migrate.current(cfg.ledger_url)}")
+    return EXIT_OK
+
+
+def cmd_db_check(args: argparse.Namespace) -> int:
+    """``popvault db check``: 0 when the schema is current, 1 (with the fix) when not."""
+    from popvault.ledger import migrate
+
+    cfg = _load_config(args)
+    migrate.check(cfg.ledger_url)
+    print(f"ledger schema is current ({migrate.current(cfg.ledger_url)})")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``popvault demo``: archive a bundled fake mailbox into a folder it names."""
+    from popvault.demo import run_demo
+
+    return run_demo(args.dir, messages=args.messages)

@@ -1,0 +1,406 @@
+"""One account's archive run: connect, list, diff against the ledger, fetch, record.
+
+Plain orchestration over the POP3 client, the store and the ledger facade; the
+interesting rules live here as comments next to the code that keeps them:
+
+* A message is recorded in the ledger only after its file is sealed (fsynced in
+  the store's temp area) — first as *pending* with its final path, then as
+  *archived* once the file is published under that path and its folder
+  fsynced. A crash anywhere leaves either nothing, a temp file (cleaned up
+  later), or a pending row whose file is or is not at its final path; the next
+  run settles pending rows before it lists the server, so a file that was
+  written but not recorded never becomes a second copy.
+* The session ends with ``QUIT`` only when every message whose ``RETR``
+  succeeded is durably archived. Some providers (Gmail's POP3) hide every
+  message that was retrieved once the session ends with ``QUIT``, deleted or
+  not; dropping the connection instead keeps them on offer for the next run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+from popvault.config import Account, Config, read_password
+from popvault.errors import (
+    ConfigError,
+    LedgerError,
+    Pop3Error,
+    PopvaultError,
+    RemoteProtocolError,
+    ServerError,
+    StoreError,
+)
+from popvault.ledger import Ledger
+from popvault.pop3.client import Pop3Client
+from popvault.store import Store, Writer, open_store
+
+log = logging.getLogger("popvault.sync")
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    """The wall clock as an aware UTC datetime (the default clock)."""
+    return datetime.now(UTC)
+
+
+class Progress(Protocol):
+    """What a run reports as it goes (the CLI draws a bar from it)."""
+
+    def planned(self, account: str, messages: int, octets: int) -> None:
+        """The run will fetch ``messages`` messages of ``octets`` octets in all."""
+
+    def fetched(self, account: str, octets: int) -> None:
+        """One more message of ``octets`` octets is archived."""
+
+
+@dataclass(frozen=True)
+class PlannedMessage:
+    """A message the server has and the ledger does not."""
+
+    number: int
+    uidl: str
+    size: int
+
+
+@dataclass
+class RunResult:
+    """What one account's run did; ``error`` is None when it succeeded."""
+
+    account: str
+    started_at: datetime
+    ended_at: datetime | None = None
+    on_server: int = 0
+    planned: list[PlannedMessage] = field(default_factory=list)
+    messages: int = 0
+    octets: int = 0
+    recovered: int = 0
+    error: str | None = None
+    message_errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when the run archived everything it set out to."""
+        return self.error is None
+
+
+def sync_account(
+    config: Config,
+    account: Account,
+    ledger: Ledger,
+    *,
+    dry_run: bool = False,
+    clock: Clock = utc_now,
+    progress: Progress | None = None,
+) -> RunResult:
+    """Archive one account's new messages; never raises for a failure of the account.
+
+    Every failure is caught, logged and returned in :attr:`RunResult.error`
+    (and recorded in the ledger's run row), so that one account's trouble never
+    stops the others. ``dry_run`` lists what would be fetched and changes
+    nothing: no file, no ledger row, no ``DELE``.
+    """
+    result = RunResult(account=account.name, started_at=clock())
+    run_id: int | None = None
+    try:
+        if not dry_run:
+            run_id = ledger.start_run(account.name, started_at=result.started_at)
+        _AccountRun(config, account, ledger, result, clock=clock, progress=progress).run(
+            dry_run=dry_run
+        )
+    except (Pop3Error, StoreError, LedgerError, ConfigError) as exc:
+        result.error = _describe(account, exc)
+    except Exception as exc:  # a bug of ours must not stop the other accounts
+        log.exception("account %r: unexpected error", account.name)
+        result.error = f"account {account.name!r}: internal error: {type(exc).__name__}: {exc}"
+    if result.error is None and result.message_errors:
+        count = len(result.message_errors)
+        shown = "; ".join(result.message_errors[:3])
+        result.error = f"account {account.name!r}: {count} message(s) not archived: {shown}"
+    result.ended_at = clock()
+    if run_id is not None:
+        _finish_run(ledger, run_id, result, result.ended_at)
+    return result
+
+
+def _describe(account: Account, exc: PopvaultError) -> str:
+    text = str(exc)
+    # Pop3Error and ConfigError usually name the account already; never twice.
+    return text if repr(account.name) in text else f"account {account.name!r}: {text}"
+
+
+def _finish_run(ledger: Ledger, run_id: int, result: RunResult, ended_at: datetime) -> None:
+    try:
+        ledger.finish_run(
+            run_id,
+            ended_at=ended_at,
+            outcome="ok" if result.ok else "failed",
+            messages=result.messages,
+            bytes=result.octets,
+            error=result.error,
+        )
+    except LedgerError as exc:
+        log.error("account %r: could not record the run's outcome: %s", result.account, exc)
+        if result.error is None:
+            result.error = f"account {result.account!r}: could not record the run: {exc}"
+
+
+class _AccountRun:
+    """One session with one account's server; the steps of :func:`sync_account`."""
+
+    def __init__(
+        self,
+        config: Config,
+        account: Account,
+        ledger: Ledger,
+        result: RunResult,
+        *,
+        clock: Clock,
+        progress: Progress | None,
+    ) -> None:
+        self.config = config
+        self.account = account
+        self.ledger = ledger
+        self.result = result
+        self.clock = clock
+        self.progress = progress
+        self.store = open_store(account.format, config.archive_root, account.path)
+        # Message numbers whose RETR succeeded but which are not (yet) durable:
+        # while any is here, the session must not end with QUIT.
+        self.undurable: set[int] = set()
+
+    def run(self, *, dry_run: bool) -> None:
+        account = self.account
+        if account.retention.mode != "keep":
+            raise ConfigError(
+                f"retention {account.retention.mode!r} is not supported yet; use \"keep\"",
+                file=str(self.config.file),
+                account=account.name,
+                key="retention",
+            )
+        if not dry_run:
+            self.result.recovered = settle_pending(
+                self.store, self.ledger, account.name, clock=self.clock
+            )
+            self.store.cleanup_tmp()
+        password = read_password(self.config, account)
+        client = Pop3Client(
+            account.host,
+            account.port,
+            security=account.security,
+            timeout=account.timeout,
+            ca_file=account.ca_file,
+            account=account.name,
+        )
+        with client:
+            client.connect()
+            client.login(
+                account.username,
+                password,
+                method="apop" if account.auth == "apop" else "user",
+                allow_plaintext=account.allow_plaintext,
+            )
+            del password
+            self.result.planned = self._plan(client)
+            if self.progress is not None:
+                octets = sum(message.size for message in self.result.planned)
+                self.progress.planned(account.name, len(self.result.planned), octets)
+            if not dry_run:
+                self._fetch_all(client)
+            self._end_session(client)
+
+    def _end_session(self, client: Pop3Client) -> None:
+        """QUIT only if every retrieved message is durable; otherwise drop the line.
+
+        A session that ends without QUIT never reaches the UPDATE state (RFC
+        1939 section 6), so the server deletes nothing and — for providers that
+        hide retrieved messages after QUIT — keeps offering what we failed to
+        store.
+        """
+        if self.undurable:
+            log.warning(
+                "account %r: closing without QUIT: %d retrieved message(s) not durably archived",
+                self.account.name,
+                len(self.undurable),
+            )
+            client.close()
+            return
+        client.quit()
+
+    def _plan(self, client: Pop3Client) -> list[PlannedMessage]:
+        """UIDL + LIST, then one bulk ledger query for the UIDLs never archived."""
+        listing = self._uidl_listing(client)
+        sizes = dict(client.list())
+        self.result.on_server = len(listing)
+        numbers = _first_number_per_uidl(listing, self.account.name)
+        new_uidls = self.ledger.unarchived(self.account.name, [uidl for _, uidl in listing])
+        planned = [
+            PlannedMessage(numbers[uidl], uidl, sizes.get(numbers[uidl], 0)) for uidl in new_uidls
+        ]
+        # RETR in message order: servers read their mailbox front to back.
+        planned.sort(key=lambda message: message.number)
+        return planned
+
+    def _uidl_listing(self, client: Pop3Client) -> list[tuple[int, str]]:
+        try:
+            return client.uidl()
+        except ServerError as exc:
+            raise RemoteProtocolError(
+                f"the server refused UIDL ({exc.text!r}); popvault needs unique ids "
+                "(RFC 1939 section 7) to archive incrementally",
+                account=self.account.name,
+            ) from exc
+
+    def _fetch_all(self, client: Pop3Client) -> None:
+        for message in self.result.planned:
+            try:
+                octets = self._fetch_one(client, message)
+            except (ServerError, IncompleteMessage) as exc:
+                # The server refused or botched this one message (it may have
+                # vanished since UIDL); the session is still usable, so go on.
+                log.warning("account %r: message %s: %s", self.account.name, message.number, exc)
+                self.result.message_errors.append(f"message {message.number}: {exc.message}")
+                continue
+            self.result.messages += 1
+            self.result.octets += octets
+            if self.progress is not None:
+                self.progress.fetched(self.account.name, octets)
+
+    def _fetch_one(self, client: Pop3Client, message: PlannedMessage) -> int:
+        """RETR one message into the store and record it; returns its octets on the wire."""
+        name = self.account.name
+        writer = self.store.begin(received_at=self.clock())
+        try:
+            sink = _CountingSink(writer)
+            client.retr_into(message.number, sink)
+            # From here the server counts the message as retrieved.
+            self.undurable.add(message.number)
+            wire_octets = _check_complete(name, message, sink)
+            sealed = writer.seal()
+            self.ledger.record_pending(
+                name,
+                message.uidl,
+                path=sealed.relpath,
+                size=sealed.size,
+                sha256=sealed.sha256,
+                server_size=message.size,
+                first_seen_at=self.result.started_at,
+            )
+            self._publish(writer, message)
+        except BaseException:
+            writer.abort()
+            raise
+        self.ledger.mark_archived(name, message.uidl, archived_at=self.clock())
+        self.undurable.discard(message.number)
+        return wire_octets
+
+    def _publish(self, writer: Writer, message: PlannedMessage) -> None:
+        """Move the sealed file into place; a failed publish takes its pending row back."""
+        try:
+            writer.commit()
+        except StoreError:
+            self.ledger.drop_pending(self.account.name, message.uidl)
+            raise
+
+
+def _first_number_per_uidl(listing: Sequence[tuple[int, str]], account: str) -> dict[str, int]:
+    """Map each UIDL to its message number; a UIDL listed twice is fetched once."""
+    numbers: dict[str, int] = {}
+    for number, uidl in listing:
+        if uidl in numbers:
+            log.warning(
+                "account %r: the server lists UIDL %r twice (messages %d and %d); "
+                "archiving the first only",
+                account,
+                uidl,
+                numbers[uidl],
+                number,
+            )
+            continue
+        numbers[uidl] = number
+    return numbers
+
+
+class IncompleteMessage(RemoteProtocolError):
+    """RETR gave fewer octets than LIST announced: a truncated or empty body."""
+
+
+class _CountingSink:
+    """Passes RETR chunks on, counting octets and line feeds without a CR before them."""
+
+    def __init__(self, writer: _Writable) -> None:
+        self._writer = writer
+        self.octets = 0
+        self.bare_lf = 0
+        self._last = b""
+
+    def write(self, chunk: bytes) -> int:
+        if chunk:
+            self._writer.write(chunk)
+            self.octets += len(chunk)
+            self.bare_lf += chunk.count(b"\n") - (self._last + chunk).count(b"\r\n")
+            self._last = chunk[-1:]
+        return len(chunk)
+
+
+class _Writable(Protocol):
+    def write(self, chunk: bytes) -> None: ...
+
+
+def _check_complete(account: str, message: PlannedMessage, sink: _CountingSink) -> int:
+    """An empty or short RETR is a failure, never an archived message; returns the octets.
+
+    Servers have been seen to hand out empty bodies for messages they had not
+    finished storing. LIST counts octets with CRLF line endings (RFC 1939
+    section 11); a server that sends bare LF line endings sends one octet less
+    per line, so those are counted back in. A server may add a final CRLF, so
+    only *fewer* octets than announced mean truncation.
+    """
+    as_crlf = sink.octets + sink.bare_lf
+    if sink.octets == 0 or as_crlf < message.size:
+        raise IncompleteMessage(
+            f"RETR {message.number} returned {sink.octets} octets but LIST announced "
+            f"{message.size}: refusing to archive a truncated message",
+            account=account,
+        )
+    return sink.octets
+
+
+def settle_pending(store: Store, ledger: Ledger, account: str, *, clock: Clock = utc_now) -> int:
+    """Finish or undo what a crashed run left pending; returns how many became archived.
+
+    A pending row names the final path its sealed file was about to be
+    published under. If the file is there with the recorded size, the publish
+    happened (publishing is a single link or rename of a file already fsynced)
+    and only the ledger update was lost; otherwise the publish never happened,
+    the temp file is garbage, and the message is simply fetched again.
+    """
+    archived = 0
+    for pending in ledger.pending(account):
+        if store.stat(pending.path) == pending.size:
+            ledger.mark_archived(account, pending.uidl, archived_at=clock())
+            archived += 1
+            log.info("account %r: recovered %s from an interrupted run", account, pending.path)
+        else:
+            ledger.drop_pending(account, pending.uidl)
+    return archived
+
+
+def sync_accounts(
+    config: Config,
+    accounts: Iterable[Account],
+    ledger: Ledger,
+    *,
+    dry_run: bool = False,
+    clock: Clock = utc_now,
+    progress: Progress | None = None,
+) -> list[RunResult]:
+    """Run each account in turn; one account's failure never stops the others."""
+    return [
+        sync_account(config, account, ledger, dry_run=dry_run, clock=clock, progress=progress)
+        for account in accounts
+    ]
