@@ -1,0 +1,223 @@
+"""load(): read, validate, merge [defaults], resolve paths, check across accounts."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any, Final
+
+from pydantic import ValidationError as PydanticValidationError
+from pydantic_settings import SettingsError
+
+from popvault.config._messages import translate
+from popvault.config._model import (
+    DEFAULT_PORTS,
+    DEFAULT_TIMEOUT,
+    PASSWORD_KEYS,
+    Account,
+    Config,
+    Retention,
+    Security,
+)
+from popvault.config._schema import CONTEXT, AccountEntry, AccountKeys, LoadContext, Settings
+from popvault.config._secrets import warn_if_readable_by_others
+from popvault.errors import ConfigError
+
+# SQLAlchemy: sqlite:///relative/path, sqlite:////absolute/path, optional ?query.
+_SQLITE_URL_RE: Final = re.compile(r"(sqlite(?:\+\w+)?):///([^?]*)(\?.*)?", re.DOTALL)
+
+# --- load ------------------------------------------------------------------------------------
+
+
+def default_config_path(environ: Mapping[str, str] = os.environ) -> Path:
+    """``$POPVAULT_CONFIG``, else ``$XDG_CONFIG_HOME/popvault/config.toml``, else ``~/.config``."""
+    explicit = environ.get("POPVAULT_CONFIG", "")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = environ.get("XDG_CONFIG_HOME", "")
+    # XDG Base Directory spec: a relative XDG_CONFIG_HOME is invalid and is ignored.
+    if xdg and Path(xdg).is_absolute():
+        return Path(xdg) / "popvault" / "config.toml"
+    home = Path(environ["HOME"]) if environ.get("HOME") else Path.home()
+    return home / ".config" / "popvault" / "config.toml"
+
+
+def load(
+    path: Path | str | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Read and validate the config file (default: :func:`default_config_path`).
+
+    ``environ`` replaces ``os.environ`` (for ``POPVAULT_*`` and ``POPVAULT_CONFIG``);
+    ``overrides`` are explicit settings (``{"archive": {"root": "..."}}``) that beat
+    the environment and the file. Raises :class:`ConfigError` for every problem.
+    """
+    env = os.environ if environ is None else environ
+    given = Path(default_config_path(env) if path is None else path).expanduser()
+    # The folder is resolved (no "..", no symlinked folder), the file name is not: relative
+    # paths inside a symlinked config file stay relative to the folder the link is in.
+    file = given.absolute().parent.resolve() / given.name
+    _check_is_file(file)
+    context = LoadContext(file=file, environ=env)
+    settings = _read_settings(context, overrides or {})
+    config = _build(settings, file)
+    _warn_about_inline_passwords(context)
+    return config
+
+
+def _check_is_file(file: Path) -> None:
+    if file.is_dir():
+        raise ConfigError("is a folder, not a config file", file=str(file))
+    if not file.exists():
+        raise ConfigError(
+            f"no config file at {file}; copy config.example.toml there and edit it,"
+            " or name another file with --config or POPVAULT_CONFIG",
+            file=str(file),
+        )
+
+
+def _read_settings(context: LoadContext, overrides: Mapping[str, Any]) -> Settings:
+    token = CONTEXT.set(context)
+    try:
+        return Settings(**overrides)
+    except PydanticValidationError as exc:
+        # "from None": pydantic's own text quotes input values, which may be passwords.
+        raise translate(exc, context) from None
+    except SettingsError as exc:
+        message = f"{exc} (check the POPVAULT_ environment variables)"
+        raise ConfigError(message, file=str(context.file)) from None
+    finally:
+        CONTEXT.reset(token)
+
+
+def _build(settings: Settings, file: Path) -> Config:
+    folder = file.parent
+    accounts = tuple(
+        _resolve_account(_merge(settings.defaults, entry), folder, str(file))
+        for entry in settings.accounts
+    )
+    _check_unique(accounts, str(file))
+    return Config(
+        file=file,
+        ledger_url=_absolute_sqlite_url(settings.ledger.url, folder),
+        archive_root=_absolute(settings.archive.root, folder),
+        accounts=accounts,
+    )
+
+
+def _merge(defaults: AccountKeys, entry: AccountEntry) -> dict[str, Any]:
+    """The entry's keys over the defaults'; a password key in the entry replaces all four."""
+    inherited = {key: getattr(defaults, key) for key in defaults.model_fields_set}
+    if entry.model_fields_set.intersection(PASSWORD_KEYS):
+        for key in PASSWORD_KEYS:
+            inherited.pop(key, None)
+    return inherited | {key: getattr(entry, key) for key in entry.model_fields_set}
+
+
+def _resolve_account(raw: Mapping[str, Any], folder: Path, file: str) -> Account:
+    name: str = raw["name"]
+    for key in ("host", "username"):
+        if key not in raw:
+            message = "required key is missing (set it in the account or in [defaults])"
+            raise ConfigError(message, file=file, account=name, key=key)
+    security: Security = raw.get("security", "tls")
+    allow_plaintext: bool = raw.get("allow_plaintext", False)
+    if security == "plain" and not allow_plaintext:
+        # Refused here rather than at login, so the user learns it before any connection.
+        message = (
+            'security = "plain" sends the password unencrypted; use "tls" or "starttls",'
+            " or set allow_plaintext = true to accept that"
+        )
+        raise ConfigError(message, file=file, account=name, key="security")
+    return Account(
+        name=name,
+        host=raw["host"],
+        port=raw.get("port", DEFAULT_PORTS[security]),
+        security=security,
+        username=raw["username"],
+        auth=raw.get("auth", "auto"),
+        ca_file=_ca_file(raw.get("ca_file"), folder, file, name),
+        allow_plaintext=allow_plaintext,
+        timeout=raw.get("timeout", DEFAULT_TIMEOUT),
+        format=raw.get("format", "maildir"),
+        path=raw.get("path", name),
+        retention=raw.get("retention", Retention(mode="keep")),
+        **_password_fields(raw, folder, file, name),
+    )
+
+
+def _ca_file(value: str | None, folder: Path, file: str, name: str) -> Path | None:
+    if value is None:
+        return None
+    path = _absolute(value, folder)
+    if not path.is_file():
+        raise ConfigError(f"no such file: {path}", file=file, account=name, key="ca_file")
+    return path
+
+
+def _password_fields(raw: Mapping[str, Any], folder: Path, file: str, name: str) -> dict[str, Any]:
+    given = [key for key in PASSWORD_KEYS if key in raw]
+    if len(given) != 1:
+        found = f"found {', '.join(given)}" if given else "found none"
+        message = f"set exactly one of {', '.join(PASSWORD_KEYS)} ({found})"
+        raise ConfigError(message, file=file, account=name, key=given[-1] if given else None)
+    key = given[0]
+    value = raw[key]
+    if key == "password":
+        return {"password": value, "password_source": "password (inline)"}
+    if key == "password_file":
+        path = _absolute(value, folder)
+        return {"password_file": path, "password_source": f"password_file {path}"}
+    if key == "password_command":
+        # Only the program's name: the rest of the command line may hold something private.
+        program = value.split()[0] if value.split() else "?"
+        return {"password_command": value, "password_source": f"password_command {program} ..."}
+    return {"password_env": value, "password_source": f"password_env {value}"}
+
+
+def _check_unique(accounts: Iterable[Account], file: str) -> None:
+    """No two accounts share a name, or archive folders where one holds the other."""
+    seen: list[tuple[tuple[str, ...], Account]] = []
+    for account in accounts:
+        # Case-folded: on a case-insensitive file system "Work" and "work" are one folder.
+        parts = tuple(part.casefold() for part in PurePosixPath(account.path).parts)
+        for other_parts, other in seen:
+            if account.name == other.name:
+                raise ConfigError(
+                    "duplicate account name", file=file, account=other.name, key="name"
+                )
+            common = min(len(parts), len(other_parts))
+            if parts[:common] == other_parts[:common]:
+                message = (
+                    f"archive folder {account.path!r} overlaps account {other.name!r}'s folder"
+                    f" {other.path!r}; give each account its own folder"
+                )
+                raise ConfigError(message, file=file, account=account.name, key="path")
+        seen.append((parts, account))
+
+
+def _absolute(value: str, folder: Path) -> Path:
+    """``value`` with ``~`` expanded, relative to the config file's folder (not the cwd)."""
+    path = Path(value).expanduser()
+    return Path(os.path.normpath(path if path.is_absolute() else folder / path))
+
+
+def _absolute_sqlite_url(url: str, folder: Path) -> str:
+    match = _SQLITE_URL_RE.fullmatch(url)
+    if match is None:
+        return url  # another database, or sqlite:// (in memory)
+    scheme, path, query = match[1], match[2], match[3] or ""
+    if path in ("", ":memory:") or path.startswith(("/", "file:")):
+        return url
+    return f"{scheme}:///{_absolute(path, folder)}{query}"
+
+
+def _warn_about_inline_passwords(context: LoadContext) -> None:
+    data = context.toml_data
+    tables = [data.get("defaults"), *(data.get("accounts") or [])]
+    if any(isinstance(table, dict) and "password" in table for table in tables):
+        warn_if_readable_by_others(context.file, "holds an inline password")

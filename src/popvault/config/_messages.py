@@ -1,0 +1,88 @@
+"""Turning pydantic's validation errors into ConfigError messages."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from typing import Any, Final
+
+from pydantic import ValidationError as PydanticValidationError
+
+from popvault.config._schema import (
+    AccountEntry,
+    AccountKeys,
+    LoadContext,
+    Settings,
+    is_account_name,
+)
+from popvault.errors import ConfigError
+
+# Keys whose values are never quoted back in an error: secrets, and URLs that may hold one.
+_SECRET_KEYS: Final = frozenset({"password", "password_command", "url"})
+_DEFAULT_KEYS: Final = tuple(AccountKeys.model_fields)
+_ENTRY_KEYS: Final = tuple(AccountEntry.model_fields)
+
+
+def translate(exc: PydanticValidationError, context: LoadContext) -> ConfigError:
+    """The first problem as the error; any others appended, one a line."""
+    problems = [_locate(error, context.toml_data) for error in exc.errors(include_url=False)]
+    account, key, message = problems[0]
+    for other in problems[1:]:
+        message += f"\n  also {_where(*other)}"
+    return ConfigError(message, file=str(context.file), account=account, key=key)
+
+
+def _where(account: str | None, key: str | None, message: str) -> str:
+    parts = [f"account {account!r}" if account else "", f"key {key!r}" if key else ""]
+    return f"{', '.join(part for part in parts if part)}: {message}"
+
+
+def _locate(error: Any, data: Mapping[str, Any]) -> tuple[str | None, str | None, str]:
+    loc = [str(part) for part in error["loc"]]
+    section, rest = loc[0], loc[1:]
+    if section == "accounts" and rest and isinstance(error["loc"][1], int):
+        account = _entry_label(data, error["loc"][1])
+        return account, ".".join(rest[1:]) or None, _describe(error, _ENTRY_KEYS)
+    if section == "defaults" and rest:
+        return "[defaults]", ".".join(rest), _describe(error, _DEFAULT_KEYS)
+    if section in ("ledger", "archive") and rest:
+        allowed = ("url",) if section == "ledger" else ("root",)
+        return None, ".".join(loc), _describe(error, allowed)
+    return None, section, _describe(error, tuple(Settings.model_fields))
+
+
+def _entry_label(data: Mapping[str, Any], index: int) -> str:
+    """The account's name when its entry has a valid one, else ``accounts[INDEX]`` (0-based)."""
+    entries = data.get("accounts")
+    entry = entries[index] if isinstance(entries, list) and index < len(entries) else None
+    name = entry.get("name") if isinstance(entry, dict) else None
+    if is_account_name(name):
+        return name
+    return f"accounts[{index}]"
+
+
+def _describe(error: Any, allowed: tuple[str, ...]) -> str:
+    kind: str = error["type"]
+    loc = error["loc"]
+    if kind == "extra_forbidden":
+        # Never quote the value: a misspelt "password" key would print the password.
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(allowed)}"
+        what = "section" if len(loc) == 1 and isinstance(error.get("input"), dict) else "key"
+        return f"unknown {what} ({hint})"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "value_error":
+        return str(error["ctx"]["error"])
+    if kind in ("model_type", "dict_type"):
+        return "must be a table (a [section])"
+    if kind in ("tuple_type", "list_type"):
+        return "must be an array of tables: write each account as [[accounts]]"
+    return _with_value(error["msg"], error)
+
+
+def _with_value(message: str, error: Any) -> str:
+    value = error.get("input")
+    if str(error["loc"][-1]) in _SECRET_KEYS or not isinstance(value, str | int | float | bool):
+        return message
+    return f"{message}, got {value!r}"

@@ -1,0 +1,153 @@
+"""The resolved, public configuration types and the duration parsers."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Final, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import SecretStr
+
+from popvault.errors import ConfigError
+
+DEFAULT_LEDGER_URL: Final = "sqlite:///popvault.sqlite3"
+DEFAULT_ARCHIVE_ROOT: Final = "archive"
+DEFAULT_TIMEOUT: Final = 60.0
+# RFC 8314 section 3.3 (pop3s, implicit TLS) and RFC 1939 section 3 (POP3, also used for STLS).
+DEFAULT_PORTS: Final[Mapping[str, int]] = {"tls": 995, "starttls": 110, "plain": 110}
+PASSWORD_KEYS: Final = ("password", "password_env", "password_file", "password_command")
+# socket.settimeout() overflows on absurd values, and a timeout over a day is a typo.
+_MAX_TIMEOUT: Final = 86_400.0
+_UNIT_SECONDS: Final[Mapping[str, int]] = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_TIMEOUT_RE: Final = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([smhdw]?)")
+_RETENTION_RE: Final = re.compile(r"(-?[0-9]+)([smhdw])")
+
+Security = Literal["tls", "starttls", "plain"]
+AuthMethod = Literal["auto", "user", "apop"]
+ArchiveFormat = Literal["maildir", "eml"]
+
+
+# --- the public, resolved types -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """What happens to a message on the server once it is archived.
+
+    ``keep``: never delete; ``delete``: delete right after archiving;
+    ``after``: delete once the message has been archived for ``after``.
+    """
+
+    mode: Literal["keep", "delete", "after"]
+    after: timedelta | None = None
+
+    def __post_init__(self) -> None:
+        if (self.mode == "after") != (self.after is not None):
+            raise ValueError("Retention: 'after' is set exactly when mode is 'after'")
+        if self.after is not None and self.after <= timedelta(0):
+            raise ValueError("Retention: 'after' must be positive")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Account:
+    """One POP3 account, with ``[defaults]`` merged in and every path absolute.
+
+    The password itself is not here: only where to find it (see :func:`read_password`);
+    an inline ``password`` is a :class:`~pydantic.SecretStr` and never printed.
+    """
+
+    name: str
+    host: str
+    port: int
+    security: Security
+    username: str
+    auth: AuthMethod
+    ca_file: Path | None
+    allow_plaintext: bool
+    timeout: float
+    format: ArchiveFormat
+    path: str
+    retention: Retention
+    password_source: str
+    password: SecretStr | None = field(default=None, repr=False)
+    password_env: str | None = None
+    password_file: Path | None = None
+    password_command: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False)
+class Config:
+    """The whole configuration, as read from ``file``."""
+
+    file: Path
+    ledger_url: str
+    archive_root: Path
+    accounts: tuple[Account, ...]
+
+    def account(self, name: str) -> Account:
+        """The account called ``name``; :class:`ConfigError` if there is none."""
+        for account in self.accounts:
+            if account.name == name:
+                return account
+        known = ", ".join(a.name for a in self.accounts) or "none"
+        raise ConfigError(f"no account named {name!r} (configured: {known})", file=str(self.file))
+
+    def __repr__(self) -> str:
+        # The ledger URL may carry a database password: show it redacted.
+        return (
+            f"Config(file={self.file!r}, ledger_url={redact_url(self.ledger_url)!r}, "
+            f"archive_root={self.archive_root!r}, accounts={self.accounts!r})"
+        )
+
+
+# --- value parsers (pydantic calls them; a ValueError's text becomes the user's message) ----
+
+
+def parse_timeout(value: object) -> float:
+    """Seconds from ``60``, ``"60"``, ``"60s"``, ``"1.5s"``, ``"2m"`` (units s m h d w)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _TIMEOUT_RE.fullmatch(value.strip())):
+        seconds = float(match[1]) * _UNIT_SECONDS[match[2] or "s"]
+    else:
+        raise ValueError(f"invalid duration {value!r} (use e.g. 60s, 2m)")
+    if not math.isfinite(seconds) or not 0 < seconds <= _MAX_TIMEOUT:
+        raise ValueError(f"invalid duration {value!r}: must be more than 0 and at most 1 day")
+    return seconds
+
+
+def parse_retention(value: object) -> Retention:
+    """``"keep"``, ``"delete"``, or a positive whole count with a unit: ``"14d"``, ``"36h"``."""
+    if isinstance(value, Retention):
+        return value
+    if value in ("keep", "delete"):
+        return Retention(mode=value)
+    match = _RETENTION_RE.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(
+            f"invalid retention {value!r} (use keep, delete, or a duration like 14d;"
+            " units s, m, h, d, w)"
+        )
+    count = int(match[1])
+    if count <= 0:
+        raise ValueError(f"invalid retention {value!r}: the duration must be more than zero")
+    try:
+        return Retention(mode="after", after=timedelta(seconds=count * _UNIT_SECONDS[match[2]]))
+    except OverflowError:
+        raise ValueError(f"invalid retention {value!r}: too long") from None
+
+
+def redact_url(url: str) -> str:
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+    except ValueError:
+        return "<unparsable URL>"

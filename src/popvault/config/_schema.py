@@ -1,0 +1,218 @@
+"""The config file's schema, read with pydantic-settings (TOML + environment)."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Final, TypeGuard
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from popvault.config._model import (
+    DEFAULT_ARCHIVE_ROOT,
+    DEFAULT_LEDGER_URL,
+    ArchiveFormat,
+    AuthMethod,
+    Retention,
+    Security,
+    parse_retention,
+    parse_timeout,
+)
+from popvault.errors import ConfigError
+
+_NAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_ENV_NAME_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# RFC 3986 section 3.1: scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ).
+_URL_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://.*", re.DOTALL)
+
+
+def is_account_name(value: object) -> TypeGuard[str]:
+    """Whether ``value`` is a valid account name (also a safe default folder name)."""
+    return isinstance(value, str) and bool(_NAME_RE.fullmatch(value)) and value not in (".", "..")
+
+
+def _port(value: object) -> int:
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        value = int(value)
+    # TCP ports are 16 bits; 0 means "any" and cannot be connected to.
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535:
+        return value
+    raise ValueError(f"invalid port {value!r} (a whole number from 1 to 65535)")
+
+
+def _account_name(value: str) -> str:
+    if not is_account_name(value):
+        raise ValueError(
+            f"invalid account name {value!r} (1-64 characters from A-Z a-z 0-9 _ . -,"
+            " not '.' or '..')"
+        )
+    return value
+
+
+def _folder(value: str) -> str:
+    """A folder under the archive root: relative, no ``..``, normalised to ``a/b``."""
+    parts = [part for part in value.split("/") if part]
+    if value.startswith("/") or "\\" in value or "\0" in value:
+        raise ValueError(f"invalid path {value!r}: must be a relative folder under archive.root")
+    if not parts or any(part in (".", "..") for part in parts):
+        raise ValueError(f"invalid path {value!r}: must not be empty or contain '.' or '..'")
+    return "/".join(parts)
+
+
+def _one_line(value: str) -> str:
+    # A CR or LF would end the POP3 command line early (RFC 1939 section 3).
+    if not value or any(char in value for char in "\r\n\0"):
+        raise ValueError("must be one non-empty line")
+    return value
+
+
+def _host(value: str) -> str:
+    # RFC 1035 section 2.3.4 / RFC 1123: a name is at most 253 characters of text.
+    if not 0 < len(value) <= 253 or any(char.isspace() or char in "/@" for char in value):
+        raise ValueError(f"invalid host {value!r}")
+    return value
+
+
+def _env_name(value: str) -> str:
+    if not _ENV_NAME_RE.fullmatch(value):
+        raise ValueError(f"invalid environment variable name {value!r}")
+    return value
+
+
+def _url(value: str) -> str:
+    if not _URL_RE.fullmatch(value):
+        raise ValueError("must be a SQLAlchemy URL such as sqlite:///popvault.sqlite3")
+    return value
+
+
+Timeout = Annotated[float, PlainValidator(parse_timeout)]
+RetentionValue = Annotated[Retention, PlainValidator(parse_retention)]
+Port = Annotated[int, PlainValidator(_port)]
+OneLine = Annotated[str, AfterValidator(_one_line)]
+
+
+# --- the file's schema (pydantic-settings); every level forbids unknown keys ----------------
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _LedgerSection(_Section):
+    url: Annotated[str, AfterValidator(_url)] = DEFAULT_LEDGER_URL
+
+
+class _ArchiveSection(_Section):
+    root: OneLine = DEFAULT_ARCHIVE_ROOT
+
+
+class AccountKeys(_Section):
+    """Every key an account may take from ``[defaults]``; unset means "not given here"."""
+
+    host: Annotated[str, AfterValidator(_host)] | None = None
+    port: Port | None = None
+    security: Security | None = None
+    username: OneLine | None = None
+    password: Annotated[SecretStr, Field(min_length=1)] | None = None
+    password_env: Annotated[str, AfterValidator(_env_name)] | None = None
+    password_file: OneLine | None = None
+    password_command: OneLine | None = None
+    auth: AuthMethod | None = None
+    ca_file: OneLine | None = None
+    allow_plaintext: bool | None = None
+    timeout: Timeout | None = None
+    format: ArchiveFormat | None = None
+    retention: RetentionValue | None = None
+
+
+class AccountEntry(AccountKeys):
+    name: Annotated[str, AfterValidator(_account_name)]
+    path: Annotated[str, AfterValidator(_folder)] | None = None
+
+
+class Settings(BaseSettings):
+    """The whole file, before [defaults] are merged and paths resolved."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="POPVAULT_",
+        env_nested_delimiter="__",
+        env_ignore_empty=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+    ledger: _LedgerSection = _LedgerSection()
+    archive: _ArchiveSection = _ArchiveSection()
+    defaults: AccountKeys = AccountKeys()
+    accounts: tuple[AccountEntry, ...] = ()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # pydantic-settings takes no file path at instantiation: load() puts this call's
+        # file and environment into a context variable, and the sources are built from it.
+        context = CONTEXT.get()
+        env = _EnvSource(settings_cls, context.environ)
+        return init_settings, env, _TomlSource(settings_cls, context)
+
+
+@dataclass
+class LoadContext:
+    """One load() call's inputs for the sources, and the raw TOML for error messages."""
+
+    file: Path
+    environ: Mapping[str, str]
+    toml_data: dict[str, Any] = field(default_factory=dict)
+
+
+CONTEXT: ContextVar[LoadContext] = ContextVar("popvault_config_load")
+
+
+class _EnvSource(EnvSettingsSource):
+    """The environment source, reading a given mapping instead of ``os.environ``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        # Same shape as the base class: names folded to lower case (case_sensitive is off).
+        return {name.lower(): value for name, value in self._environ.items() if value}
+
+
+class _TomlSource(TomlConfigSettingsSource):
+    """The TOML source, turning unreadable or malformed files into ConfigError."""
+
+    def __init__(self, settings_cls: type[BaseSettings], context: LoadContext) -> None:
+        self._file = context.file
+        super().__init__(settings_cls, toml_file=context.file)
+        context.toml_data = self.toml_data
+
+    def _read_file(self, file_path: Path | Any) -> dict[str, Any]:
+        try:
+            return super()._read_file(file_path)
+        except tomllib.TOMLDecodeError as exc:  # its text carries "(at line N, column M)"
+            raise ConfigError(f"not valid TOML: {exc}", file=str(self._file)) from None
+        except UnicodeDecodeError:
+            raise ConfigError(
+                "not valid TOML: the file is not UTF-8", file=str(self._file)
+            ) from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read: {exc.strerror}", file=str(self._file)) from None

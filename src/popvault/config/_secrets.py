@@ -1,0 +1,125 @@
+"""read_password(): the secret, resolved only when a run needs it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import stat
+import subprocess
+from collections.abc import Mapping
+from contextlib import suppress
+from pathlib import Path
+
+from popvault.config._model import Account, Config
+from popvault.errors import ConfigError
+
+# Long enough for a password manager to unlock its store; short enough that a hung
+# command cannot stall a run forever.
+PASSWORD_COMMAND_TIMEOUT: float = 30.0
+
+log = logging.getLogger("popvault.config")
+
+
+def warn_if_readable_by_others(path: Path, what: str) -> None:
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        log.warning(
+            "%s %s but is readable by group or others (mode %04o); run: chmod 600 %s",
+            path,
+            what,
+            mode,
+            path,
+        )
+
+
+def read_password(
+    config: Config, account: Account, *, environ: Mapping[str, str] | None = None
+) -> str:
+    """Resolve ``account``'s password now, from whichever of the four sources it names.
+
+    ``environ`` replaces ``os.environ`` for ``password_env`` and for the environment
+    of ``password_command``. Raises :class:`ConfigError` (never quoting the secret).
+    """
+    file = str(config.file)
+    env = os.environ if environ is None else environ
+    if account.password is not None:
+        key, secret = "password", account.password.get_secret_value()
+    elif account.password_env is not None:
+        key, secret = "password_env", _from_env(account, env, file)
+    elif account.password_file is not None:
+        key, secret = "password_file", _from_file(account, account.password_file, file)
+    elif account.password_command is not None:
+        key = "password_command"
+        secret = _from_command(account, account.password_command, config.file, env)
+    else:
+        raise ConfigError("no password source", file=file, account=account.name)
+    if not secret or any(char in secret for char in "\r\n\0"):
+        # RFC 1939 section 7: PASS takes one line; an empty one is never right.
+        message = "the password is empty or contains a line break or NUL"
+        raise ConfigError(message, file=file, account=account.name, key=key)
+    return secret
+
+
+def _from_env(account: Account, environ: Mapping[str, str], file: str) -> str:
+    variable = account.password_env or ""
+    value = environ.get(variable, "")
+    if not value:
+        message = f"environment variable {variable} is not set or is empty"
+        raise ConfigError(message, file=file, account=account.name, key="password_env")
+    return value
+
+
+def _from_file(account: Account, path: Path, file: str) -> str:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        message = f"cannot read password file {path}: {reason}"
+        raise ConfigError(message, file=file, account=account.name, key="password_file") from None
+    warn_if_readable_by_others(path, f"(password_file of account {account.name!r})")
+    # Exactly one trailing newline is the file's line end; anything else is the password.
+    return text.removesuffix("\n").removesuffix("\r")
+
+
+def _from_command(
+    account: Account, command: str, config_file: Path, environ: Mapping[str, str]
+) -> str:
+    def fail(message: str) -> ConfigError:
+        return ConfigError(
+            message, file=str(config_file), account=account.name, key="password_command"
+        )
+
+    folder = config_file.parent
+    try:
+        process = subprocess.Popen(
+            ["/bin/sh", "-c", command],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=folder,
+            env=dict(environ),
+            start_new_session=True,  # its own process group, so a timeout kills its children too
+        )
+    except OSError as exc:
+        raise fail(f"cannot run password_command: {exc.strerror}") from None
+    try:
+        stdout, stderr = process.communicate(timeout=PASSWORD_COMMAND_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise fail(
+            f"password_command did not finish within {PASSWORD_COMMAND_TIMEOUT:g} s"
+        ) from None
+    if process.returncode != 0:
+        # stderr only: stdout may hold the password even when the command fails.
+        first = next(iter(stderr.decode("utf-8", "replace").strip().splitlines()), "")
+        raise fail(f"password_command exited with status {process.returncode}: {first[:200]}")
+    try:
+        return stdout.split(b"\n", 1)[0].removesuffix(b"\r").decode("utf-8")
+    except UnicodeDecodeError:
+        raise fail("password_command printed something that is not UTF-8") from None

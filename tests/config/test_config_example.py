@@ -1,0 +1,40 @@
+"""config.example.toml loads with our own load() and documents every key."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from popvault.config import load, read_password
+from popvault.config._schema import AccountEntry, Settings
+from popvault.errors import ConfigError
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.toml"
+
+
+def test_example_loads_without_any_secret(elsewhere):
+    config = load(EXAMPLE, environ={})
+    personal, work = config.accounts
+    assert (personal.name, personal.security, personal.port) == ("personal", "tls", 995)
+    assert personal.password_source == "password_env PERSONAL_PASSWORD"
+    assert (work.name, work.security, work.port) == ("work", "starttls", 110)
+    assert work.password_command is not None
+    assert work.format == "eml"
+    assert config.archive_root == EXAMPLE.parent / "archive"
+
+
+def test_example_secrets_are_read_only_when_asked(elsewhere):
+    config = load(EXAMPLE, environ={})
+    with pytest.raises(ConfigError, match="PERSONAL_PASSWORD"):
+        read_password(config, config.account("personal"), environ={})
+    assert read_password(config, config.account("personal"), environ={"PERSONAL_PASSWORD": "x"})
+
+
+@pytest.mark.parametrize("key", [*Settings.model_fields, *AccountEntry.model_fields, "url", "root"])
+def test_example_documents_every_key(key):
+    text = EXAMPLE.read_text(encoding="utf-8")
+    # Set ("key = ...") or shown in a comment ("# key = ...", "#   key  = ...", "[key]").
+    pattern = rf"^(#\s*)?({key}\s*=|\[\[?{key}\]\]?)"
+    assert re.search(pattern, text, re.MULTILINE), f"{key} is not documented in the example"
