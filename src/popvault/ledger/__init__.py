@@ -1,0 +1,30 @@
+"""The ledger: which messages of which account popvault has safely archived.
+
+This package is the only part of popvault that imports SQLAlchemy or Alembic.
+It takes a database URL (``sqlite:///path`` or ``postgresql://...``) and knows
+nothing of the configuration, POP3 or the store; the rest of popvault sees the
+:class:`Ledger` facade and plain dataclasses.
+"""
+
+from __future__ import annotations
+
+from popvault.ledger.facade import (
+    AccountStatus,
+    ArchivedMessage,
+    DuplicateMessage,
+    Ledger,
+    PendingMessage,
+)
+from popvault.ledger.migrate import UPGRADE_COMMAND, check, current, upgrade
+
+__all__ = [
+    "UPGRADE_COMMAND",
+    "AccountStatus",
+    "ArchivedMessage",
+    "DuplicateMessage",
+    "Ledger",
+    "PendingMessage",
+    "check",
+    "current",
+    "upgrade",
+]

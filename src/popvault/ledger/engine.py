@@ -1,0 +1,213 @@
+"""Engines for the ledger: URL handling, SQLite pragmas, error mapping.
+
+The ledger takes a URL string and nothing else. ``postgres://`` and
+``postgresql://`` mean psycopg 3; ``sqlite:///path`` means a file whose folder
+is created (0700) if missing. Every SQLAlchemy error leaving this package is
+mapped here, once, into the popvault tree, and no message ever carries the
+database password.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url
+from sqlalchemy.exc import (
+    ArgumentError,
+    InterfaceError,
+    NoSuchModuleError,
+    OperationalError,
+    SQLAlchemyError,
+)
+from sqlalchemy.pool import StaticPool
+
+from popvault.errors import DatabaseUnavailable, LedgerError
+
+# How long a SQLite writer waits for another process's lock before we call the
+# database unavailable. A sync run commits in milliseconds; 30 s covers a
+# concurrent `popvault status` or a migration without hanging a daemon forever.
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+# How long to wait for a PostgreSQL server to accept a connection (seconds).
+PG_CONNECT_TIMEOUT_S = 10
+
+# Execution option that makes a SQLite transaction start with BEGIN IMMEDIATE:
+# it takes the write lock at once (waiting up to the busy timeout), so a
+# read-then-write transaction cannot fail half-way with "database is locked".
+WRITE_INTENT = "popvault_write_intent"
+
+_POSTGRES_NAMES = frozenset({"postgres", "postgresql"})
+
+
+def parse_url(url: str) -> URL:
+    """Parse a ledger URL, mapping bare PostgreSQL schemes to psycopg 3.
+
+    The message of a parse error never repeats the URL: it may hold a password.
+    """
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        raise LedgerError(
+            "the ledger URL is not a database URL "
+            "(expected e.g. sqlite:///path/ledger.sqlite3 or postgresql://user@host/db)"
+        ) from None
+    if parsed.drivername in _POSTGRES_NAMES:
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def redact(url: URL) -> str:
+    """The URL as text with its password masked, fit for messages and logs."""
+    return url.render_as_string(hide_password=True)
+
+
+def sqlite_file(url: URL) -> Path | None:
+    """The database file of a SQLite URL, or None (in-memory or not SQLite)."""
+    if url.get_backend_name() != "sqlite":
+        return None
+    database = url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def create_ledger_engine(url: URL) -> Engine:
+    """Build an engine configured for the ledger's durability rules."""
+    backend = url.get_backend_name()
+    with _mapped_errors(url):
+        if backend == "sqlite":
+            return _sqlite_engine(url)
+        if backend == "postgresql":
+            return _postgres_engine(url)
+        raise LedgerError(f"unsupported ledger database {redact(url)}: use sqlite or postgresql")
+
+
+@contextmanager
+def _mapped_errors(url: URL) -> Iterator[None]:
+    try:
+        yield
+    except NoSuchModuleError:
+        raise LedgerError(f"unsupported ledger database {redact(url)}") from None
+    except ModuleNotFoundError as exc:
+        raise LedgerError(
+            f"the ledger database {redact(url)} needs the Python package {exc.name!r} "
+            "(for PostgreSQL: pip install 'popvault[postgres]')"
+        ) from None
+
+
+def _sqlite_engine(url: URL) -> Engine:
+    path = sqlite_file(url)
+    if path is None:
+        # One shared connection, or every checkout would see a new empty
+        # in-memory database. Meant for tests; serialise access yourself.
+        engine = create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
+    else:
+        _prepare_file(path)
+        engine = create_engine(url)
+    event.listen(engine, "connect", _sqlite_on_connect)
+    event.listen(engine, "begin", _sqlite_on_begin)
+    return engine
+
+
+def _prepare_file(path: Path) -> None:
+    """Create the ledger's folder (0700) and file (0600) if they are missing.
+
+    The ledger names every message of the user's mailboxes: not for other
+    users' eyes. SQLite gives its -wal and -shm files the database's mode, and
+    an empty file is a valid empty database.
+    """
+    try:
+        path.absolute().parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    except OSError as exc:
+        raise DatabaseUnavailable(f"cannot create the ledger file {path}: {exc.strerror}") from exc
+
+
+def _sqlite_on_connect(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+    # Take BEGIN away from the sqlite3 module (it skips BEGIN before DDL and
+    # SELECT), so that _sqlite_on_begin decides; see SQLAlchemy's pysqlite notes.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        # FULL: in WAL mode, NORMAL may lose the last commits on power loss;
+        # the orchestrator deletes server copies once a commit returns.
+        cursor.execute("PRAGMA synchronous = FULL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+    finally:
+        cursor.close()
+
+
+def _sqlite_on_begin(connection: Connection) -> None:
+    immediate = connection.get_execution_options().get(WRITE_INTENT, False)
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _postgres_engine(url: URL) -> Engine:
+    connect_args: dict[str, Any] = {
+        "connect_timeout": PG_CONNECT_TIMEOUT_S,
+        "application_name": "popvault",
+        # A commit must be on disk before it returns, whatever the server's
+        # default says: server copies are deleted on the strength of it.
+        "options": "-c synchronous_commit=on",
+    }
+    # pre_ping: a daemon outlives server restarts; test a pooled connection
+    # before trusting it.
+    return create_engine(url, connect_args=connect_args, pool_pre_ping=True)
+
+
+@contextmanager
+def translate_errors(url: URL) -> Iterator[None]:
+    """Map SQLAlchemy errors raised inside the block into the popvault tree.
+
+    Connection failures, lost connections and "database is locked" past the
+    busy timeout become :class:`DatabaseUnavailable`; anything else from
+    SQLAlchemy becomes :class:`LedgerError`.
+    """
+    try:
+        yield
+    except (OperationalError, InterfaceError) as exc:
+        # No chaining: a driver's connect error is not ours to vet for secrets.
+        raise DatabaseUnavailable(
+            f"ledger database {redact(url)} unavailable: {driver_reason(exc, url)}"
+        ) from None
+    except SQLAlchemyError as exc:
+        raise LedgerError(f"ledger database {redact(url)}: {driver_reason(exc, url)}") from exc
+
+
+def driver_reason(exc: BaseException, url: URL) -> str:
+    """The driver's own words for an error, first line only, password scrubbed."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return scrub(first, url)
+
+
+def scrub(text: str, url: URL) -> str:
+    """Replace the URL's password, raw or percent-encoded, by ``***``."""
+    password = url.password
+    if not password:
+        return text
+    for form in {password, quote(password, safe="")}:
+        text = text.replace(form, "***")
+    return text
+
+
+__all__ = [
+    "SQLITE_BUSY_TIMEOUT_MS",
+    "WRITE_INTENT",
+    "create_ledger_engine",
+    "driver_reason",
+    "parse_url",
+    "redact",
+    "scrub",
+    "sqlite_file",
+    "translate_errors",
+]

@@ -1,0 +1,213 @@
+"""Schema migrations: Alembic configured in code, no alembic.ini at runtime.
+
+``upgrade`` brings a ledger to the newest schema this popvault knows, inside
+one transaction guarded against a concurrent upgrade (SQLite: BEGIN IMMEDIATE;
+PostgreSQL: an advisory lock). A SQLite file that already has a schema is
+copied next to itself first. ``check`` refuses a ledger that is behind (and
+names the command to run) or ahead (a newer popvault wrote it: it is never
+touched).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+from sqlalchemy import Connection, Engine, text
+
+from popvault.errors import LedgerError, SchemaMismatch
+from popvault.ledger.engine import (
+    WRITE_INTENT,
+    create_ledger_engine,
+    parse_url,
+    redact,
+    sqlite_file,
+    translate_errors,
+)
+
+UPGRADE_COMMAND = "popvault db upgrade"
+
+# pg_advisory_xact_lock key for schema upgrades: b"popvault" read as a
+# big-endian int64, so that it cannot collide with small keys other apps pick.
+_PG_UPGRADE_LOCK = int.from_bytes(b"popvault", "big")
+
+_BACKUP_STAMP = "%Y%m%dT%H%M%SZ"
+
+
+def migrations_dir() -> Path:
+    """Where the Alembic scripts are: installed package data, else the checkout.
+
+    A wheel carries the top-level ``migrations/`` as ``popvault/migrations``;
+    an editable install or a source checkout has it three folders above here.
+    """
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "migrations", here.parents[2] / "migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise LedgerError("popvault is incomplete: its ledger migrations folder is missing")
+
+
+def alembic_config(script_location: Path | None = None) -> Config:
+    """An Alembic config built in code, pointing at our migrations."""
+    config = Config()
+    location = str(script_location or migrations_dir())
+    # ConfigParser interpolation: a literal % in a path must be doubled.
+    config.set_main_option("script_location", location.replace("%", "%%"))
+    return config
+
+
+def upgrade(url: str, *, script_location: Path | None = None) -> None:
+    """Bring the ledger at ``url`` to the newest schema (creating it if empty)."""
+    parsed = parse_url(url)
+    engine = create_ledger_engine(parsed)
+    try:
+        upgrade_engine(engine, script_location=script_location)
+    finally:
+        engine.dispose()
+
+
+def current(url: str) -> str | None:
+    """The ledger's schema revision, or None if it has no schema yet."""
+    parsed = parse_url(url)
+    engine = create_ledger_engine(parsed)
+    try:
+        with translate_errors(parsed), engine.connect() as connection:
+            return _current_revision(connection)
+    finally:
+        engine.dispose()
+
+
+def check(url: str, *, script_location: Path | None = None) -> None:
+    """Raise :class:`SchemaMismatch` unless the ledger's schema is current."""
+    parsed = parse_url(url)
+    engine = create_ledger_engine(parsed)
+    try:
+        check_engine(engine, script_location=script_location)
+    finally:
+        engine.dispose()
+
+
+def check_engine(engine: Engine, *, script_location: Path | None = None) -> None:
+    """:func:`check` on an engine the caller owns."""
+    script = ScriptDirectory.from_config(alembic_config(script_location))
+    with translate_errors(engine.url), engine.connect() as connection:
+        revision = _current_revision(connection)
+    _require_known(script, revision, engine)
+    head = script.get_current_head()
+    if revision != head:
+        found = revision or "no schema"
+        raise SchemaMismatch(
+            f"ledger database {redact(engine.url)} is at revision {found}, "
+            f"this popvault needs {head}: run `{UPGRADE_COMMAND}`"
+        )
+
+
+def upgrade_engine(engine: Engine, *, script_location: Path | None = None) -> None:
+    """:func:`upgrade` on an engine the caller owns."""
+    config = alembic_config(script_location)
+    script = ScriptDirectory.from_config(config)
+    if _is_current(engine, script):
+        return  # the common case, without taking the write lock
+    with translate_errors(engine.url), engine.connect() as connection:
+        connection.execution_options(**{WRITE_INTENT: True})
+        with connection.begin():
+            _lock_for_upgrade(connection)
+            revision = _current_revision(connection)
+            _require_known(script, revision, engine)
+            if revision == script.get_current_head():
+                return
+            _backup_before_upgrade(engine, revision)
+            config.attributes["connection"] = connection
+            _run_alembic_upgrade(config, engine)
+
+
+def _is_current(engine: Engine, script: ScriptDirectory) -> bool:
+    with translate_errors(engine.url), engine.connect() as connection:
+        return _current_revision(connection) == script.get_current_head()
+
+
+def _run_alembic_upgrade(config: Config, engine: Engine) -> None:
+    try:
+        command.upgrade(config, "head")
+    except CommandError as exc:
+        raise LedgerError(f"upgrading ledger database {redact(engine.url)} failed: {exc}") from exc
+
+
+def _lock_for_upgrade(connection: Connection) -> None:
+    # SQLite: BEGIN IMMEDIATE (WRITE_INTENT) already holds the write lock.
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_UPGRADE_LOCK})
+
+
+def _current_revision(connection: Connection) -> str | None:
+    heads = MigrationContext.configure(connection).get_current_heads()
+    if len(heads) > 1:
+        raise SchemaMismatch(f"ledger schema has several revisions {heads}: repair it by hand")
+    return heads[0] if heads else None
+
+
+def _require_known(script: ScriptDirectory, revision: str | None, engine: Engine) -> None:
+    known = {rev.revision for rev in script.walk_revisions()}
+    if revision is not None and revision not in known:
+        raise SchemaMismatch(
+            f"ledger database {redact(engine.url)} is at revision {revision}, which this "
+            "popvault does not know: a newer popvault wrote it; upgrade popvault "
+            "(the ledger was left untouched)"
+        )
+
+
+def _backup_before_upgrade(engine: Engine, revision: str | None) -> None:
+    path = sqlite_file(engine.url)
+    if path is not None and revision is not None:
+        backup_sqlite(path, revision)
+
+
+def backup_sqlite(path: Path, from_revision: str, *, now: datetime | None = None) -> Path:
+    """Copy a live SQLite ledger to ``<file>.bak-<rev>-<UTC stamp>`` and return it.
+
+    Uses SQLite's online backup API, which gives a consistent copy even while
+    another connection (here: the upgrading one) holds the write lock in WAL mode.
+    """
+    stamp = (now or datetime.now(UTC)).astimezone(UTC).strftime(_BACKUP_STAMP)
+    target = _claim_backup_path(path, f"{path.name}.bak-{from_revision}-{stamp}")
+    try:
+        _copy_database(path, target)
+    except sqlite3.Error as exc:
+        target.unlink(missing_ok=True)
+        raise LedgerError(f"backing up {path} before the upgrade failed: {exc}") from exc
+    return target
+
+
+def _claim_backup_path(path: Path, name: str) -> Path:
+    """Create the backup file exclusively (0600), adding .1, .2... if taken."""
+    for attempt in range(100):
+        target = path.with_name(name if attempt == 0 else f"{name}.{attempt}")
+        try:
+            os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise LedgerError(f"cannot create the ledger backup {target}: {exc}") from exc
+        return target
+    raise LedgerError(f"too many ledger backups named {name}* next to {path}")
+
+
+def _copy_database(source_path: Path, target: Path) -> None:
+    source = sqlite3.connect(source_path)
+    try:
+        destination = sqlite3.connect(target)
+        try:
+            # The backup must be on disk before the original is changed.
+            destination.execute("PRAGMA synchronous = FULL")
+            source.backup(destination)
+        finally:
+            destination.close()
+    finally:
+        source.close()

@@ -1,0 +1,140 @@
+"""The ledger's tables, as SQLAlchemy 2.x typed ORM models.
+
+These models describe the schema that the Alembic migrations build; a test
+(``compare_metadata``) keeps the two in step. Code outside ``popvault.ledger``
+never sees these classes: the facade hands out plain dataclasses.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Stable constraint names, so that migrations (and SQLite batch rebuilds) can
+# refer to constraints by name on every backend.
+NAMING_CONVENTION: dict[str, str] = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+MESSAGE_STATES = ("pending", "archived", "failed")
+RUN_OUTCOMES = ("running", "ok", "failed")
+
+
+def binary_string() -> String:
+    """A string compared byte for byte on every backend.
+
+    UIDLs are opaque and case-sensitive (RFC 1939 section 7): "abc" and "ABC"
+    are two messages. SQLite's BINARY collation is its default; PostgreSQL's
+    default follows the database locale, so ask for "C" there explicitly.
+    """
+    return String(collation="BINARY").with_variant(String(collation="C"), "postgresql")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every backend.
+
+    PostgreSQL stores ``timestamptz``; SQLite has no time zones, so the value
+    is stored as naive UTC and made aware again on the way out. Naive values
+    are refused on write: their zone would be a guess.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Convert an aware datetime to UTC (naive UTC for SQLite)."""
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value.isoformat()} refused: pass an aware UTC time")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any | None, dialect: Dialect) -> datetime | None:
+        """Give back an aware datetime in UTC."""
+        if value is None:
+            return None
+        if not isinstance(value, datetime):  # pragma: no cover - drivers return datetimes
+            raise TypeError(f"unexpected timestamp value {value!r}")
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base holding the ledger's metadata."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def _in_check(column: str, values: tuple[str, ...]) -> str:
+    quoted = ", ".join(f"'{value}'" for value in values)
+    return f"{column} IN ({quoted})"
+
+
+class Message(Base):
+    """One message of one account: pending while its file is being made
+    durable, archived once the ledger vouches for it."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        UniqueConstraint("account", "uidl"),
+        Index("ix_messages_account_state", "account", "state"),
+        CheckConstraint(_in_check("state", MESSAGE_STATES), name="state"),
+        CheckConstraint("size >= 0", name="size"),
+        CheckConstraint("length(sha256) = 64", name="sha256"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account: Mapped[str] = mapped_column(binary_string())
+    uidl: Mapped[str] = mapped_column(binary_string())
+    state: Mapped[str] = mapped_column(String(16))
+    # Octets can pass 2**31 (a 2 GiB message, a run's total): 64-bit columns.
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)
+    server_size: Mapped[int | None] = mapped_column(BigInteger)
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    archived_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    gone_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class Run(Base):
+    """One sync run of one account, from start to outcome."""
+
+    __tablename__ = "runs"
+    __table_args__ = (
+        Index("ix_runs_account", "account"),
+        CheckConstraint(_in_check("outcome", RUN_OUTCOMES), name="outcome"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account: Mapped[str] = mapped_column(binary_string())
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    outcome: Mapped[str] = mapped_column(String(16))
+    messages: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    error: Mapped[str | None] = mapped_column(Text)
