@@ -1,0 +1,318 @@
+"""What every archive store shares: the sealed result, the store protocol, the writer.
+
+A :class:`Writer` streams one message into a private temp file, hashing the
+bytes as they are stored, and publishes it in two steps:
+
+``seal()``
+    flush and fsync the temp file and fix the final name; nothing is visible
+    yet. The caller records ``(relpath, size, sha256)`` as *pending*.
+``commit()``
+    link the temp file to its final name (never over another file), fsync the
+    folder, then drop the temp name.
+
+After a crash a pending row therefore names either a complete file of exactly
+the recorded size and digest, or nothing.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path, PurePosixPath
+from types import TracebackType
+from typing import BinaryIO, Protocol
+
+from popvault.errors import StoreError
+from popvault.store import durable
+
+# Bytes gathered before one write(2): POP3 chunks are often a single line, and
+# a system call per line would dominate the cost of a large message. The
+# buffer is the only per-message memory the writer holds, so it stays flat.
+_BUFFER_SIZE = 64 * 1024
+
+
+@dataclass(frozen=True)
+class SealedMessage:
+    """A message whose bytes are durable in a temp file and whose final name is fixed."""
+
+    relpath: str
+    """Where the message will be published, relative to the archive root, ``/``-separated."""
+    size: int
+    """Octets of the stored bytes (after any line-ending conversion)."""
+    sha256: str
+    """Hex SHA-256 of the stored bytes."""
+
+
+class Store(Protocol):
+    """One account's folder in the archive, in one format (Maildir or EML)."""
+
+    root: Path
+    folder: str
+
+    def begin(self, *, received_at: datetime) -> Writer:
+        """Start writing one message archived at ``received_at`` (aware UTC)."""
+        ...
+
+    def stat(self, relpath: str) -> int | None:
+        """Size of the published message file at ``relpath``; None if there is none."""
+        ...
+
+    def open(self, relpath: str) -> BinaryIO:
+        """Open the published message file at ``relpath`` for streaming reads."""
+        ...
+
+    def iter_files(self) -> Iterator[str]:
+        """The relpaths of every published message file of this store (never temp files)."""
+        ...
+
+    def cleanup_tmp(self, *, older_than: timedelta = timedelta(hours=36)) -> int:
+        """Remove temp files older than ``older_than``; return how many were removed."""
+        ...
+
+
+class _State(enum.Enum):
+    OPEN = "open"
+    SEALED = "sealed"
+    COMMITTED = "committed"
+    ABORTED = "aborted"
+
+
+class Writer:
+    """Streams one message into the store; see the module docstring for the protocol.
+
+    Subclasses decide how bytes are stored (:meth:`_consume`, :meth:`_finish`)
+    and where the message goes (:meth:`_choose_relpath`, :meth:`_prepare_publish`).
+    A writer is meant for one thread. Used as a context manager, it aborts when
+    the block raises; it does not commit on its own.
+    """
+
+    def __init__(self, *, root: Path, tmp_path: Path) -> None:
+        self._root = root
+        self._tmp_path = tmp_path
+        self._fd: int | None = durable.create_private_file(tmp_path)
+        self._hash = hashlib.sha256()
+        self._size = 0
+        self._buffer = bytearray()
+        self._state = _State.OPEN
+        self._sealed: SealedMessage | None = None
+
+    def write(self, chunk: bytes) -> None:
+        """Store the next ``chunk`` of the message as the POP3 client delivered it."""
+        self._expect(_State.OPEN, "write")
+        with self._aborting():
+            self._consume(chunk)
+
+    def seal(self) -> SealedMessage:
+        """Flush and fsync the temp file and fix the final relpath; nothing is visible yet."""
+        self._expect(_State.OPEN, "seal")
+        with self._aborting():
+            self._finish()
+            self._flush()
+            fd, self._fd = self._fd, None
+            assert fd is not None  # noqa: S101 - OPEN always holds a descriptor
+            durable.sync_and_close(fd, self._tmp_path)
+            relpath = self._choose_relpath(self._size)
+        self._sealed = SealedMessage(relpath, self._size, self._hash.hexdigest())
+        self._state = _State.SEALED
+        return self._sealed
+
+    def commit(self) -> None:
+        """Publish the sealed message under its relpath and make that durable.
+
+        Raises :class:`StoreError` (and leaves nothing visible) if the name is
+        taken or the file system fails; the caller may then only :meth:`abort`.
+        """
+        self._expect(_State.SEALED, "commit")
+        assert self._sealed is not None  # noqa: S101 - SEALED always holds the result
+        with self._aborting():
+            self._prepare_publish()
+            durable.publish(self._tmp_path, self._root / self._sealed.relpath)
+        self._state = _State.COMMITTED
+        durable.retire(self._tmp_path)
+
+    def abort(self) -> None:
+        """Drop the message: close and remove the temp file. Idempotent; never raises.
+
+        After :meth:`commit` it does nothing: the message is published and stays.
+        """
+        if self._state in (_State.COMMITTED, _State.ABORTED):
+            return
+        self._state = _State.ABORTED
+        if self._fd is not None:
+            durable.close_quietly(self._fd)
+            self._fd = None
+        try:
+            durable.discard(self._tmp_path)
+        except StoreError as exc:
+            # A temp file is invisible to readers; cleanup_tmp removes it later.
+            durable.log.warning("abort left a temp file behind: %s", exc)
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            self.abort()
+
+    def _emit(self, data: bytes) -> None:
+        """Append stored bytes: hash them, count them, buffer them."""
+        if not data:
+            return
+        self._hash.update(data)
+        self._size += len(data)
+        self._buffer += data
+        if len(self._buffer) >= _BUFFER_SIZE:
+            self._flush()
+
+    def _flush(self) -> None:
+        assert self._fd is not None  # noqa: S101 - only called while OPEN
+        if self._buffer:
+            durable.write_all(self._fd, self._buffer, self._tmp_path)
+            self._buffer.clear()
+
+    def _expect(self, state: _State, action: str) -> None:
+        if self._state is not state:
+            raise RuntimeError(f"cannot {action}: the message writer is {self._state.value}")
+
+    @contextmanager
+    def _aborting(self) -> Iterator[None]:
+        """Abort on any failure, so that a failed message leaves no file behind."""
+        try:
+            yield
+        except BaseException:
+            self.abort()
+            raise
+
+    # Hooks for the formats.
+
+    def _consume(self, chunk: bytes) -> None:
+        """Turn one received chunk into stored bytes and pass them to :meth:`_emit`."""
+        self._emit(chunk)
+
+    def _finish(self) -> None:
+        """Emit whatever :meth:`_consume` held back at the end of the message."""
+
+    def _choose_relpath(self, size: int) -> str:
+        """The final relpath of the message, once all ``size`` stored octets are known."""
+        raise NotImplementedError
+
+    def _prepare_publish(self) -> None:
+        """Create the destination folder if it does not exist yet (durably)."""
+
+
+def check_folder(folder: str) -> str:
+    """Validate an account folder: relative, ``/``-separated, no ``.`` or ``..`` parts."""
+    parts = folder.split("/")
+    if not folder or folder.startswith("/") or "\0" in folder:
+        raise ValueError(f"invalid archive folder {folder!r}: must be a relative path")
+    if any(part in ("", ".", "..") for part in parts):
+        raise ValueError(f"invalid archive folder {folder!r}: empty, '.' or '..' part")
+    return folder
+
+
+def resolve(root: Path, relpath: str) -> Path:
+    """The absolute path of ``relpath``; it must stay under ``root`` (it comes from the ledger)."""
+    pure = PurePosixPath(relpath)
+    if not relpath or "\0" in relpath or pure.is_absolute() or ".." in pure.parts:
+        raise StoreError(f"invalid archive path {relpath!r}: must be relative, without '..'")
+    return root.joinpath(*pure.parts)
+
+
+def utc(received_at: datetime) -> datetime:
+    """``received_at`` in UTC; a naive datetime is a caller's bug, not a guess to make."""
+    if received_at.utcoffset() is None:
+        raise ValueError("received_at must be timezone-aware")
+    return received_at.astimezone(UTC)
+
+
+class BaseStore:
+    """The parts of a store that do not depend on the format."""
+
+    tmp_name: str = "tmp"
+
+    def __init__(self, root: Path, folder: str, *, create_root: bool = True) -> None:
+        if not root.is_absolute():
+            raise ValueError(f"archive root must be absolute, not {str(root)!r}")
+        self.root = root
+        self.folder = check_folder(folder)
+        self.create_root = create_root
+
+    @property
+    def path(self) -> Path:
+        """The account's folder on disk."""
+        return self.root.joinpath(*self.folder.split("/"))
+
+    @property
+    def tmp_dir(self) -> Path:
+        """Where unpublished messages are written."""
+        return self.path / self.tmp_name
+
+    def require_root(self) -> None:
+        """Fail unless the archive root exists: an unmounted disk must not look empty."""
+        durable.require_dir(self.root, "archive root")
+
+    def stat(self, relpath: str) -> int | None:
+        """Size of the published message file at ``relpath``; None if there is none.
+
+        Raises :class:`StoreError` if the archive root itself is missing, so
+        that an unmounted disk is never mistaken for lost messages (a caller
+        only asks about paths it recorded, so the root existed once).
+        """
+        path = resolve(self.root, relpath)
+        self.require_root()
+        return durable.file_size(path)
+
+    def open(self, relpath: str) -> BinaryIO:
+        """Open the published message file at ``relpath`` for streaming reads."""
+        return durable.open_for_reading(resolve(self.root, relpath))
+
+    def cleanup_tmp(self, *, older_than: timedelta = timedelta(hours=36)) -> int:
+        """Remove temp files not modified for ``older_than``; return how many.
+
+        36 hours is the Maildir convention's limit for a delivery to finish;
+        anything older was left by a crash or a failed abort.
+        """
+        if older_than < timedelta(0):
+            raise ValueError("older_than must not be negative")
+        cutoff = time.time() - older_than.total_seconds()
+        names = list_dir(self.tmp_dir, files=True)
+        return sum(durable.remove_if_stale(self.tmp_dir / name, cutoff) for name in names)
+
+    def ensure_layout(self, *subfolders: str) -> None:
+        """Create the account folder and ``subfolders`` in it if missing (first use)."""
+        if self.create_root:
+            durable.ensure_root(self.root)
+        else:
+            self.require_root()
+        durable.ensure_dirs(self.root, self.folder)
+        for sub in subfolders:
+            durable.ensure_dirs(self.path, sub)
+
+
+def list_dir(path: Path, *, files: bool) -> list[str]:
+    """Sorted names of the regular files (or folders) in ``path``; empty if it is missing.
+
+    Names starting with ``.`` are skipped, as the Maildir convention asks.
+    """
+    with durable.os_errors("list", path):
+        try:
+            with os.scandir(path) as entries:
+                return sorted(
+                    entry.name
+                    for entry in entries
+                    if not entry.name.startswith(".")
+                    and (entry.is_file(follow_symlinks=False) if files else entry.is_dir())
+                )
+        except FileNotFoundError:
+            return []

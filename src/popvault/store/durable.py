@@ -1,0 +1,260 @@
+"""The store's one door to the file system: durability, private modes, error mapping.
+
+Everything in :mod:`popvault.store` that creates, writes, fsyncs, links or
+removes a file goes through this module, so that the rules live in one place:
+
+* files are created ``0600`` and folders ``0700`` whatever the umask is, because
+  the archive holds private mail;
+* ``os.fsync`` is called here and nowhere else in popvault: on a file before it
+  is published, and on a folder after an entry in it was added or removed
+  (POSIX makes a new name durable only once its folder is synced);
+* an :class:`OSError` is turned into a :class:`~popvault.errors.StoreError`
+  exactly once, with the path and a plain cause ("disk full", ...).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+from popvault.errors import StoreError
+
+log = logging.getLogger("popvault.store")
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+# Plain words for the failures a user can act on; anything else keeps the
+# operating system's own wording.
+_CAUSES: dict[int, str] = {
+    errno.ENOSPC: "disk full",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EDQUOT: "quota exceeded",
+}
+
+
+def describe(exc: OSError) -> str:
+    """The cause of ``exc`` in plain words, e.g. ``"disk full"``."""
+    if exc.errno in _CAUSES:
+        return _CAUSES[exc.errno]
+    return exc.strerror or type(exc).__name__
+
+
+def store_error(action: str, path: Path, exc: OSError) -> StoreError:
+    """A :class:`StoreError` naming what was attempted, where, and why it failed."""
+    return StoreError(f"cannot {action} {path}: {describe(exc)}")
+
+
+@contextmanager
+def os_errors(action: str, path: Path) -> Iterator[None]:
+    """Map any :class:`OSError` raised inside the block into a :class:`StoreError`."""
+    try:
+        yield
+    except OSError as exc:
+        raise store_error(action, path, exc) from exc
+
+
+def create_private_file(path: Path) -> int:
+    """Create ``path`` (which must not exist) as a ``0600`` file; return its descriptor.
+
+    ``O_EXCL`` makes the creation fail rather than reuse or follow anything
+    already at that name.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+    with os_errors("create", path):
+        fd = os.open(path, flags, FILE_MODE)
+        try:
+            os.fchmod(fd, FILE_MODE)  # the umask may have taken bits away
+        except BaseException:
+            os.close(fd)
+            _unlink_quietly(path)
+            raise
+    return fd
+
+
+def write_all(fd: int, data: bytes | bytearray | memoryview, path: Path) -> None:
+    """Write every byte of ``data`` to ``fd`` (``os.write`` may write only part)."""
+    view = memoryview(data)
+    with os_errors("write", path):
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+
+
+def sync_and_close(fd: int, path: Path) -> None:
+    """Flush ``fd`` to stable storage, then close it; the descriptor is closed either way."""
+    try:
+        with os_errors("sync", path):
+            os.fsync(fd)
+    finally:
+        close_quietly(fd)
+
+
+def close_quietly(fd: int) -> None:
+    """Close ``fd``; a failure to close is of no use to the caller any more."""
+    try:
+        os.close(fd)
+    except OSError as exc:
+        log.debug("closing descriptor %d failed: %s", fd, describe(exc))
+
+
+def sync_dir(path: Path) -> None:
+    """Make the entries of folder ``path`` durable (new or removed names)."""
+    with os_errors("sync folder", path):
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def ensure_dirs(base: Path, relative: str) -> None:
+    """Create the folders of ``relative`` under ``base`` that are missing, durably.
+
+    ``base`` must exist. Each created folder gets mode ``0700``; afterwards the
+    created folders are synced deepest first, and then the folder they were
+    created in, so that the whole new chain survives a crash.
+    """
+    created: list[Path] = []
+    current = base
+    for part in relative.split("/"):
+        current = current / part
+        if _make_dir(current):
+            created.append(current)
+    for folder in reversed(created):
+        sync_dir(folder)
+    if created:
+        sync_dir(created[0].parent)
+
+
+def ensure_root(root: Path) -> None:
+    """Create the absolute folder ``root`` and its missing parents, durably, mode ``0700``."""
+    existing = root
+    with os_errors("inspect", root):
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+    missing = root.relative_to(existing)
+    if missing.parts:
+        ensure_dirs(existing, "/".join(missing.parts))
+
+
+def _make_dir(path: Path) -> bool:
+    """Create ``path`` as a ``0700`` folder; False if a folder is already there."""
+    with os_errors("create folder", path):
+        try:
+            os.mkdir(path, DIR_MODE)
+        except FileExistsError:
+            if not path.is_dir():
+                raise StoreError(f"cannot create folder {path}: a file is in the way") from None
+            return False
+        os.chmod(path, DIR_MODE)  # the umask may have taken bits away
+    return True
+
+
+def publish(source: Path, target: Path) -> None:
+    """Give the file at ``source`` its final name ``target``, durably; never overwrite.
+
+    A hard link fails with ``EEXIST`` when anything holds ``target`` already,
+    which makes a name collision an error instead of a silent overwrite (a
+    rename would replace the other file). If the folder cannot be synced the
+    new name is taken back, so that a failed publish leaves nothing visible.
+    """
+    try:
+        os.link(source, target, follow_symlinks=False)
+    except FileExistsError:
+        raise StoreError(f"cannot publish {target}: the name is taken; not overwriting") from None
+    except OSError as exc:
+        raise store_error("publish", target, exc) from exc
+    try:
+        sync_dir(target.parent)
+    except BaseException:
+        _unlink_quietly(target)
+        raise
+
+
+def retire(path: Path) -> None:
+    """Remove a temp file after its publish; failures are logged, not raised.
+
+    By now the message is durable under its final name; a temp name that comes
+    back after a crash is only garbage for :func:`remove_if_stale`.
+    """
+    try:
+        os.unlink(path)
+        sync_dir(path.parent)
+    except (OSError, StoreError) as exc:
+        cause = describe(exc) if isinstance(exc, OSError) else str(exc)
+        log.warning("could not remove temp file %s after publishing: %s", path, cause)
+
+
+def discard(path: Path) -> None:
+    """Remove ``path`` if it exists (an aborted temp file)."""
+    with os_errors("remove", path):
+        path.unlink(missing_ok=True)
+
+
+def _unlink_quietly(path: Path) -> None:
+    """Best-effort removal while another error is already on its way up."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("could not remove %s: %s", path, describe(exc))
+
+
+def remove_if_stale(path: Path, older_than: float) -> bool:
+    """Remove the regular file ``path`` if it was last modified before ``older_than``.
+
+    ``older_than`` is a POSIX timestamp. The modification time, not the access
+    time, decides: many systems mount with ``noatime``, and a writer that is
+    still streaming a large message keeps touching the modification time.
+    """
+    with os_errors("remove stale temp file", path):
+        try:
+            info = os.lstat(path)
+            if not stat.S_ISREG(info.st_mode) or info.st_mtime >= older_than:
+                return False
+            os.unlink(path)
+        except FileNotFoundError:
+            return False  # another run cleaned it up first
+    return True
+
+
+def file_size(path: Path) -> int | None:
+    """Size of the regular file at ``path``; None if nothing is there."""
+    with os_errors("inspect", path):
+        try:
+            info = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+    if not stat.S_ISREG(info.st_mode):
+        raise StoreError(f"cannot inspect {path}: not a regular file")
+    return info.st_size
+
+
+def open_for_reading(path: Path) -> BinaryIO:
+    """Open the regular file at ``path`` for streaming reads (never through a symlink)."""
+    with os_errors("open", path):
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            return os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
+
+
+def require_dir(path: Path, what: str) -> None:
+    """Fail unless ``path`` is an existing folder (an unmounted disk must not look empty)."""
+    with os_errors(f"use {what}", path):
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            raise StoreError(f"{what} {path} does not exist (is its disk mounted?)") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise StoreError(f"cannot use {what} {path}: not a folder")

@@ -1,0 +1,104 @@
+"""Maildir: one file per message in ``<root>/<folder>/new``, written through ``tmp``.
+
+The layout and names follow the Maildir convention (https://cr.yp.to/proto/maildir.html):
+a message is written under a unique name in ``tmp/`` and appears in ``new/``
+only when complete. Lines end in LF in a Maildir, so the CRLF line endings of
+POP3 (RFC 1939 section 3) are converted while streaming; every other byte is
+kept as received.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import secrets
+from collections.abc import Iterator
+from datetime import datetime
+
+from popvault.store.base import BaseStore, Writer, list_dir, utc
+
+# A process-wide delivery counter: with the pid it keeps two names from the
+# same microsecond apart inside one process (the "Q" part of the name).
+_deliveries = itertools.count(1)
+
+
+class CrlfToLf:
+    """Converts CRLF to LF across chunk boundaries; bare CR and bare LF are kept.
+
+    A CR at the end of a chunk is held back until the next chunk shows whether
+    an LF follows it; :meth:`finish` releases a CR that ended the message.
+    """
+
+    def __init__(self) -> None:
+        self._held_cr = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The converted form of ``chunk``, given everything fed before it."""
+        head = b""
+        if self._held_cr:
+            self._held_cr = False
+            if chunk[:1] == b"\n":
+                head, chunk = b"\n", chunk[1:]
+            elif chunk:
+                head = b"\r"
+            else:
+                self._held_cr = True
+        if chunk[-1:] == b"\r":
+            self._held_cr, chunk = True, chunk[:-1]
+        return head + chunk.replace(b"\r\n", b"\n")
+
+    def finish(self) -> bytes:
+        """The bytes still held back at the end of the message."""
+        held, self._held_cr = self._held_cr, False
+        return b"\r" if held else b""
+
+
+def unique_name(received_at: datetime, *, host: str | None = None) -> str:
+    """A Maildir unique name: ``<secs>.M<usec>P<pid>Q<n>R<random>.<host>``.
+
+    The host name has ``/`` and ``:`` escaped as ``\\057`` and ``\\072``: ``/``
+    cannot appear in a file name and ``:`` starts the Maildir info suffix.
+    """
+    when = utc(received_at)
+    seconds = int(when.timestamp())
+    host = os.uname().nodename if host is None else host
+    host = host.replace("/", "\\057").replace(":", "\\072")
+    counter = next(_deliveries)
+    return f"{seconds}.M{when.microsecond}P{os.getpid()}Q{counter}R{secrets.token_hex(8)}.{host}"
+
+
+class MaildirWriter(Writer):
+    """Writes one message into ``tmp/`` with LF line endings, publishes into ``new/``."""
+
+    def __init__(self, store: MaildirStore, name: str) -> None:
+        super().__init__(root=store.root, tmp_path=store.tmp_dir / name)
+        self._store = store
+        self._name = name
+        self._lines = CrlfToLf()
+
+    def _consume(self, chunk: bytes) -> None:
+        self._emit(self._lines.feed(chunk))
+
+    def _finish(self) -> None:
+        self._emit(self._lines.finish())
+
+    def _choose_relpath(self, size: int) -> str:
+        # ",S=<size>" lets readers know the size without a stat (a Dovecot and
+        # Courier extension of the convention); the size is of the stored bytes.
+        return f"{self._store.folder}/new/{self._name},S={size}"
+
+
+class MaildirStore(BaseStore):
+    """A Maildir at ``<root>/<folder>`` with ``tmp``, ``new`` and ``cur`` made on first use."""
+
+    def begin(self, *, received_at: datetime) -> MaildirWriter:
+        """Start writing one message; ``received_at`` (aware) goes into its unique name."""
+        name = unique_name(received_at)
+        self.ensure_layout("tmp", "new", "cur")
+        return MaildirWriter(self, name)
+
+    def iter_files(self) -> Iterator[str]:
+        """Relpaths of the messages in ``new/`` and ``cur/`` (a mail reader moves them there)."""
+        for sub in ("new", "cur"):
+            for name in list_dir(self.path / sub, files=True):
+                yield f"{self.folder}/{sub}/{name}"
