@@ -72,6 +72,17 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print JSON for scripts")
     status.set_defaults(func=cmd_status)
 
+    verify = commands.add_parser(
+        "verify",
+        parents=[common],
+        help="re-read every archived file and check it against the ledger",
+    )
+    verify.add_argument(
+        "--account", action="append", metavar="NAME", help="only this account (repeat for several)"
+    )
+    verify.add_argument("--json", action="store_true", help="print JSON for scripts")
+    verify.set_defaults(func=cmd_verify)
+
     demo = commands.add_parser(
         "demo", parents=[common], help="archive a bundled fake mailbox, to see popvault work"
     )
@@ -235,6 +246,30 @@ def cmd_status(args: argparse.Namespace) -> int:
         rows = account_statuses(cfg, ledger)
     print(render_json(rows) if args.json else render_table(rows))
     return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """``popvault verify``: exit 1 when any file is missing, changed or unknown."""
+    import json
+
+    from popvault.verify import report_dict, verify_account
+
+    cfg = _load_config(args)
+    accounts = [cfg.account(name) for name in args.account] if args.account else list(cfg.accounts)
+    with _open_ledger(cfg) as ledger:
+        reports = [verify_account(cfg, account, ledger) for account in accounts]
+    if args.json:
+        print(json.dumps([report_dict(report) for report in reports], indent=2))
+    else:
+        for report in reports:
+            verdict = "ok" if report.ok else f"{len(report.problems)} problem(s)"
+            print(
+                f"{report.account}: {report.checked} file(s), "
+                f"{human_size(report.checked_bytes)} verified, {verdict}"
+            )
+            for problem in report.problems:
+                print(f"  {problem.kind}: {problem.path}: {problem.detail}")
+    return EXIT_OK if all(report.ok for report in reports) else EXIT_FAILED
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:

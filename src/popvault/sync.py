@@ -168,7 +168,15 @@ class _AccountRun:
         self.result = result
         self.clock = clock
         self.progress = progress
-        self.store = open_store(account.format, config.archive_root, account.path)
+        # The archive root is created on an account's first run only: once the
+        # ledger vouches for archived files, a missing root more likely means an
+        # unmounted disk, and writing into the bare mount point would hide mail.
+        self.store = open_store(
+            account.format,
+            config.archive_root,
+            account.path,
+            create_root=not _has_archived(ledger, account.name),
+        )
         # Message numbers whose RETR succeeded but which are not (yet) durable:
         # while any is here, the session must not end with QUIT.
         self.undurable: set[int] = set()
@@ -177,7 +185,7 @@ class _AccountRun:
         account = self.account
         if account.retention.mode != "keep":
             raise ConfigError(
-                f"retention {account.retention.mode!r} is not supported yet; use \"keep\"",
+                f'retention {account.retention.mode!r} is not supported yet; use "keep"',
                 file=str(self.config.file),
                 account=account.name,
                 key="retention",
@@ -305,6 +313,10 @@ class _AccountRun:
         except StoreError:
             self.ledger.drop_pending(self.account.name, message.uidl)
             raise
+
+
+def _has_archived(ledger: Ledger, account: str) -> bool:
+    return any(row.name == account and row.archived_messages for row in ledger.status())
 
 
 def _first_number_per_uidl(listing: Sequence[tuple[int, str]], account: str) -> dict[str, int]:

@@ -1,0 +1,101 @@
+"""A test workspace: a config file, an archive and a ledger in one folder, and the CLI.
+
+Tests drive popvault the way a user does — through a config file and the
+``popvault`` command — and then look at the files and the ledger directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from popvault.cli import main
+
+
+@dataclass
+class CliResult:
+    """What one ``popvault`` invocation did."""
+
+    code: int
+    out: str
+    err: str
+
+    @property
+    def output(self) -> str:
+        return self.out + self.err
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, Path):
+        value = str(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+    raise TypeError(f"no TOML for {value!r}")
+
+
+class Workspace:
+    """One folder holding config.toml, ledger.sqlite3 and archive/."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.config = folder / "config.toml"
+        self.ledger_file = folder / "ledger.sqlite3"
+        self.archive = folder / "archive"
+
+    def write_config(
+        self,
+        accounts: list[dict[str, Any]],
+        *,
+        defaults: dict[str, Any] | None = None,
+        ledger_url: str = "sqlite:///ledger.sqlite3",
+    ) -> Path:
+        lines = ["[ledger]", f"url = {toml_value(ledger_url)}", "", "[archive]", 'root = "archive"']
+        if defaults:
+            lines += ["", "[defaults]"] + [f"{k} = {toml_value(v)}" for k, v in defaults.items()]
+        for account in accounts:
+            lines += ["", "[[accounts]]"] + [f"{k} = {toml_value(v)}" for k, v in account.items()]
+        self.config.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        self.config.chmod(0o600)
+        return self.config
+
+    def cli(self, *args: str) -> CliResult:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(["--config", str(self.config), *args])
+        return CliResult(code, out.getvalue(), err.getvalue())
+
+    def archived_files(self, folder: str) -> list[Path]:
+        """Every published message file of one account's folder, sorted by name."""
+        base = self.archive / folder
+        files = list((base / "new").glob("*")) + list((base / "cur").glob("*"))
+        files += list(base.glob("[0-9][0-9][0-9][0-9]/[0-9][0-9]/*.eml"))
+        return sorted(path for path in files if path.is_file())
+
+    def ledger_rows(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        with contextlib.closing(sqlite3.connect(self.ledger_file)) as db:
+            return list(db.execute(sql, params))
+
+    def ledger_dump(self) -> str:
+        """Everything in the ledger as text (to search it for secrets)."""
+        with contextlib.closing(sqlite3.connect(self.ledger_file)) as db:
+            return "\n".join(db.iterdump())
+
+
+def maildir_form(raw: bytes) -> bytes:
+    """What the Maildir store keeps of a message as served: CRLF becomes LF."""
+    return raw.replace(b"\r\n", b"\n")
+
+
+def wire_form(raw: bytes) -> bytes:
+    """A message as a POP3 server hands it out: CRLF line endings, ending in CRLF."""
+    crlf = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    return crlf if crlf.endswith(b"\r\n") else crlf + b"\r\n"
