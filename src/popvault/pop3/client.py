@@ -1,0 +1,483 @@
+"""The blocking POP3 client: a socket (and TLS) wrapped around the sans-IO core.
+
+Foreign errors are mapped once per operation into the popvault tree, specific
+before general: a timeout becomes :class:`~popvault.errors.Pop3Timeout`, a
+certificate failure :class:`~popvault.errors.TLSError`, other ``OSError``
+:class:`~popvault.errors.ConnectError`, :class:`~popvault.errors.ReadError` or
+:class:`~popvault.errors.WriteError` by what was being done. A ``-ERR`` becomes
+a :class:`~popvault.errors.ServerError` subclass chosen by its response code.
+After any error other than ``-ERR`` the connection is dropped without QUIT, so
+the server deletes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Literal, Protocol, Self, TypeVar
+
+from popvault.errors import (
+    AuthError,
+    ConnectError,
+    InUseError,
+    LocalProtocolError,
+    LoginDelayError,
+    Pop3Error,
+    Pop3Timeout,
+    ReadError,
+    RemoteProtocolError,
+    SecurityPolicyError,
+    ServerError,
+    TemporaryError,
+    TLSError,
+    WriteError,
+)
+from popvault.pop3.commands import Command
+from popvault.pop3.core import Pop3Connection
+from popvault.pop3.events import (
+    NEED_DATA,
+    ConnectionClosed,
+    Data,
+    Err,
+    Event,
+    Greeting,
+    MultilineBegin,
+    MultilineEnd,
+    Ok,
+)
+from popvault.pop3.parsing import (
+    apop_digest,
+    code_matches,
+    parse_capa,
+    parse_list_line,
+    parse_stat,
+    parse_uidl_line,
+)
+from popvault.pop3.tls import make_client_context
+
+log = logging.getLogger("popvault.pop3")
+
+#: Octets asked of the socket per read: large enough for throughput, small enough
+#: that memory stays flat whatever the message size.
+READ_BLOCK = 64 * 1024
+#: Longest line accepted in a UIDL, LIST or CAPA listing; RFC 1939 section 7 keeps
+#: UIDL lines under 80 octets, so this is generous and still bounds memory.
+MAX_LISTING_LINE = 8192
+
+_LOGIN_VERBS = frozenset({"USER", "PASS", "APOP"})
+# Most specific first: a code picks the first class whose code it matches.
+_CODE_CLASSES: tuple[tuple[str, type[ServerError]], ...] = (
+    ("AUTH", AuthError),  # RFC 3206 section 5
+    ("IN-USE", InUseError),  # RFC 2449 section 8.1.1
+    ("LOGIN-DELAY", LoginDelayError),  # RFC 2449 section 8.1.2
+    ("SYS/TEMP", TemporaryError),  # RFC 3206 section 4
+)
+
+Security = Literal["tls", "starttls", "plain"]
+T_contra = TypeVar("T_contra", contravariant=True)
+
+
+class SupportsWrite(Protocol[T_contra]):
+    """Anything with ``write(data)``: a file, a store writer, a hash adapter."""
+
+    def write(self, data: T_contra, /) -> object:
+        """Take ``data``; the return value is ignored."""
+        ...
+
+
+def error_for(err: Err, *, secret: str | None = None) -> ServerError:
+    """The :class:`ServerError` subclass for a ``-ERR`` event.
+
+    A refused USER, PASS or APOP without a code (or with ``[AUTH]``) is an
+    :class:`AuthError`. ``secret`` is scrubbed from the server's text, in case
+    a server echoes what it was sent.
+    """
+    text = err.text.replace(secret, "***") if secret else err.text
+    verb = err.command.verb if err.command is not None else None
+    command = err.command.redacted() if err.command is not None else "greeting"
+    cls = next((c for code, c in _CODE_CLASSES if code_matches(err.code, code)), ServerError)
+    if cls is ServerError and err.code is None and verb in _LOGIN_VERBS:
+        cls = AuthError
+    return cls(text, code=err.code, command=command)
+
+
+class Pop3Client:
+    """A blocking POP3 session with one server, for one account.
+
+    ``security`` is ``"tls"`` (implicit TLS, port 995), ``"starttls"`` (STLS
+    after the greeting, never falling back to clear text) or ``"plain"``.
+    ``timeout`` applies to connecting and to every read and write. Every
+    :class:`~popvault.errors.Pop3Error` raised carries ``account``.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        security: Security,
+        timeout: float,
+        ca_file: str | Path | None = None,
+        account: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.security: Security = security
+        self.timeout = timeout
+        self.ca_file = ca_file
+        self.account = account
+        self._ssl_context = ssl_context
+        self.greeting = ""
+        self.capabilities: dict[str, list[str]] = {}
+        self._apop_timestamp: str | None = None
+        self._sock: socket.socket | None = None
+        self._core = Pop3Connection()
+
+    @property
+    def is_secure(self) -> bool:
+        """Whether the connection is up and runs over TLS."""
+        return isinstance(self._sock, ssl.SSLSocket)
+
+    @property
+    def _where(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    # -- context manager --------------------------------------------------------
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        # Never QUIT here: QUIT commits deletions, and only the caller knows
+        # whether everything it deleted is safely archived.
+        self.close()
+
+    # -- session ---------------------------------------------------------------
+
+    def connect(self) -> None:
+        """Connect, read the greeting and CAPA; with ``starttls``, upgrade to TLS."""
+        if self._sock is not None:
+            raise LocalProtocolError("already connected", account=self.account)
+        self.greeting, self.capabilities, self._apop_timestamp = "", {}, None
+        with self._operation(drop_on_refusal=True):
+            self._sock = self._open_tcp()
+            if self.security == "tls":
+                self._sock = self._handshake(self._sock)
+            self._core = Pop3Connection(tls=self.is_secure)
+            self._read_greeting()
+            self._refresh_capabilities()
+            if self.security == "starttls":
+                self._starttls()
+
+    def login(
+        self,
+        username: str,
+        password: str,
+        *,
+        method: Literal["user", "apop"] = "user",
+        allow_plaintext: bool = False,
+    ) -> None:
+        """Log in with USER/PASS or APOP; then refresh :attr:`capabilities`.
+
+        Over a stream that is not TLS this raises
+        :class:`~popvault.errors.SecurityPolicyError` unless
+        ``allow_plaintext`` is true. A refusal raises
+        :class:`~popvault.errors.AuthError` (or the class its code names).
+        """
+        self._check_login_policy(method, allow_plaintext)
+        with self._operation():
+            if method == "apop":
+                digest = apop_digest(self._apop_timestamp or "", password)
+                self._command(Command("APOP", username, digest), secret=password)
+            else:
+                self._command(Command("USER", username))
+                self._command(Command("PASS", password), secret=password)
+            self._refresh_capabilities()
+
+    def _check_login_policy(self, method: str, allow_plaintext: bool) -> None:
+        if self._sock is None:
+            raise LocalProtocolError("login before connect", account=self.account)
+        if not self.is_secure and not allow_plaintext:
+            raise SecurityPolicyError(
+                f"refusing to send credentials to {self._where} over a connection "
+                "without TLS (allow_plaintext is off)",
+                account=self.account,
+            )
+        if method == "apop" and self._apop_timestamp is None:
+            raise SecurityPolicyError(
+                f"APOP: the greeting of {self._where} has no timestamp, so the server "
+                "does not support APOP",
+                account=self.account,
+            )
+
+    def stat(self) -> tuple[int, int]:
+        """Number of messages and their total size in octets (STAT)."""
+        with self._operation():
+            return parse_stat(self._ok(Command("STAT")).text)
+
+    def uidl(self) -> list[tuple[int, str]]:
+        """``(message number, unique-id)`` for every message, in server order (UIDL)."""
+        with self._operation():
+            entries = [parse_uidl_line(line) for line in self._listing(Command("UIDL"))]
+            _check_unique(entries, "unique-id")
+            return entries
+
+    def list(self) -> list[tuple[int, int]]:
+        """``(message number, size in octets)`` for every message, in server order (LIST)."""
+        with self._operation():
+            entries = [parse_list_line(line) for line in self._listing(Command("LIST"))]
+            _check_unique([(n, str(n)) for n, _ in entries], "message number")
+            return entries
+
+    def retr_into(self, number: int, sink: SupportsWrite[bytes]) -> int:
+        """Stream message ``number`` into ``sink``, dot-unstuffed; return the octets written.
+
+        Memory stays flat whatever the message size. If ``sink`` raises, the
+        connection is dropped (without QUIT) and the exception goes on unchanged.
+        """
+        with self._operation():
+            self._multiline(Command("RETR", number))
+            written = 0
+            for chunk in self._body():
+                sink.write(chunk)
+                written += len(chunk)
+            return written
+
+    def dele(self, number: int) -> None:
+        """Mark message ``number`` deleted; the server removes it only at QUIT."""
+        with self._operation():
+            self._ok(Command("DELE", number))
+
+    def noop(self) -> None:
+        """NOOP: keep the session alive."""
+        with self._operation():
+            self._ok(Command("NOOP"))
+
+    def rset(self) -> None:
+        """RSET: unmark every message marked deleted in this session."""
+        with self._operation():
+            self._ok(Command("RSET"))
+
+    def quit(self) -> None:
+        """QUIT and close: the server enters UPDATE and commits the deletions."""
+        try:
+            with self._operation():
+                self._ok(Command("QUIT"))
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Drop the connection without QUIT, so nothing is deleted. Idempotent."""
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            # The connection is being abandoned; a failure to close it loses nothing.
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    # -- steps of connect ------------------------------------------------------
+
+    def _open_tcp(self) -> socket.socket:
+        try:
+            return socket.create_connection((self.host, self.port), timeout=self.timeout)
+        except TimeoutError as exc:
+            raise Pop3Timeout(
+                f"connecting to {self._where} timed out after {self.timeout}s"
+            ) from exc
+        except OSError as exc:
+            raise ConnectError(f"cannot connect to {self._where}: {_reason(exc)}") from exc
+
+    def _handshake(self, sock: socket.socket) -> ssl.SSLSocket:
+        context = self._ssl_context or make_client_context(self.ca_file)
+        try:
+            return context.wrap_socket(sock, server_hostname=self.host)
+        except ssl.SSLCertVerificationError as exc:
+            raise TLSError(
+                f"the TLS certificate of {self._where} failed verification: "
+                f"{exc.verify_message or _reason(exc)}"
+            ) from exc
+        except ssl.SSLError as exc:
+            raise TLSError(f"TLS handshake with {self._where} failed: {_reason(exc)}") from exc
+        except TimeoutError as exc:
+            raise Pop3Timeout(f"TLS handshake with {self._where} timed out") from exc
+        except OSError as exc:
+            raise TLSError(f"TLS handshake with {self._where} failed: {_reason(exc)}") from exc
+
+    def _read_greeting(self) -> None:
+        event = self._next_event()
+        if isinstance(event, Err):
+            raise error_for(event)
+        if not isinstance(event, Greeting):  # unreachable: the core greets first
+            raise RemoteProtocolError(f"expected a greeting, got {event!r}")
+        self.greeting = event.text
+        self._apop_timestamp = event.apop_timestamp
+
+    def _refresh_capabilities(self) -> None:
+        """CAPA (RFC 2449 section 5); a server without it keeps what we knew."""
+        try:
+            self.capabilities = parse_capa(self._listing(Command("CAPA")))
+        except ServerError:
+            log.debug("%s: CAPA refused; keeping the capabilities known so far", self._where)
+
+    def _starttls(self) -> None:
+        if "STLS" not in self.capabilities:
+            raise SecurityPolicyError(
+                f"{self._where} does not offer STLS; refusing to continue in clear text"
+            )
+        self._ok(Command("STLS"))
+        if self._core.next_event() is not NEED_DATA:  # the core raises on injected data
+            raise RemoteProtocolError("the server sent data after accepting STLS")
+        if self._sock is None:  # unreachable: set by connect()
+            raise LocalProtocolError("not connected")
+        self._sock = self._handshake(self._sock)
+        # RFC 2595 section 4: a new session over the new stream, and capabilities
+        # learnt in clear text are forgotten.
+        self._core = Pop3Connection(after_stls=True)
+        self.capabilities = {}
+        self._refresh_capabilities()
+
+    # -- commands and replies ----------------------------------------------------
+
+    def _ok(self, command: Command, *, secret: str | None = None) -> Ok:
+        event = self._command(command, secret=secret)
+        if not isinstance(event, Ok):
+            raise RemoteProtocolError(f"expected a one-line reply to {command.redacted()}")
+        return event
+
+    def _multiline(self, command: Command) -> MultilineBegin:
+        event = self._command(command)
+        if not isinstance(event, MultilineBegin):
+            raise RemoteProtocolError(f"expected a multi-line reply to {command.redacted()}")
+        return event
+
+    def _command(self, command: Command, *, secret: str | None = None) -> Event:
+        """Send ``command`` and return its reply; ``-ERR`` raises its ServerError."""
+        self._write(command)
+        event = self._next_event()
+        if isinstance(event, Err):
+            log.debug("%s S: -ERR [%s] %s", self._where, event.code, _scrub(event.text, secret))
+            raise error_for(event, secret=secret)
+        if isinstance(event, Ok | MultilineBegin):
+            log.debug("%s S: +OK %s", self._where, _scrub(event.text, secret))
+            return event
+        raise RemoteProtocolError(f"unexpected {event!r} in reply to {command.redacted()}")
+
+    def _listing(self, command: Command) -> Iterator[bytes]:
+        """The lines of a multi-line reply, line endings removed."""
+        self._multiline(command)
+        pending = bytearray()
+        for chunk in self._body():
+            pending += chunk
+            *lines, rest = pending.split(b"\n")
+            if len(rest) > MAX_LISTING_LINE:
+                raise RemoteProtocolError(
+                    f"a {command.verb} line exceeds {MAX_LISTING_LINE} octets"
+                )
+            yield from (bytes(line).rstrip(b"\r") for line in lines)
+            pending = bytearray(rest)
+        if pending.rstrip(b"\r"):
+            yield bytes(pending).rstrip(b"\r")
+
+    def _body(self) -> Iterator[bytes]:
+        while True:
+            event = self._next_event()
+            if isinstance(event, MultilineEnd):
+                return
+            if not isinstance(event, Data):  # unreachable: the core sends Data or the end
+                raise RemoteProtocolError(f"unexpected {event!r} inside a multi-line reply")
+            yield event.chunk
+
+    # -- bytes on the wire -----------------------------------------------------
+
+    def _write(self, command: Command) -> None:
+        data = self._core.send(command)
+        log.debug("%s C: %s", self._where, command.redacted())
+        try:
+            self._connected().sendall(data)
+        except TimeoutError as exc:
+            raise Pop3Timeout(f"sending {command.verb} to {self._where} timed out") from exc
+        except ssl.SSLError as exc:
+            raise TLSError(f"TLS error sending {command.verb}: {_reason(exc)}") from exc
+        except OSError as exc:
+            raise WriteError(f"sending {command.verb} to {self._where}: {_reason(exc)}") from exc
+
+    def _next_event(self) -> Event:
+        while True:
+            event = self._core.next_event()
+            if event is NEED_DATA:
+                self._core.receive_data(self._read())
+                continue
+            if isinstance(event, ConnectionClosed):
+                raise ReadError(f"the server closed the connection {self._waiting_for()}")
+            return event
+
+    def _waiting_for(self) -> str:
+        outstanding = self._core.outstanding
+        if outstanding:
+            return f"during the reply to {outstanding[0].redacted()}"
+        return "before it greeted" if not self.greeting else "unexpectedly"
+
+    def _read(self) -> bytes:
+        try:
+            return self._connected().recv(READ_BLOCK)
+        except TimeoutError as exc:
+            raise Pop3Timeout(
+                f"no answer from {self._where} within {self.timeout}s {self._waiting_for()}"
+            ) from exc
+        except ssl.SSLError as exc:
+            raise TLSError(f"TLS error reading from {self._where}: {_reason(exc)}") from exc
+        except OSError as exc:
+            raise ReadError(f"reading from {self._where}: {_reason(exc)}") from exc
+
+    def _connected(self) -> socket.socket:
+        if self._sock is None:
+            raise LocalProtocolError("not connected (or the connection was dropped)")
+        return self._sock
+
+    @contextlib.contextmanager
+    def _operation(self, *, drop_on_refusal: bool = False) -> Iterator[None]:
+        """Tag errors with the account; drop the connection unless the error was -ERR.
+
+        After ``-ERR`` the stream is still in step and the session usable, except
+        during connect (a refused greeting or STLS leaves nothing to go on with).
+        """
+        try:
+            yield
+        except ServerError as exc:
+            exc.account = exc.account or self.account
+            if drop_on_refusal:
+                self.close()
+            raise
+        except Pop3Error as exc:
+            exc.account = exc.account or self.account
+            self.close()
+            raise
+        except BaseException:
+            self.close()  # a failing sink mid-RETR leaves the stream out of step
+            raise
+
+
+def _scrub(text: str, secret: str | None) -> str:
+    return text.replace(secret, "***") if secret else text
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def _check_unique(entries: list[tuple[int, str]], what: str) -> None:
+    """Refuse a listing that repeats a number or uid: the ledger keys on them."""
+    numbers = {number for number, _ in entries}
+    values = {value for _, value in entries}
+    if len(numbers) != len(entries) or len(values) != len(entries):
+        raise RemoteProtocolError(f"the server listed a {what} twice")

@@ -1,0 +1,150 @@
+"""Parsers for POP3 reply lines and listings, and the APOP digest.
+
+Every parser takes the server's bytes and either returns a value or raises
+:class:`~popvault.errors.RemoteProtocolError`; nothing else escapes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+from typing import Literal
+
+from popvault.errors import RemoteProtocolError
+
+StatusKind = Literal["+OK", "-ERR", "+"]
+
+# RFC 1939 section 7: a unique-id is 1 to 70 octets in 0x21-0x7E. We accept up to
+# 255 (RFC 2449 section 4 raised the line length) so a slightly wordy server is
+# still archived; the characters stay strict because the uid is our ledger key.
+MAX_UID_OCTETS = 255
+_UID = re.compile(rb"[\x21-\x7e]{1,%d}" % MAX_UID_OCTETS)
+_NUMBER = re.compile(rb"[0-9]{1,19}")
+# RFC 1939 section 7 (APOP): the timestamp is a msg-id, "<process-ID.clock@hostname>".
+_TIMESTAMP = re.compile(r"<[\x21-\x3b\x3d\x3f-\x7e]+@[\x21-\x3b\x3d\x3f-\x7e]+>")
+# RFC 2449 section 8: resp-code = "[" resp-level *("/" resp-level) "]",
+# resp-level = 1*rchar, rchar = %x21-2E / %x30-5C / %x5E-7F (no "/" and no "]").
+_RESP_CODE = re.compile(r"\[([\x21-\x2e\x30-\x5c\x5e-\x7f]+(?:/[\x21-\x2e\x30-\x5c\x5e-\x7f]+)*)\]")
+
+
+def _text(raw: bytes) -> str:
+    # RFC 1939 text is ASCII, but a server may send anything; never fail on it.
+    return raw.decode("utf-8", "replace")
+
+
+def strip_eol(line: bytes) -> bytes:
+    """Drop one trailing LF and the CR before it, if any."""
+    if line.endswith(b"\n"):
+        line = line[:-1]
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    return line
+
+
+def parse_status(line: bytes) -> tuple[StatusKind, str]:
+    """Split a status line (without its line ending) into indicator and text.
+
+    Indicators are matched case-insensitively; ``+`` alone is an AUTH
+    continuation (RFC 5034 section 4).
+    """
+    head, _, rest = line.partition(b" ")
+    upper = head.upper()
+    if upper == b"+OK":
+        return "+OK", _text(rest)
+    if upper == b"-ERR":
+        return "-ERR", _text(rest)
+    if head == b"+":
+        return "+", _text(rest)
+    raise RemoteProtocolError(f"expected +OK or -ERR, got {_text(line[:80])!r}")
+
+
+def parse_response_code(text: str) -> tuple[str | None, str]:
+    """Split ``"[SYS/TEMP] try later"`` into ``("SYS/TEMP", "try later")``.
+
+    Codes are upper-cased (RFC 2449 section 8 treats them case-insensitively);
+    text without a well-formed code comes back whole with ``None``.
+    """
+    match = _RESP_CODE.match(text)
+    if match is None:
+        return None, text
+    return match.group(1).upper(), text[match.end() :].lstrip(" ")
+
+
+def code_matches(code: str | None, wanted: str) -> bool:
+    """Whether the hierarchical ``code`` is ``wanted`` or one of its sub-codes.
+
+    ``code_matches("SYS/TEMP/DISK", "SYS/TEMP")`` is true (RFC 2449 section 8:
+    clients that know only the upper levels act on those).
+    """
+    if code is None:
+        return False
+    return code == wanted or code.startswith(wanted + "/")
+
+
+def apop_timestamp(greeting_text: str) -> str | None:
+    """The ``<...@...>`` timestamp in a greeting, or ``None`` (RFC 1939 section 7)."""
+    match = _TIMESTAMP.search(greeting_text)
+    return match.group(0) if match else None
+
+
+def apop_digest(timestamp: str, password: str) -> str:
+    """The APOP digest: lower-case hex MD5 of timestamp followed by password."""
+    # RFC 1939 section 7 fixes MD5; it is the protocol's choice, not ours.
+    data = (timestamp + password).encode("utf-8")
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def _number(raw: bytes, what: str, line: bytes) -> int:
+    if not _NUMBER.fullmatch(raw):
+        raise RemoteProtocolError(f"bad {what} in {_text(line[:80])!r}")
+    return int(raw)
+
+
+def _two_fields(line: bytes, what: str) -> tuple[bytes, bytes]:
+    fields = strip_eol(line).split()
+    if len(fields) != 2:
+        raise RemoteProtocolError(f"bad {what} line {_text(line[:80])!r}")
+    return fields[0], fields[1]
+
+
+def parse_uidl_line(line: bytes) -> tuple[int, str]:
+    """Parse ``b"3 QhdPYR:00WBw1Ph7x7"`` (one UIDL listing line, RFC 1939 section 7).
+
+    The uid is opaque and case-sensitive; it is returned exactly as sent.
+    """
+    number, uid = _two_fields(line, "UIDL")
+    if not _UID.fullmatch(uid):
+        raise RemoteProtocolError(f"bad unique-id in UIDL line {_text(line[:80])!r}")
+    return _number(number, "message number", line), uid.decode("ascii")
+
+
+def parse_list_line(line: bytes) -> tuple[int, int]:
+    """Parse ``b"3 1205"`` (one LIST listing line, RFC 1939 section 5)."""
+    number, octets = _two_fields(line, "LIST")
+    return _number(number, "message number", line), _number(octets, "size", line)
+
+
+def parse_stat(text: str) -> tuple[int, int]:
+    """Parse the text of a STAT reply, ``"2 320"`` (RFC 1939 section 5)."""
+    raw = text.encode("utf-8", "replace")
+    fields = raw.split()
+    if len(fields) < 2:
+        raise RemoteProtocolError(f"bad STAT reply {text[:80]!r}")
+    # RFC 1939 section 5: servers may add more after the two numbers; ignore it.
+    return _number(fields[0], "message count", raw), _number(fields[1], "size", raw)
+
+
+def parse_capa(lines: Iterable[bytes | str]) -> dict[str, list[str]]:
+    """Turn CAPA lines into ``{"SASL": ["PLAIN", "LOGIN"], "TOP": [], ...}``.
+
+    Capability names are upper-cased (RFC 2449 section 6: case-insensitive);
+    arguments keep their case. A repeated name adds to the earlier arguments.
+    """
+    capabilities: dict[str, list[str]] = {}
+    for line in lines:
+        text = _text(strip_eol(line)) if isinstance(line, bytes) else line.rstrip("\r\n")
+        words = text.split()
+        if words:
+            capabilities.setdefault(words[0].upper(), []).extend(words[1:])
+    return capabilities
