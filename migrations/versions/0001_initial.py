@@ -1,4 +1,4 @@
-"""The initial ledger: messages and runs.
+"""The initial ledger: messages, runs and failures.
 
 Revision ID: 0001
 Revises:
@@ -31,7 +31,7 @@ def _utc() -> sa.DateTime:
 
 
 def upgrade() -> None:
-    """Create the messages and runs tables."""
+    """Create the messages, runs and failures tables."""
     op.create_table(
         "messages",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -46,13 +46,15 @@ def upgrade() -> None:
         sa.Column("archived_at", _utc(), nullable=True),
         sa.Column("deleted_at", _utc(), nullable=True),
         sa.Column("gone_at", _utc(), nullable=True),
-        sa.Column("attempts", sa.Integer(), server_default="0", nullable=False),
-        sa.Column("last_error", sa.Text(), nullable=True),
+        sa.Column("delete_requested_at", _utc(), nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_messages"),
         sa.UniqueConstraint("account", "uidl", name="uq_messages_account_uidl"),
-        sa.CheckConstraint("state IN ('pending', 'archived', 'failed')", name="ck_messages_state"),
+        sa.CheckConstraint("state IN ('pending', 'archived')", name="ck_messages_state"),
         sa.CheckConstraint("size >= 0", name="ck_messages_size"),
         sa.CheckConstraint("length(sha256) = 64", name="ck_messages_sha256"),
+        sa.CheckConstraint(
+            "state = 'pending' OR archived_at IS NOT NULL", name="ck_messages_archived_at"
+        ),
     )
     op.create_index("ix_messages_account_state", "messages", ["account", "state"])
     op.create_table(
@@ -65,14 +67,30 @@ def upgrade() -> None:
         sa.Column("messages", sa.Integer(), server_default="0", nullable=False),
         sa.Column("bytes", sa.BigInteger(), server_default="0", nullable=False),
         sa.Column("error", sa.Text(), nullable=True),
+        sa.Column("on_server", sa.Integer(), nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_runs"),
         sa.CheckConstraint("outcome IN ('running', 'ok', 'failed')", name="ck_runs_outcome"),
+        sa.CheckConstraint("on_server >= 0", name="ck_runs_on_server"),
     )
     op.create_index("ix_runs_account", "runs", ["account"])
+    op.create_table(
+        "failures",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("account", _binary_string(), nullable=False),
+        sa.Column("uidl", _binary_string(), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("first_failed_at", _utc(), nullable=False),
+        sa.Column("last_failed_at", _utc(), nullable=False),
+        sa.Column("last_error", sa.Text(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name="pk_failures"),
+        sa.UniqueConstraint("account", "uidl", name="uq_failures_account_uidl"),
+        sa.CheckConstraint("attempts >= 1", name="ck_failures_attempts"),
+    )
 
 
 def downgrade() -> None:
-    """Drop both tables (and every record in them)."""
+    """Drop every table (and every record in them)."""
+    op.drop_table("failures")
     op.drop_index("ix_runs_account", table_name="runs")
     op.drop_table("runs")
     op.drop_index("ix_messages_account_state", table_name="messages")

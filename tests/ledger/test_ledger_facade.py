@@ -274,6 +274,8 @@ def test_failed_run_keeps_last_success_and_shows_error(ledger: Ledger) -> None:
         last_outcome="failed",
         last_error="[IN-USE] locked",
         last_success_at=T0,
+        on_server=None,
+        failed_messages=0,
     )
 
 

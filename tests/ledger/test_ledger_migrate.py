@@ -13,6 +13,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
+from sqlalchemy.exc import IntegrityError
 
 from popvault.errors import SchemaMismatch
 from popvault.ledger import UPGRADE_COMMAND, Ledger, check, current, upgrade
@@ -80,7 +81,7 @@ def test_upgrade_from_empty_reaches_head(ledger_url: str) -> None:
     assert current(ledger_url) is None
     upgrade(ledger_url)
     assert current(ledger_url) == HEAD
-    assert {"messages", "runs", "alembic_version"} <= tables(ledger_url)
+    assert {"messages", "runs", "failures", "alembic_version"} <= tables(ledger_url)
     check(ledger_url)  # does not raise
     upgrade(ledger_url)  # idempotent
     assert current(ledger_url) == HEAD
@@ -220,5 +221,34 @@ def test_uidl_and_account_collation_is_bytewise(ledger_url: str) -> None:
                 ddl = connection.execute(query).scalar_one()
                 assert 'uidl VARCHAR COLLATE "BINARY"' in ddl
                 assert 'account VARCHAR COLLATE "BINARY"' in ddl
+    finally:
+        eng.dispose()
+
+
+MESSAGE_ROW = (
+    "INSERT INTO messages (account, uidl, state, size, sha256, path, first_seen_at, archived_at) "
+    "VALUES ('a', :uidl, :state, 1, :sha, 'p', '2025-01-01 00:00:00', :archived_at)"
+)
+
+
+@pytest.mark.parametrize(
+    ("state", "archived_at"),
+    [("failed", "2025-01-01 00:00:00"), ("archived", None)],
+    ids=["no-failed-state", "archived-needs-a-time"],
+)
+def test_messages_constraints_keep_rows_honest(
+    ledger_url: str, state: str, archived_at: str | None
+) -> None:
+    upgrade(ledger_url)
+    eng = create_ledger_engine(parse_url(ledger_url))
+    try:
+        with eng.begin() as connection:  # a good row first: the statement itself is fine
+            connection.execute(
+                text(MESSAGE_ROW),
+                {"uidl": "ok", "state": "pending", "sha": "0" * 64, "archived_at": None},
+            )
+        params = {"uidl": "bad", "state": state, "sha": "0" * 64, "archived_at": archived_at}
+        with pytest.raises(IntegrityError, match="ck_messages"), eng.begin() as connection:
+            connection.execute(text(MESSAGE_ROW), params)
     finally:
         eng.dispose()

@@ -9,21 +9,31 @@ nothing of the configuration, POP3 or the store; the rest of popvault sees the
 from __future__ import annotations
 
 from popvault.ledger.facade import (
+    AccountBusy,
     AccountStatus,
     ArchivedMessage,
     DuplicateMessage,
+    FailedMessage,
     Ledger,
     PendingMessage,
+    Reconciled,
+    RetainedMessage,
+    RetentionSummary,
 )
 from popvault.ledger.migrate import UPGRADE_COMMAND, check, current, upgrade
 
 __all__ = [
     "UPGRADE_COMMAND",
+    "AccountBusy",
     "AccountStatus",
     "ArchivedMessage",
     "DuplicateMessage",
+    "FailedMessage",
     "Ledger",
     "PendingMessage",
+    "Reconciled",
+    "RetainedMessage",
+    "RetentionSummary",
     "check",
     "current",
     "upgrade",

@@ -35,7 +35,9 @@ NAMING_CONVENTION: dict[str, str] = {
     "pk": "pk_%(table_name)s",
 }
 
-MESSAGE_STATES = ("pending", "archived", "failed")
+# A message that keeps failing is no state of its own: it has no file, so it
+# lives in `failures`, and every messages row keeps honest NOT NULL columns.
+MESSAGE_STATES = ("pending", "archived")
 RUN_OUTCOMES = ("running", "ok", "failed")
 
 
@@ -93,7 +95,13 @@ def _in_check(column: str, values: tuple[str, ...]) -> str:
 
 class Message(Base):
     """One message of one account: pending while its file is being made
-    durable, archived once the ledger vouches for it."""
+    durable, archived once the ledger vouches for it.
+
+    An archived row is *retained* while ``deleted_at`` and ``gone_at`` are
+    NULL: as far as popvault knows the server still has the message.
+    ``delete_requested_at`` is set between an accepted DELE and QUIT's +OK,
+    the window in which RFC 1939 section 6 leaves the deletion unknown.
+    """
 
     __tablename__ = "messages"
     __table_args__ = (
@@ -102,6 +110,7 @@ class Message(Base):
         CheckConstraint(_in_check("state", MESSAGE_STATES), name="state"),
         CheckConstraint("size >= 0", name="size"),
         CheckConstraint("length(sha256) = 64", name="sha256"),
+        CheckConstraint("state = 'pending' OR archived_at IS NOT NULL", name="archived_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -117,8 +126,7 @@ class Message(Base):
     archived_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     gone_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    last_error: Mapped[str | None] = mapped_column(Text)
+    delete_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class Run(Base):
@@ -128,6 +136,7 @@ class Run(Base):
     __table_args__ = (
         Index("ix_runs_account", "account"),
         CheckConstraint(_in_check("outcome", RUN_OUTCOMES), name="outcome"),
+        CheckConstraint("on_server >= 0", name="on_server"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -138,3 +147,28 @@ class Run(Base):
     messages: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     error: Mapped[str | None] = mapped_column(Text)
+    # How many UIDLs the server listed in this run; NULL if it never got that far.
+    on_server: Mapped[int | None] = mapped_column(Integer)
+
+
+class Failure(Base):
+    """A message of one account that failed to archive, and how often.
+
+    After enough attempts the orchestrator sets it aside, so that one poison
+    message (RETR always -ERR, or a file that cannot be stored) does not stop
+    the rest of the mailbox. The row goes once the message archives.
+    """
+
+    __tablename__ = "failures"
+    __table_args__ = (
+        UniqueConstraint("account", "uidl"),
+        CheckConstraint("attempts >= 1", name="attempts"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account: Mapped[str] = mapped_column(binary_string())
+    uidl: Mapped[str] = mapped_column(binary_string())
+    attempts: Mapped[int] = mapped_column(Integer)
+    first_failed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_failed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_error: Mapped[str] = mapped_column(Text)
