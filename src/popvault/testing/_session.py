@@ -1,0 +1,361 @@
+"""One connection to the fake POP3 server: RFC 1939 states and commands."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import re
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from popvault.testing import _wire
+
+if TYPE_CHECKING:
+    from popvault.testing.fake_server import FakePop3Server
+
+# RFC 2449 section 4: a command line is at most 255 octets, CRLF included.
+MAX_COMMAND_OCTETS = 255
+_RECV_OCTETS = 4096
+# Unended input held before it is answered as one (too long) line.
+_MAX_PENDING_OCTETS = 64 * 1024
+# After our FIN, wait this long for the client's: closing with its data
+# unread would send a RST, which can destroy what we sent last.
+_LINGER_SECONDS = 1.0
+# RFC 1939 section 3: message numbers and counts are decimal.
+_NUMBER = re.compile(r"[0-9]{1,10}")
+
+AUTHORIZATION = "AUTHORIZATION"
+TRANSACTION = "TRANSACTION"
+
+
+@dataclass(eq=False)
+class Message:
+    """One message on the fake server; identity, not value, tells two apart."""
+
+    uidl: str
+    raw: bytes
+
+
+class _Refused(Exception):
+    """The command is answered with ``-ERR`` and this text."""
+
+
+class _EndSession(Exception):
+    """The session is over: QUIT, a cut connection, or the end of a hang."""
+
+
+def _ok(text: str = "") -> bytes:
+    return _wire.status_line(True, text)
+
+
+def _octets(messages: list[tuple[int, Message]]) -> int:
+    return sum(len(m.raw) for _, m in messages)
+
+
+class Session:
+    """One client connection, run by its own thread."""
+
+    def __init__(self, server: FakePop3Server, conn: socket.socket) -> None:
+        self._server = server
+        self._sock = conn
+        # A second handle on the same connection that stop() may shut down
+        # from another thread; it is never wrapped in TLS, so it stays valid.
+        self._ctl = conn.dup()
+        self._buf = b""
+        self._sent = 0
+        self._state = AUTHORIZATION
+        self._user: str | None = None
+        self._tls = False
+        self._snapshot: list[Message] = []
+        self._marked: list[int] = []  # message numbers, in the order of their DELE
+        self._then: Callable[[], None] | None = None
+
+    # -- life of the connection --------------------------------------------
+
+    def run(self) -> None:
+        """Greet, then answer commands until QUIT, a fault, or the client leaves."""
+        try:
+            if self._server.tls_context is not None:
+                self._start_tls(self._server.tls_context)
+            self._greet()
+            while (line := self._read_line()) is not None:
+                self._handle(line)
+        except (_EndSession, OSError):
+            # OSError (ssl.SSLError included): the client left or failed TLS.
+            # That is the client's business, not a fault of the server.
+            return
+
+    def abort(self) -> None:
+        """Wake the session's thread from any blocking call (from stop())."""
+        with contextlib.suppress(OSError):  # already closed by the client
+            self._ctl.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        """Send FIN, let the client read what it was sent, then close."""
+        try:
+            self._ctl.shutdown(socket.SHUT_WR)
+            self._drain()
+        except OSError:
+            pass
+        finally:
+            self._sock.close()
+            self._ctl.close()
+
+    def _drain(self) -> None:
+        deadline = time.monotonic() + _LINGER_SECONDS
+        while not self._server._stopping.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._ctl.settimeout(remaining)
+            if not self._ctl.recv(_RECV_OCTETS):
+                return
+
+    def _start_tls(self, context: ssl.SSLContext) -> None:
+        # RFC 2595 section 4 and the STARTTLS injection attacks: nothing the
+        # client sent before the handshake may count after it.
+        self._buf = b""
+        self._user = None
+        self._sock = context.wrap_socket(self._sock, server_side=True)
+        self._tls = True
+
+    def _greet(self) -> None:
+        scripted = self._server._take_fault("GREETING", "")
+        if scripted is None:
+            stamp = self._server.apop_timestamp
+            text = "popvault fake POP3 server ready"
+            self._respond("GREETING", _ok(f"{text} {stamp}" if stamp else text))
+            return
+        self._respond("GREETING", _wire.raw_line(scripted))
+        if scripted.startswith("-"):
+            raise _EndSession  # a server that refuses in its greeting hangs up
+
+    # -- input ---------------------------------------------------------------
+
+    def _read_line(self) -> bytes | None:
+        """The next command line, LF included, or None once the client closed."""
+        while True:
+            newline = self._buf.find(b"\n")
+            if newline >= 0:
+                line, self._buf = self._buf[: newline + 1], self._buf[newline + 1 :]
+                return line
+            if len(self._buf) > _MAX_PENDING_OCTETS:
+                line, self._buf = self._buf, b""
+                return line
+            data = self._sock.recv(_RECV_OCTETS)
+            if not data:
+                return None
+            self._buf += data
+
+    def _handle(self, line: bytes) -> None:
+        text = line.rstrip(b"\r\n").decode("latin-1")
+        self._server._record(text)
+        verb, _, arg = text.partition(" ")
+        verb = verb.upper()
+        scripted = self._server._take_fault(verb, arg)
+        if scripted is not None:
+            self._respond(verb, _wire.raw_line(scripted))
+            return
+        self._then = None
+        try:
+            reply = self._execute(verb, arg, len(text) + 2)
+        except _Refused as refusal:
+            reply = _wire.status_line(False, str(refusal))
+        self._respond(verb, reply)
+        if self._then is not None:
+            self._then()
+
+    def _execute(self, verb: str, arg: str, octets: int) -> bytes:
+        if octets > MAX_COMMAND_OCTETS:
+            raise _Refused("command line too long")
+        entry = _COMMANDS.get(verb)
+        if entry is None:
+            raise _Refused("unknown command")
+        handler, states = entry
+        if self._state not in states:
+            raise _Refused(f"{verb} not allowed in the {self._state} state")
+        return handler(self, arg)
+
+    # -- output --------------------------------------------------------------
+
+    def _respond(self, verb: str, data: bytes) -> None:
+        server = self._server
+        if server.bare_lf:
+            data = _wire.to_bare_lf(data)
+        if server.delay > 0:
+            server._stopping.wait(server.delay)
+        hang = server._hang_point(verb)
+        if hang is None:
+            self._send(data)
+            return
+        self._send(data[:hang])
+        while self._sock.recv(_RECV_OCTETS):
+            pass  # hanging: ignore the client until it closes or stop() wakes us
+        raise _EndSession
+
+    def _send(self, data: bytes) -> None:
+        limit = self._server._cut_point()
+        if limit is not None and self._sent + len(data) >= limit:
+            part = data[: max(0, limit - self._sent)]
+            self._sock.sendall(part)
+            self._sent += len(part)
+            raise _EndSession
+        self._sock.sendall(data)
+        self._sent += len(data)
+
+    # -- the maildrop ----------------------------------------------------------
+
+    def _live(self) -> list[tuple[int, Message]]:
+        """(number, message) of every message not marked deleted."""
+        pairs = enumerate(self._snapshot, start=1)
+        return [(n, m) for n, m in pairs if n not in self._marked]
+
+    def _message(self, arg: str) -> tuple[int, Message]:
+        if not _NUMBER.fullmatch(arg):
+            raise _Refused("a message number is needed")
+        number = int(arg)
+        if not 1 <= number <= len(self._snapshot):
+            raise _Refused(f"no such message, only {len(self._snapshot)} in maildrop")
+        if number in self._marked:
+            raise _Refused("message deleted")
+        return number, self._snapshot[number - 1]
+
+    def _login(self) -> bytes:
+        snapshot = self._server._lock_maildrop(self)
+        if snapshot is None:
+            raise _Refused("[IN-USE] mailbox locked")
+        self._snapshot, self._state = snapshot, TRANSACTION
+        live = self._live()
+        return _ok(f"maildrop locked and ready, {len(live)} messages ({_octets(live)} octets)")
+
+    # -- AUTHORIZATION state (RFC 1939 section 7, RFC 2595 section 4) ---------
+
+    def _cmd_user(self, arg: str) -> bytes:
+        if not arg:
+            raise _Refused("USER needs a name")
+        self._user = arg
+        return _ok("send PASS")
+
+    def _cmd_pass(self, arg: str) -> bytes:
+        user, self._user = self._user, None
+        if user is None:
+            raise _Refused("give USER first")
+        if user != self._server.username or arg != self._server.password:
+            raise _Refused("[AUTH] invalid login")
+        return self._login()
+
+    def _cmd_apop(self, arg: str) -> bytes:
+        stamp = self._server.apop_timestamp
+        if stamp is None:
+            raise _Refused("APOP not supported")
+        name, _, digest = arg.partition(" ")
+        secret = (stamp + self._server.password).encode("utf-8")
+        # RFC 1939 section 7 fixes MD5 for APOP; it is not our choice of hash.
+        expected = hashlib.md5(secret, usedforsecurity=False).hexdigest()
+        given = digest.strip().lower().encode("latin-1")
+        if name != self._server.username or not hmac.compare_digest(given, expected.encode()):
+            raise _Refused("[AUTH] invalid login")
+        return self._login()
+
+    def _cmd_stls(self, arg: str) -> bytes:
+        context = self._server.stls_context
+        if context is None or self._tls:
+            raise _Refused("STLS not available")
+        self._then = lambda: self._start_tls(context)
+        return _ok("begin TLS negotiation now")
+
+    # -- both states ---------------------------------------------------------
+
+    def _cmd_capa(self, arg: str) -> bytes:
+        if self._server.no_capa:
+            raise _Refused("unknown command")
+        offer = self._server.stls_context is not None and not self._tls
+        lines = self._server._capability_lines(offer_stls=offer and self._state == AUTHORIZATION)
+        return _ok("capability list follows") + _wire.listing(lines)
+
+    def _cmd_quit(self, arg: str) -> bytes:
+        if self._state == TRANSACTION:
+            # RFC 1939 section 6, the UPDATE state: only now do DELEs count.
+            doomed = [self._snapshot[n - 1] for n in self._marked]
+            self._server._release_maildrop(self, doomed)
+        self._then = self._end
+        return _ok("popvault fake POP3 server signing off")
+
+    def _end(self) -> None:
+        raise _EndSession
+
+    # -- TRANSACTION state (RFC 1939 section 5, RFC 2449 TOP) -----------------
+
+    def _cmd_stat(self, arg: str) -> bytes:
+        live = self._live()
+        return _ok(f"{len(live)} {_octets(live)}")
+
+    def _cmd_list(self, arg: str) -> bytes:
+        if arg.strip():
+            number, message = self._message(arg.strip())
+            return _ok(f"{number} {len(message.raw)}")
+        live = self._live()
+        body = _wire.listing(f"{n} {len(m.raw)}" for n, m in live)
+        return _ok(f"{len(live)} messages ({_octets(live)} octets)") + body
+
+    def _cmd_uidl(self, arg: str) -> bytes:
+        if self._server.no_uidl:
+            raise _Refused("unknown command")
+        if arg.strip():
+            number, message = self._message(arg.strip())
+            return _ok(f"{number} {message.uidl}")
+        body = _wire.listing(f"{n} {m.uidl}" for n, m in self._live())
+        return _ok("unique-id listing follows") + body
+
+    def _cmd_retr(self, arg: str) -> bytes:
+        _, message = self._message(arg.strip())
+        return _ok(f"{len(message.raw)} octets") + _wire.multiline(message.raw)
+
+    def _cmd_top(self, arg: str) -> bytes:
+        words = arg.split()
+        if len(words) != 2 or not _NUMBER.fullmatch(words[1]):
+            raise _Refused("usage: TOP message lines")
+        _, message = self._message(words[0])
+        return _ok("top of message follows") + _wire.multiline(
+            _wire.top(message.raw, int(words[1]))
+        )
+
+    def _cmd_dele(self, arg: str) -> bytes:
+        number, _ = self._message(arg.strip())
+        self._marked.append(number)
+        return _ok(f"message {number} deleted")
+
+    def _cmd_noop(self, arg: str) -> bytes:
+        return _ok()
+
+    def _cmd_rset(self, arg: str) -> bytes:
+        self._marked.clear()
+        live = self._live()
+        return _ok(f"maildrop has {len(live)} messages ({_octets(live)} octets)")
+
+
+_Handler = Callable[[Session, str], bytes]
+_AUTH = frozenset({AUTHORIZATION})
+_TRANS = frozenset({TRANSACTION})
+_BOTH = _AUTH | _TRANS
+_COMMANDS: dict[str, tuple[_Handler, frozenset[str]]] = {
+    "USER": (Session._cmd_user, _AUTH),
+    "PASS": (Session._cmd_pass, _AUTH),
+    "APOP": (Session._cmd_apop, _AUTH),
+    "STLS": (Session._cmd_stls, _AUTH),
+    "CAPA": (Session._cmd_capa, _BOTH),
+    "QUIT": (Session._cmd_quit, _BOTH),
+    "STAT": (Session._cmd_stat, _TRANS),
+    "LIST": (Session._cmd_list, _TRANS),
+    "UIDL": (Session._cmd_uidl, _TRANS),
+    "RETR": (Session._cmd_retr, _TRANS),
+    "TOP": (Session._cmd_top, _TRANS),
+    "DELE": (Session._cmd_dele, _TRANS),
+    "NOOP": (Session._cmd_noop, _TRANS),
+    "RSET": (Session._cmd_rset, _TRANS),
+}
