@@ -20,7 +20,9 @@ PASSWORD = "fake-Pa55word-never-shown"
 
 @pytest.fixture
 def ws(tmp_path: Path) -> Workspace:
-    (tmp_path / "secret").write_text(PASSWORD + "\n", encoding="utf-8")
+    secret = tmp_path / "secret"
+    secret.write_text(PASSWORD + "\n", encoding="utf-8")
+    secret.chmod(0o600)
     return Workspace(tmp_path)
 
 

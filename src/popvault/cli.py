@@ -11,6 +11,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -64,7 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--dry-run",
         action="store_true",
-        help="list what would be downloaded; change nothing",
+        help="list what would be downloaded and deleted; change nothing",
+    )
+    run.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="try again the messages set aside after failing repeatedly",
     )
     run.set_defaults(func=cmd_run)
 
@@ -162,7 +168,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     progress = _TerminalProgress() if sys.stderr.isatty() else None
     with _open_ledger(cfg) as ledger:
-        results = sync_accounts(cfg, accounts, ledger, dry_run=args.dry_run, progress=progress)
+        results = sync_accounts(
+            cfg,
+            accounts,
+            ledger,
+            dry_run=args.dry_run,
+            retry_failed=args.retry_failed,
+            progress=progress,
+        )
     if progress is not None:
         progress.close()
     _print_summary(results, dry_run=args.dry_run)
@@ -170,21 +183,35 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _print_summary(results: Sequence[RunResult], *, dry_run: bool) -> None:
+    from popvault.sync import MAX_ATTEMPTS
+
     for result in results:
         if dry_run:
             _print_dry_run(result)
         elif result.ok:
-            extra = f", recovered {result.recovered}" if result.recovered else ""
-            print(
-                f"{result.account}: ok, {result.messages} new message(s), "
-                f"{human_size(result.octets)}, {result.on_server} on server{extra}"
-            )
+            print(f"{result.account}: ok, {_counts(result)}")
         else:
+            print(f"{result.account}: FAILED ({_counts(result)}): {result.error}")
+        if result.set_aside:
             print(
-                f"{result.account}: FAILED after {result.messages} new message(s): {result.error}"
+                f"  {len(result.set_aside)} message(s) set aside after {MAX_ATTEMPTS} failed "
+                "attempts; `popvault run --retry-failed` tries them again"
             )
     failed = sum(1 for result in results if not result.ok)
     print(f"{len(results)} account(s), {failed} failed")
+
+
+def _counts(result: RunResult) -> str:
+    parts = [
+        f"{result.messages} new message(s)",
+        human_size(result.octets),
+        f"{result.on_server} on server",
+    ]
+    if result.deleted:
+        parts.append(f"{result.deleted} deleted from server")
+    if result.recovered:
+        parts.append(f"{result.recovered} recovered from an interrupted run")
+    return ", ".join(parts)
 
 
 def _print_dry_run(result: RunResult) -> None:
@@ -194,10 +221,13 @@ def _print_dry_run(result: RunResult) -> None:
     octets = sum(message.size for message in result.planned)
     print(
         f"{result.account}: would download {len(result.planned)} of {result.on_server} "
-        f"message(s), {human_size(octets)}; would delete 0 (retention: keep)"
+        f"message(s), {human_size(octets)}; would delete {len(result.due_for_deletion)}"
     )
     for message in result.planned:
         print(f"  download message {message.number} ({message.size} octets)")
+    for retained in result.due_for_deletion:
+        when = retained.archived_at.strftime("%Y-%m-%d %H:%M")
+        print(f"  remove server copy of {retained.path} (archived {when} UTC)")
 
 
 class _TerminalProgress:
@@ -243,7 +273,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     cfg = _load_config(args)
     with _open_ledger(cfg) as ledger:
-        rows = account_statuses(cfg, ledger)
+        rows = account_statuses(cfg, ledger, now=datetime.now(UTC))
     print(render_json(rows) if args.json else render_table(rows))
     return EXIT_OK
 

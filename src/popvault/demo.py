@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 import sys
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 from popvault import config
@@ -49,7 +50,7 @@ def run_demo(folder: Path | None, *, messages: int = 36) -> int:
         with Ledger.open(cfg.ledger_url) as ledger:
             first = sync_accounts(cfg, cfg.accounts, ledger)
             second = sync_accounts(cfg, cfg.accounts, ledger)
-            rows = account_statuses(cfg, ledger)
+            rows = account_statuses(cfg, ledger, now=datetime.now(UTC))
     for label, results in (("first run", first), ("second run", second)):
         for result in results:
             outcome = "ok" if result.ok else f"FAILED: {result.error}"

@@ -7,12 +7,13 @@ available, and prints none.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 
-from popvault.config import Config
+from popvault.config import Account, Config
 from popvault.humanize import human_size
 from popvault.ledger import AccountStatus, Ledger
+from popvault.retention import describe, due_cutoff, next_due
 
 
 @dataclass(frozen=True)
@@ -27,28 +28,56 @@ class StatusRow:
     last_outcome: str | None
     last_error: str | None
     last_success_at: datetime | None
+    retention: str | None
+    on_server: int | None
+    due_for_deletion: int
+    next_deletion_at: datetime | None
+    failed_messages: int
 
 
-def account_statuses(config: Config, ledger: Ledger) -> list[StatusRow]:
+def account_statuses(config: Config, ledger: Ledger, *, now: datetime) -> list[StatusRow]:
     """Configured accounts in config order, then accounts only the ledger knows."""
     known = {status.name: status for status in ledger.status()}
-    rows = [_row(account.name, known.pop(account.name, None), True) for account in config.accounts]
-    rows += [_row(name, status, False) for name, status in sorted(known.items())]
+    rows = [
+        _configured(account, known.pop(account.name, None), ledger, now)
+        for account in config.accounts
+    ]
+    rows += [_row(name, status) for name, status in sorted(known.items())]
     return rows
 
 
-def _row(name: str, status: AccountStatus | None, configured: bool) -> StatusRow:
+def _configured(
+    account: Account, status: AccountStatus | None, ledger: Ledger, now: datetime
+) -> StatusRow:
+    policy = account.retention
+    summary = ledger.retention_summary(account.name, cutoff=due_cutoff(policy, now))
+    return replace(
+        _row(account.name, status),
+        configured=True,
+        retention=describe(policy),
+        due_for_deletion=summary.due,
+        next_deletion_at=next_due(policy, summary.next_due_archived_at),
+    )
+
+
+def _row(name: str, status: AccountStatus | None) -> StatusRow:
+    """A row from the ledger alone (for an account no longer in the config)."""
     if status is None:
-        return StatusRow(name, configured, 0, 0, None, None, None, None)
+        return StatusRow(name, False, 0, 0, None, None, None, None, None, None, 0, None, 0)
     return StatusRow(
         name=name,
-        configured=configured,
+        configured=False,
         archived_messages=status.archived_messages,
         archived_bytes=status.archived_bytes,
         last_run_at=status.last_run_at,
         last_outcome=status.last_outcome,
         last_error=status.last_error,
         last_success_at=status.last_success_at,
+        retention=None,
+        on_server=status.on_server,
+        due_for_deletion=0,
+        next_deletion_at=None,
+        failed_messages=status.failed_messages,
     )
 
 
@@ -64,10 +93,10 @@ def _iso(value: object) -> str:
 
 
 def render_table(rows: list[StatusRow]) -> str:
-    """A plain-text table for people; the last error goes on its own line."""
+    """A plain-text table for people; errors and failures go on lines of their own."""
     if not rows:
         return "no accounts configured and none in the ledger"
-    header = ("ACCOUNT", "MESSAGES", "SIZE", "LAST RUN (UTC)", "OUTCOME")
+    header = ("ACCOUNT", "ARCHIVED", "SIZE", "ON SERVER", "RETENTION", "LAST RUN (UTC)", "OUTCOME")
     lines = [header] + [_cells(row) for row in rows]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     out = [
@@ -75,13 +104,41 @@ def render_table(rows: list[StatusRow]) -> str:
         for line in lines
     ]
     for row in rows:
-        if row.last_error:
-            out.append(f"{row.name}: last error: {row.last_error}")
+        out += _notes(row)
     return "\n".join(out)
 
 
-def _cells(row: StatusRow) -> tuple[str, str, str, str, str]:
-    last_run = row.last_run_at.strftime("%Y-%m-%d %H:%M:%S") if row.last_run_at else "never"
-    outcome = row.last_outcome or "-"
+def _cells(row: StatusRow) -> tuple[str, ...]:
     name = row.name if row.configured else f"{row.name} (not in config)"
-    return (name, str(row.archived_messages), human_size(row.archived_bytes), last_run, outcome)
+    on_server = "?" if row.on_server is None else str(row.on_server)
+    return (
+        name,
+        str(row.archived_messages),
+        human_size(row.archived_bytes),
+        on_server,
+        row.retention or "-",
+        _when(row.last_run_at) or "never",
+        row.last_outcome or "-",
+    )
+
+
+def _notes(row: StatusRow) -> list[str]:
+    notes = []
+    if row.due_for_deletion:
+        notes.append(
+            f"{row.name}: {row.due_for_deletion} message(s) due for deletion on the next run"
+        )
+    if row.next_deletion_at is not None:
+        notes.append(f"{row.name}: next deletion due {_when(row.next_deletion_at)} UTC")
+    if row.failed_messages:
+        notes.append(
+            f"{row.name}: {row.failed_messages} message(s) failing; "
+            "`popvault run --retry-failed` retries those set aside"
+        )
+    if row.last_error:
+        notes.append(f"{row.name}: last error: {row.last_error}")
+    return notes
+
+
+def _when(value: datetime | None) -> str | None:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else None

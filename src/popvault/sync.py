@@ -14,6 +14,15 @@ interesting rules live here as comments next to the code that keeps them:
   succeeded is durably archived. Some providers (Gmail's POP3) hide every
   message that was retrieved once the session ends with ``QUIT``, deleted or
   not; dropping the connection instead keeps them on offer for the next run.
+* A server copy is deleted (``DELE``) only when the ledger says the message was
+  archived, that ledger commit has completed, and its file is in the archive
+  with the recorded size — and only in a session in which every retrieved
+  message is durable. Deletions take effect at ``QUIT`` (RFC 1939 section 6):
+  the ledger notes the request before ``QUIT`` and the deletion after its
+  ``+OK``; when the reply is lost, the next session's UIDL list tells.
+* A message that fails on its own (the server refuses it, or hands out a
+  truncated body) is counted; after :data:`MAX_ATTEMPTS` runs it is set aside
+  so the rest of the mailbox keeps being archived, until ``--retry-failed``.
 """
 
 from __future__ import annotations
@@ -34,11 +43,17 @@ from popvault.errors import (
     ServerError,
     StoreError,
 )
-from popvault.ledger import Ledger
+from popvault.ledger import Ledger, RetainedMessage
 from popvault.pop3.client import Pop3Client
+from popvault.retention import is_due
 from popvault.store import Store, Writer, open_store
 
 log = logging.getLogger("popvault.sync")
+
+# Runs in which one message may fail on its own before it is set aside: enough
+# to ride out a server that was still storing it, few enough that one broken
+# message does not fail every run for long.
+MAX_ATTEMPTS = 3
 
 Clock = Callable[[], datetime]
 
@@ -79,8 +94,12 @@ class RunResult:
     messages: int = 0
     octets: int = 0
     recovered: int = 0
+    due_for_deletion: list[RetainedMessage] = field(default_factory=list)
+    deleted: int = 0
+    set_aside: list[str] = field(default_factory=list)
     error: str | None = None
     message_errors: list[str] = field(default_factory=list)
+    listed: bool = False
 
     @property
     def ok(self) -> bool:
@@ -94,6 +113,7 @@ def sync_account(
     ledger: Ledger,
     *,
     dry_run: bool = False,
+    retry_failed: bool = False,
     clock: Clock = utc_now,
     progress: Progress | None = None,
 ) -> RunResult:
@@ -101,17 +121,21 @@ def sync_account(
 
     Every failure is caught, logged and returned in :attr:`RunResult.error`
     (and recorded in the ledger's run row), so that one account's trouble never
-    stops the others. ``dry_run`` lists what would be fetched and changes
-    nothing: no file, no ledger row, no ``DELE``.
+    stops the others. ``dry_run`` lists what would be fetched and deleted and
+    changes nothing: no file, no ledger row, no ``DELE``. ``retry_failed``
+    tries the messages that were set aside again.
     """
     result = RunResult(account=account.name, started_at=clock())
     run_id: int | None = None
     try:
         if not dry_run:
             run_id = ledger.start_run(account.name, started_at=result.started_at)
-        _AccountRun(config, account, ledger, result, clock=clock, progress=progress).run(
-            dry_run=dry_run
-        )
+        run = _AccountRun(config, account, ledger, result, clock=clock, progress=progress)
+        if dry_run:
+            run.run(dry_run=True, retry_failed=retry_failed)
+        else:
+            with ledger.account_lock(account.name):
+                run.run(dry_run=False, retry_failed=retry_failed)
     except (Pop3Error, StoreError, LedgerError, ConfigError) as exc:
         result.error = _describe(account, exc)
     except Exception as exc:  # a bug of ours must not stop the other accounts
@@ -142,6 +166,7 @@ def _finish_run(ledger: Ledger, run_id: int, result: RunResult, ended_at: dateti
             messages=result.messages,
             bytes=result.octets,
             error=result.error,
+            on_server=result.on_server if result.listed else None,
         )
     except LedgerError as exc:
         log.error("account %r: could not record the run's outcome: %s", result.account, exc)
@@ -180,46 +205,45 @@ class _AccountRun:
         # Message numbers whose RETR succeeded but which are not (yet) durable:
         # while any is here, the session must not end with QUIT.
         self.undurable: set[int] = set()
+        # UIDLs whose DELE the server accepted; they go at QUIT.
+        self.deletions: list[str] = []
+        self.numbers: dict[str, int] = {}
 
-    def run(self, *, dry_run: bool) -> None:
-        account = self.account
-        if account.retention.mode != "keep":
-            raise ConfigError(
-                f'retention {account.retention.mode!r} is not supported yet; use "keep"',
-                file=str(self.config.file),
-                account=account.name,
-                key="retention",
-            )
+    def run(self, *, dry_run: bool, retry_failed: bool) -> None:
+        name = self.account.name
         if not dry_run:
-            self.result.recovered = settle_pending(
-                self.store, self.ledger, account.name, clock=self.clock
-            )
+            self.result.recovered = settle_pending(self.store, self.ledger, name, clock=self.clock)
             self.store.cleanup_tmp()
-        password = read_password(self.config, account)
-        client = Pop3Client(
-            account.host,
-            account.port,
-            security=account.security,
-            timeout=account.timeout,
-            ca_file=account.ca_file,
-            account=account.name,
-        )
-        with client:
+        password = read_password(self.config, self.account)
+        with self._client() as client:
             client.connect()
             client.login(
-                account.username,
+                self.account.username,
                 password,
-                method="apop" if account.auth == "apop" else "user",
-                allow_plaintext=account.allow_plaintext,
+                method="apop" if self.account.auth == "apop" else "user",
+                allow_plaintext=self.account.allow_plaintext,
             )
             del password
-            self.result.planned = self._plan(client)
+            self.result.planned = self._plan(client, dry_run=dry_run, retry_failed=retry_failed)
             if self.progress is not None:
                 octets = sum(message.size for message in self.result.planned)
-                self.progress.planned(account.name, len(self.result.planned), octets)
+                self.progress.planned(name, len(self.result.planned), octets)
             if not dry_run:
                 self._fetch_all(client)
+            self._plan_deletions()
+            if not dry_run:
+                self._delete(client)
             self._end_session(client)
+
+    def _client(self) -> Pop3Client:
+        return Pop3Client(
+            self.account.host,
+            self.account.port,
+            security=self.account.security,
+            timeout=self.account.timeout,
+            ca_file=self.account.ca_file,
+            account=self.account.name,
+        )
 
     def _end_session(self, client: Pop3Client) -> None:
         """QUIT only if every retrieved message is durable; otherwise drop the line.
@@ -238,16 +262,31 @@ class _AccountRun:
             client.close()
             return
         client.quit()
+        if self.deletions:
+            # QUIT's +OK means the UPDATE state removed them (RFC 1939 section 6).
+            self.ledger.mark_deleted(self.account.name, self.deletions, at=self.clock())
+            self.result.deleted = len(self.deletions)
 
-    def _plan(self, client: Pop3Client) -> list[PlannedMessage]:
-        """UIDL + LIST, then one bulk ledger query for the UIDLs never archived."""
+    def _plan(
+        self, client: Pop3Client, *, dry_run: bool, retry_failed: bool
+    ) -> list[PlannedMessage]:
+        """UIDL + LIST, then bulk ledger queries for the UIDLs never archived."""
+        name = self.account.name
         listing = self._uidl_listing(client)
         sizes = dict(client.list())
         self.result.on_server = len(listing)
-        numbers = _first_number_per_uidl(listing, self.account.name)
-        new_uidls = self.ledger.unarchived(self.account.name, [uidl for _, uidl in listing])
+        self.result.listed = True
+        self.numbers = _first_number_per_uidl(listing, name)
+        uidls = list(self.numbers)
+        if not dry_run:
+            # What vanished since the last session: deleted by us (a lost QUIT
+            # reply) or taken by another client.
+            self.ledger.reconcile(name, uidls, now=self.result.started_at)
+        new_uidls = self.ledger.unarchived(
+            name, uidls, max_attempts=MAX_ATTEMPTS, retry_failed=retry_failed
+        )
         planned = [
-            PlannedMessage(numbers[uidl], uidl, sizes.get(numbers[uidl], 0)) for uidl in new_uidls
+            PlannedMessage(self.numbers[u], u, sizes.get(self.numbers[u], 0)) for u in new_uidls
         ]
         # RETR in message order: servers read their mailbox front to back.
         planned.sort(key=lambda message: message.number)
@@ -264,19 +303,41 @@ class _AccountRun:
             ) from exc
 
     def _fetch_all(self, client: Pop3Client) -> None:
+        failing = {failure.uidl for failure in self.ledger.failures(self.account.name)}
         for message in self.result.planned:
             try:
                 octets = self._fetch_one(client, message)
             except (ServerError, IncompleteMessage) as exc:
                 # The server refused or botched this one message (it may have
                 # vanished since UIDL); the session is still usable, so go on.
-                log.warning("account %r: message %s: %s", self.account.name, message.number, exc)
-                self.result.message_errors.append(f"message {message.number}: {exc.message}")
+                self._count_failure(message, exc.message)
                 continue
+            except (Pop3Error, StoreError, LedgerError):
+                raise  # the connection, the disk or the ledger: not this message's fault
+            except Exception as exc:
+                self._count_failure(message, f"internal error: {type(exc).__name__}: {exc}")
+                raise
+            if message.uidl in failing:
+                self.ledger.clear_failure(self.account.name, message.uidl)
             self.result.messages += 1
             self.result.octets += octets
             if self.progress is not None:
                 self.progress.fetched(self.account.name, octets)
+
+    def _count_failure(self, message: PlannedMessage, error: str) -> None:
+        name = self.account.name
+        log.warning("account %r: message %d: %s", name, message.number, error)
+        self.result.message_errors.append(f"message {message.number}: {error}")
+        attempts = self.ledger.record_failure(name, message.uidl, error=error, at=self.clock())
+        if attempts >= MAX_ATTEMPTS:
+            log.error(
+                "account %r: message %d failed %d times; set aside until "
+                "`popvault run --retry-failed`",
+                name,
+                message.number,
+                attempts,
+            )
+            self.result.set_aside.append(message.uidl)
 
     def _fetch_one(self, client: Pop3Client, message: PlannedMessage) -> int:
         """RETR one message into the store and record it; returns its octets on the wire."""
@@ -313,6 +374,55 @@ class _AccountRun:
         except StoreError:
             self.ledger.drop_pending(self.account.name, message.uidl)
             raise
+
+    def _plan_deletions(self) -> None:
+        """Which archived messages on the server the retention policy lets go now."""
+        policy = self.account.retention
+        if policy.mode == "keep":
+            return
+        retained = self.ledger.retained(self.account.name, list(self.numbers))
+        self.result.due_for_deletion = [
+            message
+            for message in retained
+            if is_due(policy, message.archived_at, self.result.started_at)
+        ]
+
+    def _delete(self, client: Pop3Client) -> None:
+        """DELE each due message whose archived copy is in place; note them before QUIT."""
+        if self.undurable:
+            # This session will end without QUIT, which would discard the DELEs anyway.
+            return
+        for message in self.result.due_for_deletion:
+            if not self._copy_in_place(message):
+                continue
+            try:
+                client.dele(self.numbers[message.uidl])
+            except ServerError as exc:
+                log.warning("account %r: DELE refused: %s", self.account.name, exc)
+                self.result.message_errors.append(f"DELE {self.numbers[message.uidl]}: {exc.text}")
+                continue
+            self.deletions.append(message.uidl)
+        if self.deletions:
+            self.ledger.mark_delete_requested(self.account.name, self.deletions, at=self.clock())
+
+    def _copy_in_place(self, message: RetainedMessage) -> bool:
+        """The last look before a DELE: is the archived file there, with its recorded size?"""
+        size = self.store.stat(message.path)
+        if size == message.size:
+            return True
+        problem = "missing" if size is None else f"{size} octets, the ledger says {message.size}"
+        log.error(
+            "account %r: keeping message %d on the server: its archived copy %s is %s "
+            "(run `popvault verify`)",
+            self.account.name,
+            self.numbers[message.uidl],
+            message.path,
+            problem,
+        )
+        self.result.message_errors.append(
+            f"message {self.numbers[message.uidl]} kept on the server: archived copy {problem}"
+        )
+        return False
 
 
 def _has_archived(ledger: Ledger, account: str) -> bool:
@@ -408,11 +518,20 @@ def sync_accounts(
     ledger: Ledger,
     *,
     dry_run: bool = False,
+    retry_failed: bool = False,
     clock: Clock = utc_now,
     progress: Progress | None = None,
 ) -> list[RunResult]:
     """Run each account in turn; one account's failure never stops the others."""
     return [
-        sync_account(config, account, ledger, dry_run=dry_run, clock=clock, progress=progress)
+        sync_account(
+            config,
+            account,
+            ledger,
+            dry_run=dry_run,
+            retry_failed=retry_failed,
+            clock=clock,
+            progress=progress,
+        )
         for account in accounts
     ]
