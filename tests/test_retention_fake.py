@@ -273,3 +273,34 @@ def test_status_shows_due_and_next_deletion(ws, server) -> None:
     assert row["retention"] == "after 10d"
     next_at = datetime.fromisoformat(row["next_deletion_at"])
     assert timedelta(days=7, hours=23) < next_at - datetime.now(UTC) <= timedelta(days=8)
+
+
+def test_a_repeated_uidl_is_archived_once_and_never_deleted(ws) -> None:
+    raws = sample_messages(3)
+    uidls = ["u-1", "u-dup", "u-dup"]
+    with FakePop3Server(raws, uidls=uidls, username="bob", password=PASSWORD) as srv:
+        configure(ws, srv, retention="delete")
+        result = run_at(ws, T0)
+        assert result.ok, result.error
+        assert result.messages == 2
+        assert sorted(srv.deleted) == ["u-1"], "a message under a repeated UIDL is kept"
+        assert [uidl for uidl, _ in srv.mailbox] == ["u-dup", "u-dup"]
+        assert ws.ledger_rows("SELECT count(*) FROM messages WHERE uidl = 'u-dup'") == [(1,)]
+
+
+def test_a_reused_uidl_with_another_size_is_not_deleted(ws, server) -> None:
+    configure(ws, server, retention="1d")
+    assert run_at(ws, T0).ok
+    # The server now shows a different message under the first UIDL (a reused id).
+    uidl, raw = server.mailbox[0]
+    with FakePop3Server(
+        [raw + b"X-Changed: yes\r\n"] + [r for _, r in server.mailbox[1:]],
+        uidls=[u for u, _ in server.mailbox],
+        username="bob",
+        password=PASSWORD,
+    ) as changed:
+        configure(ws, changed, retention="1d")
+        result = run_at(ws, T0 + timedelta(days=2))
+        assert result.ok, result.error
+        assert result.deleted == 5
+        assert [u for u, _ in changed.mailbox] == [uidl]

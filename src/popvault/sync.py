@@ -28,6 +28,7 @@ interesting rules live here as comments next to the code that keeps them:
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -207,7 +208,11 @@ class _AccountRun:
         self.undurable: set[int] = set()
         # UIDLs whose DELE the server accepted; they go at QUIT.
         self.deletions: list[str] = []
+        # This session's view of the server: UIDL -> first message number,
+        # message number -> LIST size, and UIDLs listed more than once.
         self.numbers: dict[str, int] = {}
+        self.sizes: dict[int, int] = {}
+        self.repeated: set[str] = set()
 
     def run(self, *, dry_run: bool, retry_failed: bool) -> None:
         name = self.account.name
@@ -273,10 +278,13 @@ class _AccountRun:
         """UIDL + LIST, then bulk ledger queries for the UIDLs never archived."""
         name = self.account.name
         listing = self._uidl_listing(client)
-        sizes = dict(client.list())
+        self.sizes = sizes = dict(client.list())
         self.result.on_server = len(listing)
         self.result.listed = True
         self.numbers = _first_number_per_uidl(listing, name)
+        self.repeated = {
+            uidl for uidl, count in Counter(u for _, u in listing).items() if count > 1
+        }
         uidls = list(self.numbers)
         if not dry_run:
             # What vanished since the last session: deleted by us (a lost QUIT
@@ -375,6 +383,31 @@ class _AccountRun:
             self.ledger.drop_pending(self.account.name, message.uidl)
             raise
 
+    def _same_message_on_server(self, message: RetainedMessage) -> bool:
+        """Guard against servers that reuse or repeat UIDLs (RFC 1939 section 7 forbids both).
+
+        If two messages share a UIDL, or the message under this UIDL now has
+        another size than the one we archived, the server copy may be a
+        message we never stored: keep it.
+        """
+        number = self.numbers[message.uidl]
+        if message.uidl in self.repeated:
+            reason = "its UIDL is listed more than once"
+        elif message.server_size is not None and self.sizes.get(number) != message.server_size:
+            reason = (
+                f"its size on the server ({self.sizes.get(number)}) differs from the size "
+                f"when it was archived ({message.server_size})"
+            )
+        else:
+            return True
+        log.warning(
+            "account %r: not deleting message %d from the server: %s",
+            self.account.name,
+            number,
+            reason,
+        )
+        return False
+
     def _plan_deletions(self) -> None:
         """Which archived messages on the server the retention policy lets go now."""
         policy = self.account.retention
@@ -406,7 +439,9 @@ class _AccountRun:
             self.ledger.mark_delete_requested(self.account.name, self.deletions, at=self.clock())
 
     def _copy_in_place(self, message: RetainedMessage) -> bool:
-        """The last look before a DELE: is the archived file there, with its recorded size?"""
+        """The last look before a DELE: is this the message we archived, and is its file there?"""
+        if not self._same_message_on_server(message):
+            return False
         size = self.store.stat(message.path)
         if size == message.size:
             return True

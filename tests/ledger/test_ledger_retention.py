@@ -28,8 +28,8 @@ def test_retained_lists_archived_rows_in_input_order_once(ledger: Ledger) -> Non
     record(ledger, "pending")
     got = ledger.retained("alice", ["b", "x", "pending", "a", "b"])
     assert got == [
-        RetainedMessage("b", "alice/new/b.eml", 10, LATER),
-        RetainedMessage("a", "alice/new/a.eml", 10, T0 + timedelta(seconds=1)),
+        RetainedMessage("b", "alice/new/b.eml", 10, LATER, server_size=12),
+        RetainedMessage("a", "alice/new/a.eml", 10, T0 + timedelta(seconds=1), server_size=12),
     ]
     assert got[0].archived_at.tzinfo is not None
 
@@ -149,6 +149,20 @@ def test_reconcile_twice_changes_nothing_more(ledger: Ledger) -> None:
     later = NOW + timedelta(days=1)
     assert ledger.reconcile("alice", [], now=later) == Reconciled(deleted=0, gone=0, cleared=0)
     assert column(ledger, "gone_at")["b"] == NOW
+
+
+def test_a_gone_message_listed_again_is_live_again(ledger: Ledger) -> None:
+    archive(ledger, "a")
+    archive(ledger, "b")
+    ledger.mark_delete_requested("alice", ["b"], at=LATER)
+    # A short listing: "a" looks taken by another client, "b" deleted by us.
+    assert ledger.reconcile("alice", [], now=NOW) == Reconciled(deleted=1, gone=1, cleared=0)
+    assert uidls_of(ledger.retained("alice", ["a", "b"])) == []
+    back = ledger.reconcile("alice", ["a", "b"], now=NOW + timedelta(hours=1))
+    assert back == Reconciled(deleted=0, gone=0, cleared=0, returned=1)
+    # "a" is retained again (so retention may delete it); "b" stays deleted.
+    assert uidls_of(ledger.retained("alice", ["a", "b"])) == ["a"]
+    assert column(ledger, "gone_at")["a"] is None
 
 
 def test_reconcile_is_per_account(ledger: Ledger) -> None:

@@ -131,14 +131,13 @@ def test_server_without_capa(server: FakePop3Server) -> None:
         assert len(client.uidl()) == 3
 
 
-def test_duplicate_uids_are_refused() -> None:
+def test_duplicate_uids_are_passed_on_for_the_caller_to_handle() -> None:
     with FakePop3Server(MESSAGES[:2], uidls=["same", "same"], password=PASSWORD) as srv:
         client = plain_client(srv.host, srv.port)
         client.connect()
         client.login("user", PASSWORD, allow_plaintext=True)
-        with pytest.raises(RemoteProtocolError, match="twice") as info:
-            client.uidl()
-        assert info.value.account == ACCOUNT
+        assert client.uidl() == [(1, "same"), (2, "same")]
+        client.quit()
 
 
 # -- security policy --------------------------------------------------------------

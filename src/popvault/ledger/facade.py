@@ -13,7 +13,7 @@ import json
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
@@ -140,17 +140,20 @@ class RetainedMessage:
     path: str
     size: int
     archived_at: datetime
+    server_size: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Reconciled:
     """What :meth:`Ledger.reconcile` settled: messages popvault ``deleted``
-    (QUIT's reply was lost), messages another client took (``gone``), and
-    delete requests ``cleared`` because the session never reached QUIT."""
+    (QUIT's reply was lost), messages another client took (``gone``),
+    delete requests ``cleared`` because the session never reached QUIT, and
+    messages marked gone that the server lists again (``returned``)."""
 
     deleted: int
     gone: int
     cleared: int
+    returned: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,9 +398,9 @@ class Ledger:
         wanted = list(dict.fromkeys(uidls))
         if not wanted:
             return []
-        query = select(Message.uidl, Message.path, Message.size, Message.archived_at).where(
-            *_retained_rows(account)
-        )
+        query = select(
+            Message.uidl, Message.path, Message.size, Message.archived_at, Message.server_size
+        ).where(*_retained_rows(account))
         if len(wanted) <= _IN_LIST_LIMIT:
             query = query.where(Message.uidl.in_(wanted))
         with self._reading() as connection:
@@ -428,8 +431,11 @@ class Ledger:
         server was deleted by popvault if a DELE was requested (its
         ``deleted_at`` becomes the request time), else taken by another client
         (``gone_at = now``). A request for a message still there is cleared:
-        that session never reached QUIT. Failure records of messages no longer
-        on the server are dropped. One read plus a few set-wise writes.
+        that session never reached QUIT. A message marked gone that the server
+        lists again (a server that hid it for a while, or a listing that came
+        back short) is live again, so retention applies to it once more.
+        Failure records of messages no longer on the server are dropped. A few
+        reads plus a few set-wise writes.
         """
         _require_aware(now, "now")
         on_server = frozenset(uidls_on_server)
@@ -439,8 +445,9 @@ class Ledger:
         with self._writing() as connection:
             plan = _ReconcilePlan.of(connection.execute(live), on_server)
             settled = plan.apply(connection, now)
+            returned = _revive_returned(connection, account, on_server)
             _drop_stale_failures(connection, account, on_server)
-        return settled
+        return replace(settled, returned=returned)
 
     def retention_summary(self, account: str, *, cutoff: datetime | None) -> RetentionSummary:
         """Count the account's retained messages and those due at ``cutoff``.
@@ -691,10 +698,12 @@ def _retained_rows(account: str) -> tuple[ColumnElement[bool], ...]:
     )
 
 
-def _retained_message(row: Row[str, str, int, datetime | None]) -> RetainedMessage:
+def _retained_message(
+    row: Row[str, str, int, datetime | None, int | None],
+) -> RetainedMessage:
     if row.archived_at is None:  # pragma: no cover - ck_messages_archived_at forbids it
         raise LedgerError(f"archived UIDL {row.uidl!r} has no archive time")
-    return RetainedMessage(row.uidl, row.path, row.size, row.archived_at)
+    return RetainedMessage(row.uidl, row.path, row.size, row.archived_at, row.server_size)
 
 
 def _among(
@@ -764,6 +773,21 @@ def _update_ids(connection: Connection, ids: list[int], **values: Any) -> int:
         .where(Message.deleted_at.is_(None), Message.gone_at.is_(None))
         .values(values)
     )
+    return connection.execute(statement).rowcount
+
+
+def _revive_returned(connection: Connection, account: str, on_server: frozenset[str]) -> int:
+    """Clear gone_at of archived rows the server lists again; returns how many."""
+    gone = select(Message.id, Message.uidl).where(
+        Message.account == account,
+        Message.state == "archived",
+        Message.deleted_at.is_(None),
+        Message.gone_at.is_not(None),
+    )
+    back = [row.id for row in connection.execute(gone) if row.uidl in on_server]
+    if not back:
+        return 0
+    statement = update(Message).where(_among(Message.id, back, connection)).values(gone_at=None)
     return connection.execute(statement).rowcount
 
 

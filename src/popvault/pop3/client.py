@@ -230,14 +230,16 @@ class Pop3Client:
         """``(message number, unique-id)`` for every message, in server order (UIDL)."""
         with self._operation():
             entries = [parse_uidl_line(line) for line in self._listing(Command("UIDL"))]
-            _check_unique(entries, "unique-id")
+            # A repeated message number breaks the protocol; a repeated unique-id is
+            # a server bug the caller must see (and handle) rather than lose.
+            _check_unique_numbers([number for number, _ in entries], "UIDL")
             return entries
 
     def list(self) -> list[tuple[int, int]]:
         """``(message number, size in octets)`` for every message, in server order (LIST)."""
         with self._operation():
             entries = [parse_list_line(line) for line in self._listing(Command("LIST"))]
-            _check_unique([(n, str(n)) for n, _ in entries], "message number")
+            _check_unique_numbers([number for number, _ in entries], "LIST")
             return entries
 
     def retr_into(self, number: int, sink: SupportsWrite[bytes]) -> int:
@@ -475,9 +477,7 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _check_unique(entries: list[tuple[int, str]], what: str) -> None:
-    """Refuse a listing that repeats a number or uid: the ledger keys on them."""
-    numbers = {number for number, _ in entries}
-    values = {value for _, value in entries}
-    if len(numbers) != len(entries) or len(values) != len(entries):
-        raise RemoteProtocolError(f"the server listed a {what} twice")
+def _check_unique_numbers(numbers: list[int], command: str) -> None:
+    """Refuse a listing that repeats a message number (RFC 1939 section 5)."""
+    if len(set(numbers)) != len(numbers):
+        raise RemoteProtocolError(f"the server's {command} listing repeats a message number")
