@@ -304,3 +304,23 @@ def test_a_reused_uidl_with_another_size_is_not_deleted(ws, server) -> None:
         assert result.ok, result.error
         assert result.deleted == 5
         assert [u for u, _ in changed.mailbox] == [uidl]
+
+
+def test_stop_ends_the_run_cleanly_between_messages(ws, server) -> None:
+    configure(ws, server, retention="delete")
+    asked = []
+
+    def stop_after_two() -> bool:
+        asked.append(1)
+        return len(asked) > 2
+
+    cfg = config_module.load(ws.config)
+    with Ledger.open(cfg.ledger_url) as ledger:
+        result = sync_account(cfg, cfg.accounts[0], ledger, clock=lambda: T0, stop=stop_after_two)
+    assert result.ok, result.error
+    assert result.interrupted
+    assert result.messages == 2
+    assert result.deleted == 0, "a stopping run deletes nothing"
+    assert server.commands[-1] == "QUIT"
+    assert len(server.mailbox) == 6
+    assert len(ws.archived_files("acct")) == 2

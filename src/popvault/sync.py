@@ -101,6 +101,12 @@ class RunResult:
     error: str | None = None
     message_errors: list[str] = field(default_factory=list)
     listed: bool = False
+    # The exception that failed the run (for the daemon's choice of backoff).
+    exception: BaseException | None = None
+    # The server's capabilities after login (RFC 2449: LOGIN-DELAY, EXPIRE, ...).
+    capabilities: dict[str, list[str]] = field(default_factory=dict)
+    # True when ``stop`` ended the run early; what was fetched is durable.
+    interrupted: bool = False
 
     @property
     def ok(self) -> bool:
@@ -117,6 +123,7 @@ def sync_account(
     retry_failed: bool = False,
     clock: Clock = utc_now,
     progress: Progress | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> RunResult:
     """Archive one account's new messages; never raises for a failure of the account.
 
@@ -124,7 +131,9 @@ def sync_account(
     (and recorded in the ledger's run row), so that one account's trouble never
     stops the others. ``dry_run`` lists what would be fetched and deleted and
     changes nothing: no file, no ledger row, no ``DELE``. ``retry_failed``
-    tries the messages that were set aside again.
+    tries the messages that were set aside again. ``stop`` is asked before each
+    message: once it answers True the run fetches nothing more, deletes nothing,
+    and ends the session cleanly with QUIT (a daemon shutting down).
     """
     result = RunResult(account=account.name, started_at=clock())
     run_id: int | None = None
@@ -132,6 +141,7 @@ def sync_account(
         if not dry_run:
             run_id = ledger.start_run(account.name, started_at=result.started_at)
         run = _AccountRun(config, account, ledger, result, clock=clock, progress=progress)
+        run.stop = stop or _never
         if dry_run:
             run.run(dry_run=True, retry_failed=retry_failed)
         else:
@@ -139,8 +149,10 @@ def sync_account(
                 run.run(dry_run=False, retry_failed=retry_failed)
     except (Pop3Error, StoreError, LedgerError, ConfigError) as exc:
         result.error = _describe(account, exc)
+        result.exception = exc
     except Exception as exc:  # a bug of ours must not stop the other accounts
         log.exception("account %r: unexpected error", account.name)
+        result.exception = exc
         result.error = f"account {account.name!r}: internal error: {type(exc).__name__}: {exc}"
     if result.error is None and result.message_errors:
         count = len(result.message_errors)
@@ -213,6 +225,7 @@ class _AccountRun:
         self.numbers: dict[str, int] = {}
         self.sizes: dict[int, int] = {}
         self.repeated: set[str] = set()
+        self.stop: Callable[[], bool] = _never
 
     def run(self, *, dry_run: bool, retry_failed: bool) -> None:
         name = self.account.name
@@ -229,6 +242,7 @@ class _AccountRun:
                 allow_plaintext=self.account.allow_plaintext,
             )
             del password
+            self.result.capabilities = client.capabilities
             self.result.planned = self._plan(client, dry_run=dry_run, retry_failed=retry_failed)
             if self.progress is not None:
                 octets = sum(message.size for message in self.result.planned)
@@ -236,7 +250,7 @@ class _AccountRun:
             if not dry_run:
                 self._fetch_all(client)
             self._plan_deletions()
-            if not dry_run:
+            if not dry_run and not self.result.interrupted:
                 self._delete(client)
             self._end_session(client)
 
@@ -313,6 +327,10 @@ class _AccountRun:
     def _fetch_all(self, client: Pop3Client) -> None:
         failing = {failure.uidl for failure in self.ledger.failures(self.account.name)}
         for message in self.result.planned:
+            if self.stop():
+                log.info("account %r: stopping early on request", self.account.name)
+                self.result.interrupted = True
+                return
             try:
                 octets = self._fetch_one(client, message)
             except (ServerError, IncompleteMessage) as exc:
@@ -460,6 +478,10 @@ class _AccountRun:
         return False
 
 
+def _never() -> bool:
+    return False
+
+
 def _has_archived(ledger: Ledger, account: str) -> bool:
     return any(row.name == account and row.archived_messages for row in ledger.status())
 
@@ -556,6 +578,7 @@ def sync_accounts(
     retry_failed: bool = False,
     clock: Clock = utc_now,
     progress: Progress | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> list[RunResult]:
     """Run each account in turn; one account's failure never stops the others."""
     return [
@@ -567,6 +590,7 @@ def sync_accounts(
             retry_failed=retry_failed,
             clock=clock,
             progress=progress,
+            stop=stop,
         )
         for account in accounts
     ]
