@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -140,3 +141,22 @@ def test_bad_key_exits_2_naming_file_account_and_key(
     assert str(ws.config) in result.err
     assert "'main'" in result.err
     assert "timeout" in result.err
+
+
+def test_apop_login_when_asked_for(
+    dovecot,
+    dovecot_mailbox,
+    ws: Workspace,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    dovecot_mailbox.deliver(b"From: a@example.org\nSubject: apop\n\nhello\n")
+    monkeypatch.setenv("PW_APOP", dovecot_mailbox.password)
+    ws.write_config([account(dovecot, dovecot_mailbox, "apop", auth="apop")])
+    result = ws.cli("run", "--log-level", "debug")
+    assert result.code == 0, result.output
+    assert len(ws.archived_files("apop")) == 1
+    assert dovecot_mailbox.password not in result.output
+    assert "APOP" in caplog.text, "the debug log shows the (redacted) commands"
+    assert dovecot_mailbox.password not in caplog.text

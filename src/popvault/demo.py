@@ -62,6 +62,7 @@ def run_demo(folder: Path | None, *, messages: int = 36) -> int:
     print(f"  config:  {config_file}")
     print(f"  archive: {cfg.archive_root}   (one file per message, Maildir)")
     print(f"  try:     popvault --config {config_file} status --json")
+    print("The demo server has stopped; for a real account, see the README's quick start.")
     return 0 if all(result.ok for result in first + second) else 1
 
 
