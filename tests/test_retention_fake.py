@@ -256,6 +256,8 @@ def test_a_second_process_on_the_same_account_is_refused(ws, server) -> None:
     assert result.code == 1
     assert "another popvault process" in result.out
     assert not any(c.startswith("RETR") for c in server.commands)
+    # The refused run leaves no run row that would hide the other process's outcome.
+    assert ws.ledger_rows("SELECT count(*) FROM runs") == [(0,)]
     assert ws.cli("run").code == 0
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
@@ -136,32 +137,23 @@ def sync_account(
     and ends the session cleanly with QUIT (a daemon shutting down).
     """
     result = RunResult(account=account.name, started_at=clock())
-    run_id: int | None = None
     try:
-        if not dry_run:
-            run_id = ledger.start_run(account.name, started_at=result.started_at)
-        run = _AccountRun(config, account, ledger, result, clock=clock, progress=progress)
-        run.stop = stop or _never
-        if dry_run:
-            run.run(dry_run=True, retry_failed=retry_failed)
-        else:
-            with ledger.account_lock(account.name):
-                run.run(dry_run=False, retry_failed=retry_failed)
+        # The lock comes first: a run refused because another process is
+        # archiving this account leaves no run row to hide that one's outcome.
+        with nullcontext() if dry_run else ledger.account_lock(account.name):
+            run = _AccountRun(
+                config, account, ledger, result, clock=clock, progress=progress, stop=stop
+            )
+            run.recorded(dry_run=dry_run, retry_failed=retry_failed)
     except (Pop3Error, StoreError, LedgerError, ConfigError) as exc:
-        result.error = _describe(account, exc)
-        result.exception = exc
-    except Exception as exc:  # a bug of ours must not stop the other accounts
-        log.exception("account %r: unexpected error", account.name)
-        result.exception = exc
-        result.error = f"account {account.name!r}: internal error: {type(exc).__name__}: {exc}"
-    if result.error is None and result.message_errors:
-        count = len(result.message_errors)
-        shown = "; ".join(result.message_errors[:3])
-        result.error = f"account {account.name!r}: {count} message(s) not archived: {shown}"
-    result.ended_at = clock()
-    if run_id is not None:
-        _finish_run(ledger, run_id, result, result.ended_at)
+        _fail(result, account, exc, _describe(account, exc))
+    result.ended_at = result.ended_at or clock()
     return result
+
+
+def _fail(result: RunResult, account: Account, exc: BaseException, text: str) -> None:
+    result.exception = exc
+    result.error = text if text.startswith("account ") else f"account {account.name!r}: {text}"
 
 
 def _describe(account: Account, exc: PopvaultError) -> str:
@@ -199,6 +191,7 @@ class _AccountRun:
         *,
         clock: Clock,
         progress: Progress | None,
+        stop: Callable[[], bool] | None = None,
     ) -> None:
         self.config = config
         self.account = account
@@ -225,7 +218,26 @@ class _AccountRun:
         self.numbers: dict[str, int] = {}
         self.sizes: dict[int, int] = {}
         self.repeated: set[str] = set()
-        self.stop: Callable[[], bool] = _never
+        self.stop = stop or _never
+
+    def recorded(self, *, dry_run: bool, retry_failed: bool) -> None:
+        """:meth:`run` between ``start_run`` and ``finish_run`` (no run row for a dry run)."""
+        result, name = self.result, self.account.name
+        run_id = None if dry_run else self.ledger.start_run(name, started_at=result.started_at)
+        try:
+            self.run(dry_run=dry_run, retry_failed=retry_failed)
+        except (Pop3Error, StoreError, LedgerError, ConfigError) as exc:
+            _fail(result, self.account, exc, _describe(self.account, exc))
+        except Exception as exc:  # a bug of ours must not stop the other accounts
+            log.exception("account %r: unexpected error", name)
+            _fail(result, self.account, exc, f"internal error: {type(exc).__name__}: {exc}")
+        if result.error is None and result.message_errors:
+            shown = "; ".join(result.message_errors[:3])
+            count = len(result.message_errors)
+            result.error = f"account {name!r}: {count} message problem(s): {shown}"
+        result.ended_at = self.clock()
+        if run_id is not None:
+            _finish_run(self.ledger, run_id, result, result.ended_at)
 
     def run(self, *, dry_run: bool, retry_failed: bool) -> None:
         name = self.account.name
