@@ -573,6 +573,10 @@ def settle_pending(store: Store, ledger: Ledger, account: str, *, clock: Clock =
     archived = 0
     for pending in ledger.pending(account):
         if store.stat(pending.path) == pending.size:
+            # The crash may have come between the link and the folder's fsync:
+            # sync it before the ledger vouches for the file, since a DELE may
+            # follow at once (found by tests/invariant, "linked" crash point).
+            store.sync_published(pending.path)
             ledger.mark_archived(account, pending.uidl, archived_at=clock())
             archived += 1
             log.info("account %r: recovered %s from an interrupted run", account, pending.path)

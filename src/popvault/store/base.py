@@ -67,6 +67,10 @@ class Store(Protocol):
         """Open the published message file at ``relpath`` for streaming reads."""
         ...
 
+    def sync_published(self, relpath: str) -> None:
+        """Make the name of the published file at ``relpath`` durable (fsync its folder)."""
+        ...
+
     def iter_files(self) -> Iterator[str]:
         """The relpaths of every published message file of this store (never temp files)."""
         ...
@@ -276,6 +280,15 @@ class BaseStore:
     def open(self, relpath: str) -> BinaryIO:
         """Open the published message file at ``relpath`` for streaming reads."""
         return durable.open_for_reading(resolve(self.root, relpath))
+
+    def sync_published(self, relpath: str) -> None:
+        """Make the name of the published file at ``relpath`` durable (fsync its folder).
+
+        For a publish a crash cut short between the link and the folder's
+        fsync: the file is visible, but until its folder is synced a power cut
+        may still take the name away (the content was fsynced before the link).
+        """
+        durable.sync_dir(resolve(self.root, relpath).parent)
 
     def cleanup_tmp(self, *, older_than: timedelta = timedelta(hours=36)) -> int:
         """Remove temp files not modified for ``older_than``; return how many.
