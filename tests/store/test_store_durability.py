@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from popvault.store import open_store
+from popvault.store import durable, open_store
 
 MESSAGE = b"Date: Tue, 01 Mar 2022 10:00:00 +0000\r\nSubject: s\r\n\r\nbody\r\n"
 
@@ -122,6 +122,22 @@ def test_eml_commit_into_an_existing_month_syncs_only_what_changed(
     month = (tmp_path / relpath).parent
     assert fsync_spy.dirs() == [str(month), str(tmp_path / "acct" / ".tmp")]
     assert len(fsync_spy.files()) == 1
+
+
+def test_folders_left_by_a_crashed_process_are_synced_before_first_use(
+    tmp_path: Path, received_at: datetime, fsync_spy: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An earlier process made the folders and died before syncing their parents.
+    for sub in ("tmp", "new", "cur"):
+        (tmp_path / "acct" / sub).mkdir(parents=True)
+    monkeypatch.setattr(durable, "_synced_chains", set())  # this is a new process
+    publish(tmp_path, "maildir", received_at)
+    acct = tmp_path / "acct"
+    for folder in (tmp_path, acct, acct / "tmp", acct / "new", acct / "cur"):
+        assert str(folder) in fsync_spy.dirs(), f"{folder} was trusted without a sync"
+    fsync_spy.calls.clear()
+    publish(tmp_path, "maildir", received_at)
+    assert str(acct) not in fsync_spy.dirs(), "synced once per process is enough"
 
 
 @pytest.mark.slow

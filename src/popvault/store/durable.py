@@ -116,23 +116,34 @@ def sync_dir(path: Path) -> None:
             os.close(fd)
 
 
+# Folder chains this process has fsynced end to end. A crash between a mkdir
+# and the fsync of its parent leaves a folder whose entry may not survive a
+# power cut; the next process starts with an empty set, so it syncs the whole
+# chain once before publishing anything into it, instead of trusting a folder
+# merely because it exists.
+_synced_chains: set[Path] = set()
+
+
 def ensure_dirs(base: Path, relative: str) -> None:
     """Create the folders of ``relative`` under ``base`` that are missing, durably.
 
-    ``base`` must exist. Each created folder gets mode ``0700``; afterwards the
-    created folders are synced deepest first, and then the folder they were
-    created in, so that the whole new chain survives a crash.
+    ``base`` must exist. Each created folder gets mode ``0700``. The first time
+    in this process (and whenever a folder had to be created), every folder of
+    the chain is synced deepest first, then ``base`` and its parent, so the
+    whole chain survives a crash even if an earlier process died half-way.
     """
-    created: list[Path] = []
+    created = False
     current = base
+    chain: list[Path] = []
     for part in relative.split("/"):
         current = current / part
-        if _make_dir(current):
-            created.append(current)
-    for folder in reversed(created):
+        chain.append(current)
+        created = _make_dir(current) or created
+    if current in _synced_chains and not created:
+        return
+    for folder in [*reversed(chain), base, base.parent]:
         sync_dir(folder)
-    if created:
-        sync_dir(created[0].parent)
+    _synced_chains.add(current)
 
 
 def ensure_root(root: Path) -> None:
