@@ -1,4 +1,4 @@
-"""The initial ledger: messages, runs and failures.
+"""The initial ledger: messages, runs, failures and the daemon's schedules.
 
 Revision ID: 0001
 Revises:
@@ -31,7 +31,7 @@ def _utc() -> sa.DateTime:
 
 
 def upgrade() -> None:
-    """Create the messages, runs and failures tables."""
+    """Create the messages, runs, failures and schedules tables."""
     op.create_table(
         "messages",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -86,10 +86,23 @@ def upgrade() -> None:
         sa.UniqueConstraint("account", "uidl", name="uq_failures_account_uidl"),
         sa.CheckConstraint("attempts >= 1", name="ck_failures_attempts"),
     )
+    op.create_table(
+        "schedules",
+        sa.Column("account", _binary_string(), nullable=False),
+        sa.Column("next_run_at", _utc(), nullable=True),
+        sa.Column("consecutive_failures", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("backoff_reason", sa.Text(), nullable=True),
+        sa.Column("daemon_pid", sa.Integer(), nullable=False),
+        sa.Column("daemon_host", sa.String(255), nullable=False),
+        sa.Column("updated_at", _utc(), nullable=False),
+        sa.PrimaryKeyConstraint("account", name="pk_schedules"),
+        sa.CheckConstraint("consecutive_failures >= 0", name="ck_schedules_consecutive_failures"),
+    )
 
 
 def downgrade() -> None:
     """Drop every table (and every record in them)."""
+    op.drop_table("schedules")
     op.drop_table("failures")
     op.drop_index("ix_runs_account", table_name="runs")
     op.drop_table("runs")

@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level",
         default=argparse.SUPPRESS,
         choices=["debug", "info", "warning", "error"],
-        help="how much to log on standard error (default: warning)",
+        help="how much to log on standard error (default: warning; info for daemon)",
     )
     parser = argparse.ArgumentParser(
         prog="popvault",
@@ -88,6 +88,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("--json", action="store_true", help="print JSON for scripts")
     verify.set_defaults(func=cmd_verify)
+
+    daemon = commands.add_parser(
+        "daemon",
+        parents=[common],
+        help="archive every account on its schedule until stopped (for systemd)",
+    )
+    daemon.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="text lines, or one JSON object per line for log shippers (default: text)",
+    )
+    daemon.set_defaults(func=cmd_daemon)
 
     demo = commands.add_parser(
         "demo", parents=[common], help="archive a bundled fake mailbox, to see popvault work"
@@ -320,6 +333,20 @@ def cmd_db_check(args: argparse.Namespace) -> int:
     migrate.check(cfg.ledger_url)
     print(f"ledger schema is current ({migrate.current(cfg.ledger_url)})")
     return EXIT_OK
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    """``popvault daemon``: run every account on its schedule until SIGTERM or SIGINT."""
+    from popvault.daemon import run_daemon
+    from popvault.daemon.logs import setup_logging
+
+    # One line per run is logged at info: that is the daemon's default level.
+    setup_logging(getattr(args, "log_level", "info"), args.log_format)
+    cfg = _load_config(args)
+    if not cfg.accounts:
+        print(f"popvault: no accounts in {cfg.file}", file=sys.stderr)
+        return EXIT_USAGE
+    return run_daemon(cfg)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -7,12 +7,16 @@ available, and prints none.
 from __future__ import annotations
 
 import json
+import os
+import platform
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Final
 
 from popvault.config import Account, Config
 from popvault.humanize import human_size
-from popvault.ledger import AccountStatus, Ledger
+from popvault.ledger import AccountStatus, Ledger, ScheduleEntry
 from popvault.retention import describe, due_cutoff, next_due
 
 
@@ -33,17 +37,68 @@ class StatusRow:
     due_for_deletion: int
     next_deletion_at: datetime | None
     failed_messages: int
+    # From a running `popvault daemon` (None without one): its next run of the
+    # account, and how many runs in a row failed.
+    next_run_at: datetime | None = None
+    consecutive_failures: int | None = None
+
+
+# A daemon refreshes its schedule rows every minute (daemon.main.HEARTBEAT_S);
+# rows older than this belong to a daemon that is gone (or hung).
+STALE_AFTER: Final = timedelta(minutes=10)
 
 
 def account_statuses(config: Config, ledger: Ledger, *, now: datetime) -> list[StatusRow]:
     """Configured accounts in config order, then accounts only the ledger knows."""
     known = {status.name: status for status in ledger.status()}
+    plans = live_schedules(ledger.schedules(), now=now)
     rows = [
         _configured(account, known.pop(account.name, None), ledger, now)
         for account in config.accounts
     ]
     rows += [_row(name, status) for name, status in sorted(known.items())]
-    return rows
+    return [_with_plan(row, plans.get(row.name)) for row in rows]
+
+
+def live_schedules(
+    entries: list[ScheduleEntry],
+    *,
+    now: datetime,
+    host: str | None = None,
+    alive: Callable[[int], bool] | None = None,
+) -> dict[str, ScheduleEntry]:
+    """The schedule rows of daemons still running, by account.
+
+    A row is stale when it was not refreshed for :data:`STALE_AFTER`, or when
+    it comes from this host and its daemon's process is gone.
+    """
+    this_host = platform.node() if host is None else host
+    is_alive = alive or pid_alive
+    return {
+        entry.account: entry
+        for entry in entries
+        if now - entry.updated_at <= STALE_AFTER
+        and (entry.daemon_host != this_host or is_alive(entry.daemon_pid))
+    }
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine."""
+    try:
+        os.kill(pid, 0)  # signal 0: only the existence and permission checks
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    return True
+
+
+def _with_plan(row: StatusRow, plan: ScheduleEntry | None) -> StatusRow:
+    if plan is None:
+        return row
+    return replace(
+        row, next_run_at=plan.next_run_at, consecutive_failures=plan.consecutive_failures
+    )
 
 
 def _configured(
@@ -135,6 +190,10 @@ def _notes(row: StatusRow) -> list[str]:
             f"{row.name}: {row.failed_messages} message(s) failing; "
             "`popvault run --retry-failed` retries those set aside"
         )
+    if row.next_run_at is not None:
+        notes.append(f"{row.name}: next run by the daemon {_when(row.next_run_at)} UTC")
+    if row.consecutive_failures:
+        notes.append(f"{row.name}: {row.consecutive_failures} failed run(s) in a row")
     if row.last_error:
         notes.append(f"{row.name}: last error: {row.last_error}")
     return notes

@@ -92,10 +92,10 @@ def test_unknown_keys_everywhere(write_config, text, account, key):
     assert error.message.startswith("unknown key")
 
 
-def test_daemon_section_is_not_known_yet(write_config):
+def test_unknown_key_in_the_daemon_section(write_config):
     error = load_error(write_config("[daemon]\ninterval = '15m'\n" + ACCOUNT))
-    assert error.key == "daemon"
-    assert error.message.startswith("unknown section")
+    assert error.key == "daemon.interval"
+    assert error.message.startswith("unknown key")
 
 
 def test_accounts_written_as_a_single_table(write_config):
@@ -220,10 +220,10 @@ def test_missing_required_key(write_config, key):
 
 
 def test_several_problems_are_all_reported(write_config):
-    error = load_error(write_config(f'{ACCOUNT}timeout = "x"\nport = 0\n[daemon]\n'))
+    error = load_error(write_config(f'{ACCOUNT}timeout = "x"\nport = 0\n[scheduler]\n'))
     assert (error.account, error.key) == ("personal", "port")
     assert "also account 'personal', key 'timeout': invalid duration 'x'" in error.message
-    assert "also key 'daemon': unknown section" in error.message
+    assert "also key 'scheduler': unknown section" in error.message
 
 
 def test_duplicate_names(write_config):

@@ -60,7 +60,9 @@ def reset_postgres(url: str) -> None:
     """Drop everything the ledger created, so each test starts from empty."""
     dbname = url.rsplit("/", 1)[1]
     with _admin(dbname) as conn:
-        conn.execute("DROP TABLE IF EXISTS messages, runs, failures, alembic_version CASCADE")
+        conn.execute(
+            "DROP TABLE IF EXISTS messages, runs, failures, schedules, alembic_version CASCADE"
+        )
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

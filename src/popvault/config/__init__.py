@@ -15,14 +15,19 @@ file's pydantic-settings schema and sources), ``_load`` (load and cross-account
 checks), ``_messages`` (pydantic errors -> ConfigError), ``_secrets`` (passwords).
 """
 
+from popvault.config._cron import crontab_fields
 from popvault.config._load import default_config_path, load
 from popvault.config._model import (
     Account,
     ArchiveFormat,
     AuthMethod,
     Config,
+    DaemonSettings,
     Retention,
+    Schedule,
     Security,
+    format_seconds,
+    parse_every,
     parse_retention,
     parse_timeout,
 )
@@ -33,10 +38,15 @@ __all__ = [
     "ArchiveFormat",
     "AuthMethod",
     "Config",
+    "DaemonSettings",
     "Retention",
+    "Schedule",
     "Security",
+    "crontab_fields",
     "default_config_path",
+    "format_seconds",
     "load",
+    "parse_every",
     "parse_retention",
     "parse_timeout",
     "read_password",

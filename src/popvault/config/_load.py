@@ -18,13 +18,24 @@ from popvault.config._model import (
     PASSWORD_KEYS,
     Account,
     Config,
+    DaemonSettings,
     Retention,
+    Schedule,
     Security,
 )
-from popvault.config._schema import CONTEXT, AccountEntry, AccountKeys, LoadContext, Settings
+from popvault.config._schema import (
+    CONTEXT,
+    AccountEntry,
+    AccountKeys,
+    DaemonSection,
+    LoadContext,
+    Settings,
+)
 from popvault.config._secrets import warn_if_readable_by_others
 from popvault.errors import ConfigError
 
+# The two ways to give the daemon's schedule; an account's own one replaces [defaults]'.
+_SCHEDULE_KEYS: Final = ("every", "cron")
 # SQLAlchemy: sqlite:///relative/path, sqlite:////absolute/path, optional ?query.
 _SQLITE_URL_RE: Final = re.compile(r"(sqlite(?:\+\w+)?):///([^?]*)(\?.*)?", re.DOTALL)
 
@@ -96,6 +107,7 @@ def _read_settings(context: LoadContext, overrides: Mapping[str, Any]) -> Settin
 
 def _build(settings: Settings, file: Path) -> Config:
     folder = file.parent
+    _check_one_schedule(settings.defaults.model_fields_set, str(file), "[defaults]")
     accounts = tuple(
         _resolve_account(_merge(settings.defaults, entry), folder, str(file))
         for entry in settings.accounts
@@ -106,15 +118,41 @@ def _build(settings: Settings, file: Path) -> Config:
         ledger_url=_absolute_sqlite_url(settings.ledger.url, folder),
         archive_root=_absolute(settings.archive.root, folder),
         accounts=accounts,
+        daemon=_daemon(settings.daemon),
     )
 
 
+def _daemon(section: DaemonSection) -> DaemonSettings:
+    return DaemonSettings(
+        max_concurrent=section.max_concurrent,
+        shutdown_timeout=section.shutdown_timeout,
+        metrics=section.metrics,
+    )
+
+
+def _check_one_schedule(keys: Iterable[str], file: str, account: str) -> None:
+    if set(_SCHEDULE_KEYS) <= set(keys):
+        message = "set either every or cron, not both"
+        raise ConfigError(message, file=file, account=account, key="cron")
+
+
+def _schedule(raw: Mapping[str, Any]) -> Schedule:
+    if "cron" in raw:
+        return Schedule(every=None, cron=raw["cron"])
+    return Schedule(every=raw["every"]) if "every" in raw else Schedule()
+
+
 def _merge(defaults: AccountKeys, entry: AccountEntry) -> dict[str, Any]:
-    """The entry's keys over the defaults'; a password key in the entry replaces all four."""
+    """The entry's keys over the defaults'.
+
+    A password key in the entry replaces all four of [defaults], and ``every`` or
+    ``cron`` in the entry replaces both of [defaults].
+    """
     inherited = {key: getattr(defaults, key) for key in defaults.model_fields_set}
-    if entry.model_fields_set.intersection(PASSWORD_KEYS):
-        for key in PASSWORD_KEYS:
-            inherited.pop(key, None)
+    for group in (PASSWORD_KEYS, _SCHEDULE_KEYS):
+        if entry.model_fields_set.intersection(group):
+            for key in group:
+                inherited.pop(key, None)
     return inherited | {key: getattr(entry, key) for key in entry.model_fields_set}
 
 
@@ -124,6 +162,7 @@ def _resolve_account(raw: Mapping[str, Any], folder: Path, file: str) -> Account
         if key not in raw:
             message = "required key is missing (set it in the account or in [defaults])"
             raise ConfigError(message, file=file, account=name, key=key)
+    _check_one_schedule(raw, file, name)
     security: Security = raw.get("security", "tls")
     allow_plaintext: bool = raw.get("allow_plaintext", False)
     if security == "plain" and not allow_plaintext:
@@ -146,6 +185,7 @@ def _resolve_account(raw: Mapping[str, Any], folder: Path, file: str) -> Account
         format=raw.get("format", "maildir"),
         path=raw.get("path", name),
         retention=raw.get("retention", Retention(mode="keep")),
+        schedule=_schedule(raw),
         **_password_fields(raw, folder, file, name),
     )
 

@@ -11,6 +11,7 @@ from pydantic import ValidationError as PydanticValidationError
 from popvault.config._schema import (
     AccountEntry,
     AccountKeys,
+    DaemonSection,
     LoadContext,
     Settings,
     is_account_name,
@@ -21,6 +22,11 @@ from popvault.errors import ConfigError
 _SECRET_KEYS: Final = frozenset({"password", "password_command", "url"})
 _DEFAULT_KEYS: Final = tuple(AccountKeys.model_fields)
 _ENTRY_KEYS: Final = tuple(AccountEntry.model_fields)
+_SECTION_KEYS: Final[Mapping[str, tuple[str, ...]]] = {
+    "ledger": ("url",),
+    "archive": ("root",),
+    "daemon": tuple(DaemonSection.model_fields),
+}
 
 
 def translate(exc: PydanticValidationError, context: LoadContext) -> ConfigError:
@@ -45,9 +51,8 @@ def _locate(error: Any, data: Mapping[str, Any]) -> tuple[str | None, str | None
         return account, ".".join(rest[1:]) or None, _describe(error, _ENTRY_KEYS)
     if section == "defaults" and rest:
         return "[defaults]", ".".join(rest), _describe(error, _DEFAULT_KEYS)
-    if section in ("ledger", "archive") and rest:
-        allowed = ("url",) if section == "ledger" else ("root",)
-        return None, ".".join(loc), _describe(error, allowed)
+    if section in _SECTION_KEYS and rest:
+        return None, ".".join(loc), _describe(error, _SECTION_KEYS[section])
     return None, section, _describe(error, tuple(Settings.model_fields))
 
 

@@ -26,6 +26,13 @@ _MAX_TIMEOUT: Final = 86_400.0
 _UNIT_SECONDS: Final[Mapping[str, int]] = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _TIMEOUT_RE: Final = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([smhdw]?)")
 _RETENTION_RE: Final = re.compile(r"(-?[0-9]+)([smhdw])")
+# The daemon's schedule: every 15 minutes unless an account says otherwise.
+DEFAULT_EVERY: Final = 900.0
+# Below one second a schedule would hammer the server; above a year it is a typo.
+_MIN_EVERY: Final = 1.0
+_MAX_EVERY: Final = 366 * 86_400.0
+DEFAULT_MAX_CONCURRENT: Final = 4
+DEFAULT_SHUTDOWN_TIMEOUT: Final = 30.0
 
 Security = Literal["tls", "starttls", "plain"]
 AuthMethod = Literal["auto", "user", "apop"]
@@ -53,6 +60,34 @@ class Retention:
             raise ValueError("Retention: 'after' must be positive")
 
 
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """When the daemon runs an account: ``every`` seconds (with jitter) or a ``cron`` line."""
+
+    every: float | None = DEFAULT_EVERY
+    cron: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.every is None) == (self.cron is None):
+            raise ValueError("Schedule: set exactly one of 'every' and 'cron'")
+
+    def describe(self) -> str:
+        """``every 15m`` or ``cron */15 * * * *``, for logs and status."""
+        if self.cron is not None:
+            return f"cron {self.cron}"
+        return f"every {format_seconds(self.every or 0.0)}"
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonSettings:
+    """The ``[daemon]`` section: concurrency, shutdown bound, metrics endpoint."""
+
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT
+    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
+    # (host, port) of the Prometheus endpoint; None: no endpoint.
+    metrics: tuple[str, int] | None = None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Account:
     """One POP3 account, with ``[defaults]`` merged in and every path absolute.
@@ -78,6 +113,7 @@ class Account:
     password_env: str | None = None
     password_file: Path | None = None
     password_command: str | None = field(default=None, repr=False)
+    schedule: Schedule = field(default_factory=Schedule)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)
@@ -88,6 +124,7 @@ class Config:
     ledger_url: str
     archive_root: Path
     accounts: tuple[Account, ...]
+    daemon: DaemonSettings = field(default_factory=DaemonSettings)
 
     def account(self, name: str) -> Account:
         """The account called ``name``; :class:`ConfigError` if there is none."""
@@ -101,7 +138,8 @@ class Config:
         # The ledger URL may carry a database password: show it redacted.
         return (
             f"Config(file={self.file!r}, ledger_url={redact_url(self.ledger_url)!r}, "
-            f"archive_root={self.archive_root!r}, accounts={self.accounts!r})"
+            f"archive_root={self.archive_root!r}, accounts={self.accounts!r}, "
+            f"daemon={self.daemon!r})"
         )
 
 
@@ -119,6 +157,28 @@ def parse_timeout(value: object) -> float:
     if not math.isfinite(seconds) or not 0 < seconds <= _MAX_TIMEOUT:
         raise ValueError(f"invalid duration {value!r}: must be more than 0 and at most 1 day")
     return seconds
+
+
+def parse_every(value: object) -> float:
+    """An interval in seconds from ``"15m"``, ``"1.5s"``, ``"2h"``, ``90`` (units s m h d w)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _TIMEOUT_RE.fullmatch(value.strip())):
+        seconds = float(match[1]) * _UNIT_SECONDS[match[2] or "s"]
+    else:
+        raise ValueError(f"invalid interval {value!r} (use e.g. 15m, 1h, 30s; units s m h d w)")
+    if not math.isfinite(seconds) or not _MIN_EVERY <= seconds <= _MAX_EVERY:
+        raise ValueError(f"invalid interval {value!r}: must be at least 1s and at most 366d")
+    return seconds
+
+
+def format_seconds(seconds: float) -> str:
+    """``900.0`` -> ``"15m"``, ``1.5`` -> ``"1.5s"``: the largest unit that divides evenly."""
+    for unit in ("w", "d", "h", "m"):
+        size = _UNIT_SECONDS[unit]
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
 
 
 def parse_retention(value: object) -> Retention:

@@ -19,13 +19,17 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from popvault.config._cron import crontab_fields
 from popvault.config._model import (
     DEFAULT_ARCHIVE_ROOT,
     DEFAULT_LEDGER_URL,
+    DEFAULT_MAX_CONCURRENT,
+    DEFAULT_SHUTDOWN_TIMEOUT,
     ArchiveFormat,
     AuthMethod,
     Retention,
     Security,
+    parse_every,
     parse_retention,
     parse_timeout,
 )
@@ -96,7 +100,48 @@ def _url(value: str) -> str:
     return value
 
 
+def _cron(value: str) -> str:
+    """A 5-field crontab line, checked by the scheduler that will run it."""
+    # Imported here: only a config that uses cron pays for loading APScheduler.
+    from apscheduler.triggers.cron import CronTrigger  # noqa: PLC0415
+
+    text = " ".join(value.split())
+    try:
+        CronTrigger(**crontab_fields(text))
+    except ValueError as exc:
+        raise ValueError(f"invalid cron {value!r}: {exc}") from None
+    return text
+
+
+# Threads that each hold a POP3 session; past this the server, not popvault, is the limit.
+_MAX_CONCURRENT = 64
+
+
+def _max_concurrent(value: object) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= _MAX_CONCURRENT:
+        return value
+    raise ValueError(f"invalid max_concurrent {value!r} (a whole number from 1 to 64)")
+
+
+_LISTEN_RE: Final = re.compile(r"(?P<host>[A-Za-z0-9.-]+):(?P<port>[0-9]{1,5})")
+
+
+def _listen_address(value: str) -> tuple[str, int]:
+    """``"127.0.0.1:9464"`` -> ``("127.0.0.1", 9464)``; an IPv4 address or a host name."""
+    match = _LISTEN_RE.fullmatch(value.strip())
+    if match is None:
+        raise ValueError(
+            f"invalid metrics address {value!r} (use HOST:PORT, e.g. 127.0.0.1:9464;"
+            " IPv6 addresses are not supported)"
+        )
+    return match["host"], _port(match["port"])
+
+
 Timeout = Annotated[float, PlainValidator(parse_timeout)]
+Interval = Annotated[float, PlainValidator(parse_every)]
+Cron = Annotated[str, AfterValidator(_cron)]
 RetentionValue = Annotated[Retention, PlainValidator(parse_retention)]
 Port = Annotated[int, PlainValidator(_port)]
 OneLine = Annotated[str, AfterValidator(_one_line)]
@@ -117,6 +162,14 @@ class _ArchiveSection(_Section):
     root: OneLine = DEFAULT_ARCHIVE_ROOT
 
 
+class DaemonSection(_Section):
+    """``[daemon]``: settings of ``popvault daemon`` only."""
+
+    max_concurrent: Annotated[int, PlainValidator(_max_concurrent)] = DEFAULT_MAX_CONCURRENT
+    shutdown_timeout: Timeout = DEFAULT_SHUTDOWN_TIMEOUT
+    metrics: Annotated[tuple[str, int], PlainValidator(_listen_address)] | None = None
+
+
 class AccountKeys(_Section):
     """Every key an account may take from ``[defaults]``; unset means "not given here"."""
 
@@ -134,6 +187,8 @@ class AccountKeys(_Section):
     timeout: Timeout | None = None
     format: ArchiveFormat | None = None
     retention: RetentionValue | None = None
+    every: Interval | None = None
+    cron: Cron | None = None
 
 
 class AccountEntry(AccountKeys):
@@ -154,6 +209,7 @@ class Settings(BaseSettings):
 
     ledger: _LedgerSection = _LedgerSection()
     archive: _ArchiveSection = _ArchiveSection()
+    daemon: DaemonSection = DaemonSection()
     defaults: AccountKeys = AccountKeys()
     accounts: tuple[AccountEntry, ...] = ()
 

@@ -12,6 +12,7 @@ from popvault.ledger.facade import (
     AccountBusy,
     AccountStatus,
     ArchivedMessage,
+    DaemonRunning,
     DuplicateMessage,
     FailedMessage,
     Ledger,
@@ -21,12 +22,14 @@ from popvault.ledger.facade import (
     RetentionSummary,
 )
 from popvault.ledger.migrate import UPGRADE_COMMAND, check, current, upgrade
+from popvault.ledger.schedules import ScheduleEntry
 
 __all__ = [
     "UPGRADE_COMMAND",
     "AccountBusy",
     "AccountStatus",
     "ArchivedMessage",
+    "DaemonRunning",
     "DuplicateMessage",
     "FailedMessage",
     "Ledger",
@@ -34,6 +37,7 @@ __all__ = [
     "Reconciled",
     "RetainedMessage",
     "RetentionSummary",
+    "ScheduleEntry",
     "check",
     "current",
     "upgrade",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import datetime
 from types import TracebackType
@@ -44,6 +44,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import InstrumentedAttribute, aliased
 
 from popvault.errors import LedgerError
+from popvault.ledger import schedules as _schedules
 from popvault.ledger.engine import (
     WRITE_INTENT,
     create_ledger_engine,
@@ -57,11 +58,13 @@ from popvault.ledger.locks import (
     LockHeld,
     advisory_key,
     advisory_lock,
+    daemon_lock_path,
     file_lock,
     lock_file_path,
 )
 from popvault.ledger.migrate import check_engine, upgrade_engine
 from popvault.ledger.models import Failure, Message, Run, UTCDateTime
+from popvault.ledger.schedules import ScheduleEntry
 
 # Up to this many UIDLs are looked up with one `uidl IN (...)`; past it, one
 # query reads every UIDL of the account and the difference is taken in
@@ -106,6 +109,21 @@ class AccountBusy(LedgerError):
         super().__init__(
             f"account {account!r} is being archived by another popvault process{holder}; "
             "try again later"
+        )
+
+
+class DaemonRunning(LedgerError):
+    """Another ``popvault daemon`` holds this ledger (:meth:`Ledger.daemon_lock`).
+
+    ``pid`` is that process's id when it could be found out, else None.
+    """
+
+    def __init__(self, ledger: str, pid: int | None) -> None:
+        self.pid = pid
+        holder = f" (pid {pid})" if pid is not None else ""
+        super().__init__(
+            f"another popvault daemon is already running on the ledger {ledger}{holder}; "
+            "only one daemon may use a SQLite ledger"
         )
 
 
@@ -215,6 +233,7 @@ class Ledger:
         self._engine = engine
         self._closed = False
         self._local_locks = LocalLocks()
+        self._daemon_locks = LocalLocks()
 
     @classmethod
     def open(cls, url: str, *, upgrade: bool = True) -> Ledger:
@@ -611,6 +630,64 @@ class Ledger:
         query = union(select(Message.account), select(Run.account))
         with self._reading() as connection:
             return sorted(connection.scalars(query))
+
+    def archived_totals(self, account: str) -> tuple[int, int]:
+        """The account's archived messages and their stored octets (what status shows)."""
+        query = select(func.count(), func.coalesce(func.sum(Message.size), 0)).where(
+            Message.account == account, Message.state == "archived"
+        )
+        with self._reading() as connection:
+            messages, octets = connection.execute(query).one()
+        return int(messages), int(octets)
+
+    # -- the daemon ---------------------------------------------------------
+
+    @contextmanager
+    def daemon_lock(self) -> Iterator[None]:
+        """Hold the ledger's daemon lock for the block: one ``popvault daemon`` per ledger.
+
+        Raises :class:`DaemonRunning` at once if another holder has it. SQLite:
+        a flock on ``<db file>.lock.d/@daemon.lock``; in-memory SQLite: a lock
+        of this Ledger; PostgreSQL: no lock at all (several daemons may share
+        it; the per-account locks keep their sessions apart).
+        """
+        self._require_open()
+        with ExitStack() as stack:
+            try:
+                stack.enter_context(self._daemon_lock_for())
+            except LockHeld as held:
+                raise DaemonRunning(self.url, held.pid) from None
+            yield
+
+    def _daemon_lock_for(self) -> AbstractContextManager[None]:
+        if self._engine.dialect.name == "postgresql":
+            return nullcontext()
+        database = sqlite_file(self._engine.url)
+        if database is None:
+            return self._daemon_locks.hold("daemon", wait=0.0)
+        return file_lock(daemon_lock_path(database), wait=0.0)
+
+    def save_schedule(self, entry: ScheduleEntry) -> None:
+        """Record (or replace) an account's next run as planned by a daemon."""
+        _require_aware(entry.updated_at, "updated_at")
+        with self._writing() as connection:
+            _schedules.upsert(connection, entry)
+
+    def schedules(self) -> list[ScheduleEntry]:
+        """Every account's recorded plan, live or stale, by account name."""
+        with self._reading() as connection:
+            return _schedules.select_all(connection)
+
+    def touch_schedules(self, *, pid: int, host: str, at: datetime) -> None:
+        """Mark one daemon's rows as fresh: it is still running."""
+        _require_aware(at, "at")
+        with self._writing() as connection:
+            _schedules.touch(connection, pid=pid, host=host, at=at)
+
+    def drop_schedules(self, *, pid: int, host: str, accounts: Sequence[str] | None = None) -> None:
+        """Forget one daemon's plans for ``accounts`` (None: all of them)."""
+        with self._writing() as connection:
+            _schedules.remove(connection, pid=pid, host=host, accounts=accounts)
 
     # -- plumbing -----------------------------------------------------------
 

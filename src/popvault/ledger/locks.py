@@ -132,6 +132,15 @@ def _read_pid(descriptor: int) -> int | None:
     return int(digits) if digits.isdigit() else None
 
 
+def daemon_lock_path(database: Path) -> Path:
+    """``<db file>.lock.d/@daemon.lock``: the lock of the one daemon per SQLite ledger.
+
+    No account's lock file can have this name: :func:`lock_file_path`
+    percent-encodes every ``@`` of an account name.
+    """
+    return database.absolute().with_name(database.name + ".lock.d") / "@daemon.lock"
+
+
 # -- in-memory SQLite: a lock of this process ----------------------------------
 
 
@@ -231,6 +240,7 @@ __all__ = [
     "LockHeld",
     "advisory_key",
     "advisory_lock",
+    "daemon_lock_path",
     "file_lock",
     "lock_file_path",
 ]

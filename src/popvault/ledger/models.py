@@ -172,3 +172,25 @@ class Failure(Base):
     first_failed_at: Mapped[datetime] = mapped_column(UTCDateTime())
     last_failed_at: Mapped[datetime] = mapped_column(UTCDateTime())
     last_error: Mapped[str] = mapped_column(Text)
+
+
+class Schedule(Base):
+    """When a running daemon will next archive an account, and how it is faring.
+
+    Written by ``popvault daemon`` whenever it (re)schedules the account, read
+    by ``popvault status``. ``daemon_pid`` and ``daemon_host`` name the writer,
+    ``updated_at`` is refreshed while it lives: a row whose daemon is gone is
+    stale, and ``status`` ignores it.
+    """
+
+    __tablename__ = "schedules"
+    __table_args__ = (CheckConstraint("consecutive_failures >= 0", name="consecutive_failures"),)
+
+    account: Mapped[str] = mapped_column(binary_string(), primary_key=True)
+    next_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    backoff_reason: Mapped[str | None] = mapped_column(Text)
+    daemon_pid: Mapped[int] = mapped_column(Integer)
+    # RFC 1035 section 2.3.4: a host name is at most 255 octets.
+    daemon_host: Mapped[str] = mapped_column(String(255))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

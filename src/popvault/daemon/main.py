@@ -1,0 +1,96 @@
+"""``popvault daemon``'s main loop: lock, metrics endpoint, scheduler, signals."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from typing import Final
+
+from popvault import config as config_module
+from popvault.config import Config
+from popvault.daemon.core import ArchiveDaemon
+from popvault.daemon.metrics import Metrics, MetricsServer
+from popvault.daemon.signals import SignalRequests
+from popvault.errors import ConfigError
+from popvault.ledger import Ledger
+
+log = logging.getLogger("popvault.daemon")
+
+# How often the schedule rows are marked live for `status` (it calls a row
+# stale after 10 minutes without this).
+HEARTBEAT_S: Final = 60.0
+# The main loop also wakes this often, so a missed wake-up costs at most this.
+TICK_S: Final = 1.0
+
+
+def run_daemon(config: Config) -> int:
+    """Run until SIGTERM/SIGINT; 0 after a clean stop. Raises DaemonRunning, ConfigError."""
+    with Ledger.open(config.ledger_url, upgrade=True) as ledger, ledger.daemon_lock():
+        metrics = Metrics()
+        daemon = ArchiveDaemon(config, ledger, metrics=metrics)
+        server = _start_metrics(config, metrics, daemon)
+        signals = SignalRequests()
+        signals.install()
+        daemon.start()
+        try:
+            _loop(daemon, signals)
+        finally:
+            log.info("stopping: no new runs; waiting for the runs in progress")
+            finished = daemon.stop(daemon.config.daemon.shutdown_timeout)
+            if server is not None:
+                server.stop()
+    if not finished:
+        _exit_now(daemon.config.daemon.shutdown_timeout)
+    log.info("daemon stopped")
+    return 0
+
+
+def _loop(daemon: ArchiveDaemon, signals: SignalRequests) -> None:
+    beat = time.monotonic()
+    while not signals.stop_requested:
+        signals.wait(TICK_S)
+        if signals.take_reload() and not signals.stop_requested:
+            _reload(daemon)
+        if time.monotonic() - beat >= HEARTBEAT_S:
+            daemon.heartbeat()
+            beat = time.monotonic()
+
+
+def _reload(daemon: ArchiveDaemon) -> None:
+    """Read the config file again; an invalid one is reported and the old one kept."""
+    log.info("SIGHUP: reloading %s", daemon.config.file)
+    try:
+        new = config_module.load(daemon.config.file)
+    except ConfigError as exc:
+        log.error("configuration not reloaded, keeping the previous one: %s", exc)
+        return
+    daemon.reload(new)
+
+
+def _start_metrics(config: Config, metrics: Metrics, daemon: ArchiveDaemon) -> MetricsServer | None:
+    if config.daemon.metrics is None:
+        return None
+    host, port = config.daemon.metrics
+    try:
+        server = MetricsServer(metrics, host, port, lambda: daemon.healthy)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        message = f"cannot serve metrics on {host}:{port}: {reason}"
+        raise ConfigError(message, file=str(config.file), key="daemon.metrics") from None
+    server.start()
+    log.info("metrics on http://%s:%d/metrics, health on /healthz", host, server.port)
+    return server
+
+
+def _exit_now(timeout: float) -> None:
+    """Runs still going after the bound: leave without waiting for their threads."""
+    log.warning(
+        "runs still in progress after %gs; exiting anyway (what they archived is durable,"
+        " the rest is fetched by the next run)",
+        timeout,
+    )
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(0)

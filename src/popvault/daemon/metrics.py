@@ -1,0 +1,149 @@
+"""Prometheus metrics of the daemon and the small HTTP server that serves them.
+
+The metrics live in a registry of their own (not prometheus_client's global
+one), served at ``/metrics`` in the Prometheus text format by
+prometheus_client itself; ``/healthz`` answers 200 "ok" while the scheduler
+runs and 503 otherwise (for systemd watchdogs, load balancers, probes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
+from typing import Any, Final
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.types import StartResponse, WSGIEnvironment
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+
+# A run takes from a second (nothing new) to hours (a first download of a big mailbox).
+RUN_BUCKETS: Final = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+
+
+class Metrics:
+    """Every metric of the daemon, per account, in one private registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        labels = ["account"]
+        reg = self.registry
+        self.archived = Counter(
+            "popvault_messages_archived",
+            "Messages in the archive: the ledger's count at start-up, then each one archived.",
+            labels,
+            registry=reg,
+        )
+        self.archived_bytes = Counter(
+            "popvault_bytes_archived",
+            "Octets of archived messages as stored (the ledger's sizes, as `status` shows).",
+            labels,
+            registry=reg,
+        )
+        self.deleted = Counter(
+            "popvault_messages_deleted",
+            "Server copies deleted by the retention policy since the daemon started.",
+            labels,
+            registry=reg,
+        )
+        self.runs = Counter(
+            "popvault_runs",
+            "Runs by outcome: ok, partial (some messages failed), failed, interrupted.",
+            ["account", "outcome"],
+            registry=reg,
+        )
+        self.duration = Histogram(
+            "popvault_run_duration_seconds",
+            "How long each run took.",
+            labels,
+            buckets=RUN_BUCKETS,
+            registry=reg,
+        )
+        self.last_success = Gauge(
+            "popvault_last_success_timestamp_seconds",
+            "Unix time at which the latest successful run ended.",
+            labels,
+            registry=reg,
+        )
+        self.failures = Gauge(
+            "popvault_consecutive_failures",
+            "Failed runs in a row (0 after a success).",
+            labels,
+            registry=reg,
+        )
+        self.on_server = Gauge(
+            "popvault_messages_on_server",
+            "Messages the server listed in the latest run that got that far.",
+            labels,
+            registry=reg,
+        )
+
+    def grow_archive(self, account: str, messages: int, octets: int) -> None:
+        """Add newly archived messages (never negative: a counter only grows)."""
+        if messages > 0:
+            self.archived.labels(account).inc(messages)
+        if octets > 0:
+            self.archived_bytes.labels(account).inc(octets)
+
+    def forget(self, account: str) -> None:
+        """Drop an account's series (it left the configuration)."""
+        for metric in (self.archived, self.archived_bytes, self.deleted, self.duration):
+            _remove(metric, account)
+        for gauge in (self.last_success, self.failures, self.on_server):
+            _remove(gauge, account)
+        for outcome in ("ok", "partial", "failed", "interrupted"):
+            _remove(self.runs, account, outcome)
+
+
+def _remove(metric: Counter | Gauge | Histogram, *labels: str) -> None:
+    with contextlib.suppress(KeyError):  # no series for it yet
+        metric.remove(*labels)
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    """One thread per request, none of them keeping the process alive."""
+
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log on standard error: scrapes every 15 s would drown the run lines."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+class MetricsServer:
+    """The HTTP endpoint: ``/metrics`` and ``/healthz`` on ``host:port``, in a thread."""
+
+    def __init__(self, metrics: Metrics, host: str, port: int, healthy: Callable[[], bool]):
+        self._metrics_app = make_wsgi_app(metrics.registry)
+        self._healthy = healthy
+        # Raises OSError when the address is taken or not ours.
+        self._server = make_server(
+            host, port, self._route, server_class=_Server, handler_class=_QuietHandler
+        )
+        self.port: int = self._server.server_port
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="popvault-metrics", daemon=True
+        )
+
+    def start(self) -> None:
+        """Serve in a background thread."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop serving and close the listening socket."""
+        if self._thread.is_alive():
+            self._server.shutdown()
+        self._server.server_close()
+
+    def _route(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != "/healthz":
+            body: Iterable[bytes] = self._metrics_app(environ, start_response)
+            return body
+        ok = self._healthy()
+        status = "200 OK" if ok else "503 Service Unavailable"
+        start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
+        return [b"ok\n" if ok else b"not running\n"]

@@ -1,0 +1,76 @@
+"""The ``schedules`` table: what a running daemon plans for each account.
+
+Queries only; :class:`~popvault.ledger.facade.Ledger` wraps them in its
+transactions and hands out :class:`ScheduleEntry` values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from popvault.ledger.models import Schedule
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleEntry:
+    """One account's plan, as the daemon ``daemon_pid`` on ``daemon_host`` wrote it.
+
+    ``next_run_at`` is None while no run is planned (a run is going on, or the
+    daemon is stopping); ``backoff_reason`` says why the next run is later or
+    sooner than the schedule (None: on schedule).
+    """
+
+    account: str
+    next_run_at: datetime | None
+    consecutive_failures: int
+    backoff_reason: str | None
+    daemon_pid: int
+    daemon_host: str
+    updated_at: datetime
+
+
+def upsert(connection: Connection, entry: ScheduleEntry) -> None:
+    """Insert the entry, or replace the account's row."""
+    values: dict[str, Any] = asdict(entry)
+    if connection.dialect.name == "postgresql":
+        statement: Any = postgresql.insert(Schedule).values(values)
+    else:
+        statement = sqlite.insert(Schedule).values(values)
+    changed = {key: value for key, value in values.items() if key != "account"}
+    connection.execute(
+        statement.on_conflict_do_update(index_elements=[Schedule.account], set_=changed)
+    )
+
+
+def select_all(connection: Connection) -> list[ScheduleEntry]:
+    """Every row, by account name."""
+    query = select(
+        Schedule.account,
+        Schedule.next_run_at,
+        Schedule.consecutive_failures,
+        Schedule.backoff_reason,
+        Schedule.daemon_pid,
+        Schedule.daemon_host,
+        Schedule.updated_at,
+    ).order_by(Schedule.account)
+    return [ScheduleEntry(*row) for row in connection.execute(query)]
+
+
+def touch(connection: Connection, *, pid: int, host: str, at: datetime) -> None:
+    """Refresh ``updated_at`` of every row of one daemon: it is still alive."""
+    mine = (Schedule.daemon_pid == pid, Schedule.daemon_host == host)
+    connection.execute(update(Schedule).where(*mine).values(updated_at=at))
+
+
+def remove(connection: Connection, *, pid: int, host: str, accounts: Sequence[str] | None) -> None:
+    """Delete one daemon's rows: those of ``accounts``, or all of them (None)."""
+    statement = delete(Schedule).where(Schedule.daemon_pid == pid, Schedule.daemon_host == host)
+    if accounts is not None:
+        statement = statement.where(Schedule.account.in_(list(accounts)))
+    connection.execute(statement)
