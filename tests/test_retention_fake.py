@@ -21,7 +21,7 @@ from popvault.ledger import Ledger
 from popvault.pop3.client import Pop3Client
 from popvault.sync import MAX_ATTEMPTS, RunResult, sync_account
 from popvault.testing import FakePop3Server, sample_messages
-from workspace import Workspace, maildir_form, wire_form
+from workspace import Workspace, fake_account, maildir_form, wire_form
 
 PASSWORD = "retention-Secret-42"
 T0 = datetime(2026, 1, 10, 12, 0, tzinfo=UTC)
@@ -29,10 +29,7 @@ T0 = datetime(2026, 1, 10, 12, 0, tzinfo=UTC)
 
 @pytest.fixture
 def ws(tmp_path: Path) -> Workspace:
-    secret = tmp_path / "secret"
-    secret.write_text(PASSWORD + "\n", encoding="utf-8")
-    secret.chmod(0o600)
-    return Workspace(tmp_path)
+    return Workspace(tmp_path, password=PASSWORD)
 
 
 @pytest.fixture
@@ -42,18 +39,7 @@ def server() -> Iterator[FakePop3Server]:
 
 
 def configure(ws: Workspace, srv: FakePop3Server, **extra: Any) -> None:
-    entry: dict[str, Any] = {
-        "name": "acct",
-        "host": srv.host,
-        "port": srv.port,
-        "security": "plain",
-        "allow_plaintext": True,
-        "username": "bob",
-        "password_file": "secret",
-        "timeout": "5s",
-    }
-    entry.update(extra)
-    ws.write_config([entry])
+    ws.write_config([fake_account(srv, "acct", **extra)])
 
 
 def run_at(ws: Workspace, when: datetime, **options: Any) -> RunResult:

@@ -13,17 +13,14 @@ import pytest
 from popvault.errors import StoreError
 from popvault.store import open_store
 from popvault.testing import FakePop3Server, sample_messages
-from workspace import Workspace, maildir_form, wire_form
+from workspace import Workspace, fake_account, maildir_form, wire_form
 
 PASSWORD = "fake-Pa55word-never-shown"
 
 
 @pytest.fixture
 def ws(tmp_path: Path) -> Workspace:
-    secret = tmp_path / "secret"
-    secret.write_text(PASSWORD + "\n", encoding="utf-8")
-    secret.chmod(0o600)
-    return Workspace(tmp_path)
+    return Workspace(tmp_path, password=PASSWORD)
 
 
 @pytest.fixture
@@ -33,18 +30,7 @@ def server():
 
 
 def account(srv: FakePop3Server, name: str = "fake", **extra: Any) -> dict[str, Any]:
-    entry: dict[str, Any] = {
-        "name": name,
-        "host": srv.host,
-        "port": srv.port,
-        "security": "plain",
-        "allow_plaintext": True,
-        "username": "alice",
-        "password_file": "secret",
-        "timeout": "5s",
-    }
-    entry.update(extra)
-    return entry
+    return fake_account(srv, name, **extra)
 
 
 def stored_set(ws: Workspace, folder: str) -> list[bytes]:

@@ -45,11 +45,20 @@ def toml_value(value: Any) -> str:
 class Workspace:
     """One folder holding config.toml, ledger.sqlite3 and archive/."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, password: str | None = None) -> None:
         self.folder = folder
         self.config = folder / "config.toml"
         self.ledger_file = folder / "ledger.sqlite3"
         self.archive = folder / "archive"
+        if password is not None:
+            self.write_secret(password)
+
+    def write_secret(self, password: str, name: str = "secret") -> Path:
+        """A 0600 password file for ``password_file = name`` (relative to the config)."""
+        secret = self.folder / name
+        secret.write_text(password + "\n", encoding="utf-8")
+        secret.chmod(0o600)
+        return secret
 
     def write_config(
         self,
@@ -88,6 +97,25 @@ class Workspace:
         """Everything in the ledger as text (to search it for secrets)."""
         with contextlib.closing(sqlite3.connect(self.ledger_file)) as db:
             return "\n".join(db.iterdump())
+
+
+def fake_account(srv: Any, name: str = "acct", **extra: Any) -> dict[str, Any]:
+    """An ``[[accounts]]`` entry for a FakePop3Server; ``password_file = "secret"``.
+
+    Keys given as None are left out (so a test can drop a default).
+    """
+    entry: dict[str, Any] = {
+        "name": name,
+        "host": srv.host,
+        "port": srv.port,
+        "security": "plain",
+        "allow_plaintext": True,
+        "username": srv.username,
+        "password_file": "secret",
+        "timeout": "5s",
+    }
+    entry.update(extra)
+    return {key: value for key, value in entry.items() if value is not None}
 
 
 def maildir_form(raw: bytes) -> bytes:

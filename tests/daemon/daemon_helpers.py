@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from popvault.testing import FakePop3Server
-from workspace import Workspace
+from workspace import Workspace, fake_account
 
 PASSWORD = "daemon-Secret-77"
 # Every wait in these tests is bounded; a run against the fake server takes milliseconds.
@@ -23,26 +23,11 @@ WAIT_S = 20.0
 
 def account(name: str, srv: FakePop3Server, **extra: Any) -> dict[str, Any]:
     """A config entry for an account on a fake server, run every second."""
-    entry: dict[str, Any] = {
-        "name": name,
-        "host": srv.host,
-        "port": srv.port,
-        "security": "plain",
-        "allow_plaintext": True,
-        "username": srv.username,
-        "password_file": "secret",
-        "timeout": "5s",
-        "every": "1s",
-    }
-    entry.update(extra)
-    return {key: value for key, value in entry.items() if value is not None}
+    return fake_account(srv, name, **{"every": "1s", **extra})
 
 
 def make_workspace(folder: Path) -> Workspace:
-    secret = folder / "secret"
-    secret.write_text(PASSWORD + "\n", encoding="utf-8")
-    secret.chmod(0o600)
-    return Workspace(folder)
+    return Workspace(folder, password=PASSWORD)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = WAIT_S, what: str = "") -> Any:

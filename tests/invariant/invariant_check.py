@@ -130,10 +130,7 @@ def expected_form(raw: bytes, fmt: Format) -> bytes:
 def new_workspace(folder: Path) -> Workspace:
     """A workspace with the password file and an already migrated, empty ledger."""
     folder.mkdir(parents=True, exist_ok=True)
-    secret = folder / "secret"
-    secret.write_text(PASSWORD + "\n", encoding="utf-8")
-    secret.chmod(0o600)
-    ws = Workspace(folder)
+    ws = Workspace(folder, password=PASSWORD)
     shutil.copyfile(_ledger_template(), ws.ledger_file)
     ws.ledger_file.chmod(0o600)
     return ws
