@@ -28,11 +28,12 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
-def test_the_wheel_carries_the_migrations_and_the_typed_marker(wheel: Path) -> None:
+def test_the_wheel_carries_the_migrations_the_unit_and_the_typed_marker(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "popvault/migrations/env.py" in names
     assert any(n.startswith("popvault/migrations/versions/0001") for n in names)
     assert "popvault/py.typed" in names
+    assert "popvault/systemd/popvault.service" in names
     assert not any(n.startswith(("tests/", "popvault/tests/")) for n in names)
 
 
