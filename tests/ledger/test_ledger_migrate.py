@@ -170,16 +170,16 @@ def test_backup_sqlite_copies_a_live_database(tmp_path: Path) -> None:
             copy.close()
 
 
-def test_concurrent_upgrades_do_not_collide(ledger_url: str) -> None:
-    workers = 4
+def race_upgrades(url: str, workers: int = 4) -> list[BaseException]:
+    """Start ``workers`` upgrades of ``url`` at the same instant; return their errors."""
     barrier = threading.Barrier(workers)
     errors: list[BaseException] = []
 
     def run() -> None:
         try:
             barrier.wait()
-            upgrade(ledger_url)
-        except BaseException as exc:  # collected and re-checked below
+            upgrade(url)
+        except BaseException as exc:  # collected and re-checked by the caller
             errors.append(exc)
 
     threads = [threading.Thread(target=run) for _ in range(workers)]
@@ -187,10 +187,22 @@ def test_concurrent_upgrades_do_not_collide(ledger_url: str) -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    assert errors == []
+    return errors
+
+
+def test_concurrent_upgrades_do_not_collide(ledger_url: str) -> None:
+    assert race_upgrades(ledger_url) == []
     assert current(ledger_url) == HEAD
     with Ledger.open(ledger_url, upgrade=False) as ledger:
         assert ledger.accounts() == []
+
+
+def test_many_processes_opening_a_new_sqlite_ledger_at_once_all_succeed(tmp_path: Path) -> None:
+    # Switching a new file to WAL races between first connections; SQLite may
+    # answer "database is locked" without waiting. Repeat the race to catch it.
+    for attempt in range(12):
+        errors = race_upgrades(f"sqlite:///{tmp_path}/race-{attempt}.sqlite3")
+        assert errors == [], f"attempt {attempt}: {errors}"
 
 
 def test_models_match_the_migrations(ledger_url: str) -> None:

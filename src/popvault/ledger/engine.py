@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +34,8 @@ from popvault.errors import DatabaseUnavailable, LedgerError
 # database unavailable. A sync run commits in milliseconds; 30 s covers a
 # concurrent `popvault status` or a migration without hanging a daemon forever.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Pause between attempts to switch a new ledger to WAL while another connection holds it.
+_WAL_RETRY_S = 0.02
 
 # How long to wait for a PostgreSQL server to accept a connection (seconds).
 PG_CONNECT_TIMEOUT_S = 10
@@ -136,13 +139,36 @@ def _sqlite_on_connect(dbapi_connection: sqlite3.Connection, _record: object) ->
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _use_wal(cursor)
         # FULL: in WAL mode, NORMAL may lose the last commits on power loss;
         # the orchestrator deletes server copies once a commit returns.
         cursor.execute("PRAGMA synchronous = FULL")
         cursor.execute("PRAGMA foreign_keys = ON")
     finally:
         cursor.close()
+
+
+def _use_wal(cursor: sqlite3.Cursor) -> None:
+    """Switch the database to WAL (a setting stored in the file), waiting out a race.
+
+    Switching needs an exclusive lock, and when several connections open a new
+    ledger at once SQLite may answer "database is locked" at once instead of
+    calling the busy handler (it refuses to wait where waiting could deadlock).
+    So retry, for as long as the busy timeout would have waited.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            (mode,) = cursor.execute("PRAGMA journal_mode").fetchone()
+            if str(mode).lower() != "wal":
+                cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(_WAL_RETRY_S)
 
 
 def _sqlite_on_begin(connection: Connection) -> None:
