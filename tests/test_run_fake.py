@@ -120,6 +120,17 @@ def test_dry_run_changes_nothing(ws: Workspace, server) -> None:
     assert not any(c.upper().startswith(("RETR", "DELE")) for c in server.commands)
 
 
+def test_dry_run_and_status_on_a_new_setup_create_no_file(ws: Workspace, server) -> None:
+    ws.write_config([account(server)])
+    result = ws.cli("run", "--dry-run")
+    assert result.code == 0, result.output
+    assert f"would download {len(server.mailbox)}" in result.out
+    status = ws.cli("status", "--json")
+    assert status.code == 0
+    assert json.loads(status.out)[0]["archived_messages"] == 0
+    assert sorted(p.name for p in ws.folder.iterdir()) == ["config.toml", "secret"]
+
+
 def test_server_without_uidl_fails_clearly(ws: Workspace, server) -> None:
     server.no_uidl = True
     ws.write_config([account(server)])

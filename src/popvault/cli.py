@@ -164,10 +164,20 @@ def _load_config(args: argparse.Namespace) -> Config:
     return config.load(getattr(args, "config", None))
 
 
-def _open_ledger(cfg: Config) -> Ledger:
-    from popvault.ledger import Ledger
+def _open_ledger(cfg: Config, *, create: bool = True, upgrade: bool = True) -> Ledger:
+    """Open the ledger (migrating it unless ``upgrade`` is false).
 
-    return Ledger.open(cfg.ledger_url, upgrade=True)
+    With ``create`` false, a SQLite ledger file that does not exist yet is not
+    made: an empty in-memory ledger stands in, so that `status`, `verify` and
+    `run --dry-run` on a new setup leave no file behind.
+    """
+    from popvault.ledger import Ledger
+    from popvault.ledger.engine import parse_url, sqlite_file
+
+    path = sqlite_file(parse_url(cfg.ledger_url))
+    if not create and path is not None and not path.exists():
+        return Ledger.open("sqlite://")
+    return Ledger.open(cfg.ledger_url, upgrade=upgrade)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -180,7 +190,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"popvault: no accounts in {cfg.file}", file=sys.stderr)
         return EXIT_USAGE
     progress = _TerminalProgress() if sys.stderr.isatty() else None
-    with _open_ledger(cfg) as ledger:
+    # A dry run changes nothing: not even the ledger's schema or its file.
+    dry = bool(args.dry_run)
+    with _open_ledger(cfg, create=not dry, upgrade=not dry) as ledger:
         results = sync_accounts(
             cfg,
             accounts,
@@ -285,7 +297,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from popvault.status import account_statuses, render_json, render_table
 
     cfg = _load_config(args)
-    with _open_ledger(cfg) as ledger:
+    with _open_ledger(cfg, create=False) as ledger:
         rows = account_statuses(cfg, ledger, now=datetime.now(UTC))
     print(render_json(rows) if args.json else render_table(rows))
     return EXIT_OK
@@ -299,7 +311,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     cfg = _load_config(args)
     accounts = [cfg.account(name) for name in args.account] if args.account else list(cfg.accounts)
-    with _open_ledger(cfg) as ledger:
+    with _open_ledger(cfg, create=False) as ledger:
         reports = [verify_account(cfg, account, ledger) for account in accounts]
     if args.json:
         print(json.dumps([report_dict(report) for report in reports], indent=2))
