@@ -1,7 +1,8 @@
 """The ``schedules`` table: what a running daemon plans for each account.
 
-Queries only; :class:`~popvault.ledger.facade.Ledger` wraps them in its
-transactions and hands out :class:`ScheduleEntry` values.
+The module functions are the queries; :class:`SchedulesMixin`, a part of
+:class:`~popvault.ledger.facade.Ledger`, wraps them in its transactions and
+hands out :class:`ScheduleEntry` values.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from popvault.ledger.core import LedgerCore, require_aware
 from popvault.ledger.models import Schedule
 
 
@@ -74,3 +76,29 @@ def remove(connection: Connection, *, pid: int, host: str, accounts: Sequence[st
     if accounts is not None:
         statement = statement.where(Schedule.account.in_(list(accounts)))
     connection.execute(statement)
+
+
+class SchedulesMixin(LedgerCore):
+    """The Ledger's copy of each daemon's plans, for ``popvault status``."""
+
+    def save_schedule(self, entry: ScheduleEntry) -> None:
+        """Record (or replace) an account's next run as planned by a daemon."""
+        require_aware(entry.updated_at, "updated_at")
+        with self._writing() as connection:
+            upsert(connection, entry)
+
+    def schedules(self) -> list[ScheduleEntry]:
+        """Every account's recorded plan, live or stale, by account name."""
+        with self._reading() as connection:
+            return select_all(connection)
+
+    def touch_schedules(self, *, pid: int, host: str, at: datetime) -> None:
+        """Mark one daemon's rows as fresh: it is still running."""
+        require_aware(at, "at")
+        with self._writing() as connection:
+            touch(connection, pid=pid, host=host, at=at)
+
+    def drop_schedules(self, *, pid: int, host: str, accounts: Sequence[str] | None = None) -> None:
+        """Forget one daemon's plans for ``accounts`` (None: all of them)."""
+        with self._writing() as connection:
+            remove(connection, pid=pid, host=host, accounts=accounts)

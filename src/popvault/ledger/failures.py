@@ -1,0 +1,84 @@
+"""Failures: messages that could not be archived, counted per attempt.
+
+A message that keeps failing is set aside after ``max_attempts`` (see
+:meth:`~popvault.ledger.messages.MessagesMixin.unarchived`) so that one bad
+message cannot stall an account's every run.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Insert, delete, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from popvault.ledger.core import LedgerCore, require_aware
+from popvault.ledger.models import Failure
+from popvault.ledger.records import FailedMessage
+
+# A failure's error text is kept to this many characters: enough for a
+# server's -ERR line or an OS error, not for a megabyte of traceback.
+_MAX_ERROR_CHARS = 2000
+
+
+class FailuresMixin(LedgerCore):
+    """The Ledger's failure records: one row per message that failed, with its count."""
+
+    def record_failure(self, account: str, uidl: str, *, error: str, at: datetime) -> int:
+        """Count one more failed attempt to archive ``uidl``; return the attempts so far.
+
+        ``error`` (what went wrong, never a password) is kept, clipped to
+        2000 characters, as the latest error.
+        """
+        require_aware(at, "at")
+        values = {
+            "account": account,
+            "uidl": uidl,
+            "attempts": 1,
+            "first_failed_at": at,
+            "last_failed_at": at,
+            "last_error": error[:_MAX_ERROR_CHARS],
+        }
+        with self._writing() as connection:
+            attempts = connection.execute(_failure_upsert(connection, values)).scalar_one()
+        return int(attempts)
+
+    def clear_failure(self, account: str, uidl: str) -> None:
+        """Forget the failures of ``uidl`` (it archived at last); no-op if none."""
+        statement = delete(Failure).where(Failure.account == account, Failure.uidl == uidl)
+        with self._writing() as connection:
+            connection.execute(statement)
+
+    def failures(self, account: str) -> list[FailedMessage]:
+        """The account's failed messages, the earliest failure first."""
+        query = (
+            select(
+                Failure.uidl,
+                Failure.attempts,
+                Failure.first_failed_at,
+                Failure.last_failed_at,
+                Failure.last_error,
+            )
+            .where(Failure.account == account)
+            .order_by(Failure.first_failed_at, Failure.id)
+        )
+        with self._reading() as connection:
+            return [FailedMessage(*row) for row in connection.execute(query)]
+
+
+def _failure_upsert(connection: Connection, values: dict[str, Any]) -> Insert:
+    """INSERT, or on (account, uidl) add one attempt and keep the latest error."""
+    if connection.dialect.name == "postgresql":
+        statement: Any = postgresql.insert(Failure).values(values)
+    else:
+        statement = sqlite.insert(Failure).values(values)
+    updated = {
+        "attempts": Failure.attempts + 1,
+        "last_failed_at": statement.excluded.last_failed_at,
+        "last_error": statement.excluded.last_error,
+    }
+    upsert: Insert = statement.on_conflict_do_update(
+        index_elements=[Failure.account, Failure.uidl], set_=updated
+    )
+    return upsert.returning(Failure.attempts)

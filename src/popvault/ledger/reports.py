@@ -1,0 +1,105 @@
+"""Reports: per-account totals and the latest runs, for ``popvault status``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Row, Select, case, func, literal, select, union, union_all
+from sqlalchemy.orm import aliased
+
+from popvault.ledger.core import LedgerCore
+from popvault.ledger.models import Failure, Message, Run
+from popvault.ledger.records import AccountStatus
+
+
+class ReportsMixin(LedgerCore):
+    """The Ledger's read-only summaries across accounts."""
+
+    def status(self) -> list[AccountStatus]:
+        """One entry per account that has messages, failures or runs, sorted by name."""
+        with self._reading() as connection:
+            totals = {row.account: row for row in connection.execute(_totals_query())}
+            last = {row.account: row for row in connection.execute(_last_run_query())}
+        return [
+            _account_status(name, totals.get(name), last.get(name))
+            for name in sorted(totals.keys() | last.keys())
+        ]
+
+    def accounts(self) -> list[str]:
+        """Every account that has messages or runs, sorted."""
+        query = union(select(Message.account), select(Run.account))
+        with self._reading() as connection:
+            return sorted(connection.scalars(query))
+
+    def archived_totals(self, account: str) -> tuple[int, int]:
+        """The account's archived messages and their stored octets (what status shows)."""
+        query = select(func.count(), func.coalesce(func.sum(Message.size), 0)).where(
+            Message.account == account, Message.state == "archived"
+        )
+        with self._reading() as connection:
+            messages, octets = connection.execute(query).one()
+        return int(messages), int(octets)
+
+
+def _totals_query() -> Select[str, int, int, int]:
+    """Per account: archived messages, their octets, and failed messages."""
+    archived = Message.state == "archived"
+    per_message = select(
+        Message.account.label("account"),
+        case((archived, 1), else_=0).label("archived"),
+        case((archived, Message.size), else_=0).label("octets"),
+        literal(0).label("failed"),
+    )
+    per_failure = select(Failure.account, literal(0), literal(0), literal(1))
+    rows = union_all(per_message, per_failure).subquery()
+    return select(
+        rows.c.account,
+        func.sum(rows.c.archived).label("archived"),
+        func.sum(rows.c.octets).label("octets"),
+        func.sum(rows.c.failed).label("failed"),
+    ).group_by(rows.c.account)
+
+
+def _last_run_query() -> Select[str, datetime, str, str | None, datetime | None, int | None]:
+    """Per account: the latest run (the highest id: clocks may step back), when
+    the latest successful one ended, and the latest server message count."""
+    latest = select(func.max(Run.id)).group_by(Run.account).scalar_subquery()
+    other = aliased(Run)
+    success_at = (
+        select(func.max(other.ended_at))
+        .where(other.account == Run.account, other.outcome == "ok")
+        .scalar_subquery()
+    )
+    on_server = (
+        select(other.on_server)
+        .where(other.account == Run.account, other.on_server.is_not(None))
+        .order_by(other.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    return select(
+        Run.account,
+        Run.started_at,
+        Run.outcome,
+        Run.error,
+        success_at.label("success_at"),
+        on_server.label("on_server"),
+    ).where(Run.id.in_(latest))
+
+
+def _account_status(
+    name: str,
+    totals: Row[str, int, int, int] | None,
+    last: Row[str, datetime, str, str | None, datetime | None, int | None] | None,
+) -> AccountStatus:
+    return AccountStatus(
+        name=name,
+        archived_messages=int(totals.archived) if totals else 0,
+        archived_bytes=int(totals.octets) if totals else 0,
+        last_run_at=last.started_at if last else None,
+        last_outcome=last.outcome if last else None,
+        last_error=last.error if last else None,
+        last_success_at=last.success_at if last else None,
+        on_server=last.on_server if last else None,
+        failed_messages=int(totals.failed) if totals else 0,
+    )

@@ -1,0 +1,210 @@
+"""Retention: archived messages still on the server, their deletion, reconciliation.
+
+RFC 1939 section 6 deletes only once QUIT is answered, so a deletion is
+first requested, then confirmed; :meth:`RetentionMixin.reconcile` settles
+the uncertain ones against the server's next full UIDL list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Connection, Row, Select, case, delete, func, select, update
+
+from popvault.errors import LedgerError
+from popvault.ledger.core import IN_LIST_LIMIT, LedgerCore, among, require_aware
+from popvault.ledger.models import Failure, Message, UTCDateTime
+from popvault.ledger.records import Reconciled, RetainedMessage, RetentionSummary
+
+
+class RetentionMixin(LedgerCore):
+    """The Ledger's retention: what is still on the server, and what left it."""
+
+    def retained(self, account: str, uidls: Sequence[str]) -> list[RetainedMessage]:
+        """The archived messages among ``uidls`` still on the server as far as
+        the ledger knows (neither deleted nor gone), in input order, once each."""
+        wanted = list(dict.fromkeys(uidls))
+        if not wanted:
+            return []
+        query = select(
+            Message.uidl, Message.path, Message.size, Message.archived_at, Message.server_size
+        ).where(*_retained_rows(account))
+        if len(wanted) <= IN_LIST_LIMIT:
+            query = query.where(Message.uidl.in_(wanted))
+        with self._reading() as connection:
+            found = {row.uidl: _retained_message(row) for row in connection.execute(query)}
+        return [found[uidl] for uidl in wanted if uidl in found]
+
+    def mark_delete_requested(self, account: str, uidls: Sequence[str], *, at: datetime) -> None:
+        """Note that the server accepted DELE for ``uidls`` at ``at``, before QUIT.
+
+        Until :meth:`mark_deleted`, the deletion is uncertain: RFC 1939
+        section 6 deletes only once QUIT is answered, and that answer may be
+        lost. :meth:`reconcile` settles it in the next session.
+        """
+        require_aware(at, "at")
+        self._update_retained(account, uidls, delete_requested_at=at)
+
+    def mark_deleted(self, account: str, uidls: Sequence[str], *, at: datetime) -> None:
+        """Record that QUIT answered +OK, so the server deleted ``uidls`` at ``at``."""
+        require_aware(at, "at")
+        self._update_retained(account, uidls, deleted_at=at, delete_requested_at=None)
+
+    def reconcile(
+        self, account: str, uidls_on_server: Sequence[str], *, now: datetime
+    ) -> Reconciled:
+        """Settle the account's retained messages against the server's full UIDL list.
+
+        Call it first in every session. A retained message missing from the
+        server was deleted by popvault if a DELE was requested (its
+        ``deleted_at`` becomes the request time), else taken by another client
+        (``gone_at = now``). A request for a message still there is cleared:
+        that session never reached QUIT. A message marked gone that the server
+        lists again (a server that hid it for a while, or a listing that came
+        back short) is live again, so retention applies to it once more.
+        Failure records of messages no longer on the server are dropped. A few
+        reads plus a few set-wise writes.
+        """
+        require_aware(now, "now")
+        on_server = frozenset(uidls_on_server)
+        live = select(Message.id, Message.uidl, Message.delete_requested_at).where(
+            *_retained_rows(account)
+        )
+        with self._writing() as connection:
+            plan = _ReconcilePlan.of(connection.execute(live), on_server)
+            settled = plan.apply(connection, now)
+            returned = _revive_returned(connection, account, on_server)
+            _drop_stale_failures(connection, account, on_server)
+        return replace(settled, returned=returned)
+
+    def retention_summary(self, account: str, *, cutoff: datetime | None) -> RetentionSummary:
+        """Count the account's retained messages and those due at ``cutoff``.
+
+        Due: archived at or before ``cutoff`` (none when it is None). The
+        caller passes ``now - duration`` (or ``now`` for delete-at-once) and
+        adds the duration back to ``next_due_archived_at``.
+        """
+        live = _retained_rows(account)
+        if cutoff is None:
+            with self._reading() as connection:
+                count = connection.scalar(select(func.count()).where(*live))
+            return RetentionSummary(int(count or 0), 0, None)
+        require_aware(cutoff, "cutoff")
+        with self._reading() as connection:
+            row = connection.execute(_summary_query(cutoff).where(*live)).one()
+        return RetentionSummary(int(row.retained), int(row.due or 0), row.next_due)
+
+    def _update_retained(
+        self, account: str, uidls: Sequence[str], **values: datetime | None
+    ) -> None:
+        wanted = list(dict.fromkeys(uidls))
+        if not wanted:
+            return
+        with self._writing() as connection:
+            member = among(Message.uidl, wanted, connection)
+            statement = update(Message).where(*_retained_rows(account), member).values(values)
+            connection.execute(statement)
+
+
+def _retained_rows(account: str) -> tuple[ColumnElement[bool], ...]:
+    """Archived rows of the account the server still has, as far as we know."""
+    return (
+        Message.account == account,
+        Message.state == "archived",
+        Message.deleted_at.is_(None),
+        Message.gone_at.is_(None),
+    )
+
+
+def _retained_message(
+    row: Row[str, str, int, datetime | None, int | None],
+) -> RetainedMessage:
+    if row.archived_at is None:  # pragma: no cover - ck_messages_archived_at forbids it
+        raise LedgerError(f"archived UIDL {row.uidl!r} has no archive time")
+    return RetainedMessage(row.uidl, row.path, row.size, row.archived_at, row.server_size)
+
+
+@dataclass(slots=True)
+class _ReconcilePlan:
+    """Row ids of retained messages, sorted by what :meth:`Ledger.reconcile` does."""
+
+    deleted: list[int]
+    gone: list[int]
+    cleared: list[int]
+
+    @classmethod
+    def of(
+        cls, rows: Iterable[Row[int, str, datetime | None]], on_server: frozenset[str]
+    ) -> _ReconcilePlan:
+        plan = cls([], [], [])
+        for row in rows:
+            requested = row.delete_requested_at is not None
+            if row.uidl in on_server:
+                if requested:
+                    plan.cleared.append(row.id)
+            elif requested:
+                plan.deleted.append(row.id)
+            else:
+                plan.gone.append(row.id)
+        return plan
+
+    def apply(self, connection: Connection, now: datetime) -> Reconciled:
+        """One UPDATE per non-empty group; returns how many rows each changed."""
+        deleted = _update_ids(
+            connection,
+            self.deleted,
+            deleted_at=Message.delete_requested_at,
+            delete_requested_at=None,
+        )
+        gone = _update_ids(connection, self.gone, gone_at=now)
+        cleared = _update_ids(connection, self.cleared, delete_requested_at=None)
+        return Reconciled(deleted=deleted, gone=gone, cleared=cleared)
+
+
+def _update_ids(connection: Connection, ids: list[int], **values: Any) -> int:
+    if not ids:
+        return 0
+    # The live conditions again: a row settled meanwhile is not settled twice.
+    statement = (
+        update(Message)
+        .where(among(Message.id, ids, connection))
+        .where(Message.deleted_at.is_(None), Message.gone_at.is_(None))
+        .values(values)
+    )
+    return connection.execute(statement).rowcount
+
+
+def _revive_returned(connection: Connection, account: str, on_server: frozenset[str]) -> int:
+    """Clear gone_at of archived rows the server lists again; returns how many."""
+    gone = select(Message.id, Message.uidl).where(
+        Message.account == account,
+        Message.state == "archived",
+        Message.deleted_at.is_(None),
+        Message.gone_at.is_not(None),
+    )
+    back = [row.id for row in connection.execute(gone) if row.uidl in on_server]
+    if not back:
+        return 0
+    statement = update(Message).where(among(Message.id, back, connection)).values(gone_at=None)
+    return connection.execute(statement).rowcount
+
+
+def _drop_stale_failures(connection: Connection, account: str, on_server: frozenset[str]) -> None:
+    """A failure record of a message the server no longer has can never clear."""
+    failed = select(Failure.id, Failure.uidl).where(Failure.account == account)
+    stale = [row.id for row in connection.execute(failed) if row.uidl not in on_server]
+    if stale:
+        connection.execute(delete(Failure).where(among(Failure.id, stale, connection)))
+
+
+def _summary_query(cutoff: datetime) -> Select[int, int | None, datetime | None]:
+    due = case((Message.archived_at <= cutoff, 1), else_=0)
+    later = case((Message.archived_at > cutoff, Message.archived_at))
+    return select(
+        func.count().label("retained"),
+        func.sum(due).label("due"),
+        func.min(later, type_=UTCDateTime()).label("next_due"),
+    )

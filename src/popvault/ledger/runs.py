@@ -1,0 +1,71 @@
+"""Runs: one row per sync session of an account, from start to outcome."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import insert, update
+
+from popvault.errors import LedgerError
+from popvault.ledger.core import LedgerCore, require_aware
+from popvault.ledger.models import Run
+
+_FINAL_OUTCOMES = frozenset({"ok", "failed"})
+
+
+class RunsMixin(LedgerCore):
+    """The Ledger's record of sync runs."""
+
+    def start_run(self, account: str, *, started_at: datetime) -> int:
+        """Record the start of a sync run and return its id."""
+        require_aware(started_at, "started_at")
+        statement = insert(Run).values(
+            account=account, started_at=started_at, outcome="running", messages=0, bytes=0
+        )
+        with self._writing() as connection:
+            key = connection.execute(statement).inserted_primary_key
+        if key is None:  # pragma: no cover - every backend we support returns it
+            raise LedgerError(f"account {account!r}: the new run got no id")
+        run_id: int = key[0]
+        return run_id
+
+    def finish_run(
+        self,
+        run_id: int,
+        *,
+        ended_at: datetime,
+        outcome: str,
+        messages: int,
+        bytes: int,
+        error: str | None,
+        on_server: int | None = None,
+    ) -> None:
+        """Record how a running run ended: ``outcome`` is "ok" or "failed".
+
+        ``on_server`` is how many UIDLs the server listed (None if the run
+        never got that far). Raises :class:`LedgerError` if no such run is running.
+        """
+        require_aware(ended_at, "ended_at")
+        _check_run_end(outcome=outcome, messages=messages, octets=bytes, on_server=on_server)
+        values = {
+            "ended_at": ended_at,
+            "outcome": outcome,
+            "messages": messages,
+            "bytes": bytes,
+            "error": error,
+            "on_server": on_server,
+        }
+        statement = update(Run).where(Run.id == run_id, Run.outcome == "running").values(values)
+        with self._writing() as connection:
+            if connection.execute(statement).rowcount != 1:
+                raise LedgerError(f"run {run_id} does not exist or has already finished")
+
+
+def _check_run_end(*, outcome: str, messages: int, octets: int, on_server: int | None) -> None:
+    if outcome not in _FINAL_OUTCOMES:
+        raise ValueError(f"outcome must be 'ok' or 'failed', got {outcome!r}")
+    if messages < 0 or octets < 0 or (on_server is not None and on_server < 0):
+        raise ValueError(
+            f"counts must not be negative (messages={messages}, bytes={octets}, "
+            f"on_server={on_server})"
+        )
