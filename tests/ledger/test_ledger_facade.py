@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from ledger_helpers import T0, record, sha
 
 from popvault.errors import LedgerError
 from popvault.ledger import (
@@ -15,24 +15,6 @@ from popvault.ledger import (
     Ledger,
     PendingMessage,
 )
-
-T0 = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
-
-
-def sha(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def record(ledger: Ledger, uidl: str, *, account: str = "alice", size: int = 10) -> None:
-    ledger.record_pending(
-        account,
-        uidl,
-        path=f"{account}/new/{uidl}.eml",
-        size=size,
-        sha256=sha(uidl),
-        server_size=size + 2,
-        first_seen_at=T0,
-    )
 
 
 def archive(ledger: Ledger, uidl: str, *, account: str = "alice", size: int = 10) -> None:
