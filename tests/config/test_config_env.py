@@ -5,17 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from config_samples import ACCOUNT
 
 from popvault.config import default_config_path, load
 from popvault.errors import ConfigError
-
-ACCOUNT = """
-[[accounts]]
-name = "personal"
-host = "pop.example.org"
-username = "alice@example.org"
-password_env = "PERSONAL_PASSWORD"
-"""
 
 FILE = f"""
 [ledger]

@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from config_samples import ACCOUNT
 
 from popvault.config import load
 from popvault.errors import ConfigError
-
-ACCOUNT = """
-[[accounts]]
-name = "personal"
-host = "pop.example.org"
-username = "alice@example.org"
-password_env = "PERSONAL_PASSWORD"
-"""
 
 OTHER = """
 [[accounts]]

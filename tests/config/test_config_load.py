@@ -7,17 +7,10 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from config_samples import ACCOUNT
 
 from popvault.config import Config, Retention, load
 from popvault.errors import ConfigError
-
-ACCOUNT = """
-[[accounts]]
-name = "personal"
-host = "pop.example.org"
-username = "alice@example.org"
-password_env = "PERSONAL_PASSWORD"
-"""
 
 
 def test_minimal_account_gets_every_default(write_config, config_dir):

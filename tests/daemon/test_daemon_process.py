@@ -15,24 +15,12 @@ from daemon_helpers import (
     account,
     free_port,
     ledger_state,
-    make_workspace,
     wait_for,
 )
 
 from popvault.daemon.logs import RUN_FIELDS
 from popvault.testing import FakePop3Server, sample_messages
 from workspace import Workspace
-
-
-@pytest.fixture
-def ws(tmp_path) -> Workspace:
-    return make_workspace(tmp_path)
-
-
-@pytest.fixture
-def server() -> Iterator[FakePop3Server]:
-    with FakePop3Server(sample_messages(3), username="bob", password=PASSWORD) as srv:
-        yield srv
 
 
 @pytest.fixture

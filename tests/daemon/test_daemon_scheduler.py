@@ -6,12 +6,10 @@ import json
 import logging
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
 
-import pytest
-from daemon_helpers import PASSWORD, account, ledger_state, make_workspace, wait_for
+from daemon_helpers import PASSWORD, account, ledger_state, wait_for
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -28,17 +26,6 @@ from workspace import Workspace, maildir_form, wire_form
 def fast(error: BaseException):
     """The real policy's choice, but in fractions of a second (for the tests' clock)."""
     return replace(policy_for(error), first=0.3, cap=1.0)
-
-
-@pytest.fixture
-def ws(tmp_path) -> Workspace:
-    return make_workspace(tmp_path)
-
-
-@pytest.fixture
-def server() -> Iterator[FakePop3Server]:
-    with FakePop3Server(sample_messages(3), username="bob", password=PASSWORD) as srv:
-        yield srv
 
 
 class Running:
