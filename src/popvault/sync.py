@@ -495,7 +495,8 @@ def _never() -> bool:
 
 
 def _has_archived(ledger: Ledger, account: str) -> bool:
-    return any(row.name == account and row.archived_messages for row in ledger.status())
+    messages, _ = ledger.archived_totals(account)
+    return messages > 0
 
 
 def _first_number_per_uidl(listing: Sequence[tuple[int, str]], account: str) -> dict[str, int]:
