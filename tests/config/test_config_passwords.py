@@ -106,8 +106,17 @@ def test_password_file_readable_by_others_warns(write_config, config_dir, caplog
     config, account = load_one(write_config, 'password_file = "pw.txt"')
     with caplog.at_level(logging.WARNING, logger="popvault.config"):
         read_password(config, account)
-    assert "readable by group or others" in caplog.text
+    assert "holds the password of account 'personal' but is readable by group" in caplog.text
     assert SECRET not in caplog.text
+    # A daemon reads it on every run: one warning per file and mode is enough.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="popvault.config"):
+        read_password(config, account)
+    assert caplog.text == ""
+    (config_dir / "pw.txt").chmod(0o604)
+    with caplog.at_level(logging.WARNING, logger="popvault.config"):
+        read_password(config, account)
+    assert "mode 0604" in caplog.text
 
 
 # --- password_command -----------------------------------------------------------------------

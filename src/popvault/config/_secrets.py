@@ -21,12 +21,19 @@ PASSWORD_COMMAND_TIMEOUT: float = 30.0
 log = logging.getLogger("popvault.config")
 
 
+# (path, mode) pairs already warned about: a daemon reads a password file on
+# every run, and one warning per file and mode is enough to act on.
+_warned: set[tuple[Path, int]] = set()
+
+
 def warn_if_readable_by_others(path: Path, what: str) -> None:
+    """Warn (once per file and mode in this process) that a secret is readable by others."""
     try:
         mode = stat.S_IMODE(path.stat().st_mode)
     except OSError:
         return
-    if mode & (stat.S_IRGRP | stat.S_IROTH):
+    if mode & (stat.S_IRGRP | stat.S_IROTH) and (path, mode) not in _warned:
+        _warned.add((path, mode))
         log.warning(
             "%s %s but is readable by group or others (mode %04o); run: chmod 600 %s",
             path,
@@ -80,7 +87,7 @@ def _from_file(account: Account, path: Path, file: str) -> str:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
         message = f"cannot read password file {path}: {reason}"
         raise ConfigError(message, file=file, account=account.name, key="password_file") from None
-    warn_if_readable_by_others(path, f"(password_file of account {account.name!r})")
+    warn_if_readable_by_others(path, f"holds the password of account {account.name!r}")
     # Exactly one trailing newline is the file's line end; anything else is the password.
     return text.removesuffix("\n").removesuffix("\r")
 
