@@ -312,3 +312,18 @@ def test_stop_ends_the_run_cleanly_between_messages(ws, server) -> None:
     assert server.commands[-1] == "QUIT"
     assert len(server.mailbox) == 6
     assert len(ws.archived_files("acct")) == 2
+
+
+def test_messages_a_mail_reader_moved_to_cur_verify_and_are_deleted(ws, server) -> None:
+    configure(ws, server, retention="1d")
+    assert run_at(ws, T0).ok
+    cur = ws.archive / "acct" / "cur"
+    for path in ws.archived_files("acct"):
+        path.rename(cur / f"{path.name}:2,S")  # read in a mail client
+    report = ws.cli("verify", "--json")
+    assert report.code == 0, report.output
+    assert json.loads(report.out)[0]["checked"] == 6
+    later = run_at(ws, T0 + timedelta(days=2))
+    assert later.ok, later.error
+    assert later.deleted == 6
+    assert server.mailbox == []

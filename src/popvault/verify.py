@@ -8,7 +8,6 @@ in blocks, so verifying a large archive uses little memory.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -62,13 +61,14 @@ def verify_account(config: Config, account: Account, ledger: Ledger) -> AccountR
             report.problems.append(problem)
     report.problems += [
         Problem("unknown", path, "in the account's folder but not in the ledger")
-        for path in _unknown(store.iter_files(), known)
+        for path in _unknown(store, known)
     ]
     return report
 
 
-def _unknown(paths: Iterable[str], known: set[str]) -> list[str]:
-    return sorted(path for path in paths if path not in known)
+def _unknown(store: Store, known: set[str]) -> list[str]:
+    # A message a mail reader moved (Maildir new/ -> cur/) is still the known one.
+    return sorted(path for path in store.iter_files() if store.canonical(path) not in known)
 
 
 def _check_file(store: Store, path: str, size: int, sha256: str) -> Problem | None:

@@ -180,3 +180,32 @@ def test_an_empty_message_is_stored_empty(tmp_path: Path, received_at: datetime)
     assert sealed.size == 0
     assert sealed.sha256 == hashlib.sha256(b"").hexdigest()
     assert (tmp_path / sealed.relpath).read_bytes() == b""
+
+
+def _publish(store, body: bytes) -> str:
+    with store.begin(received_at=datetime(2025, 5, 6, 7, 8, 9, tzinfo=UTC)) as writer:
+        writer.write(body)
+        sealed = writer.seal()
+        writer.commit()
+    return sealed.relpath
+
+
+def test_a_message_a_mail_reader_moved_to_cur_is_still_found(tmp_path: Path) -> None:
+    store = open_store("maildir", tmp_path, "acct")
+    first = _publish(store, b"Subject: one\r\n\r\nfirst\r\n")
+    second = _publish(store, b"Subject: two\r\n\r\nsecond\r\n")
+    name = first.rsplit("/", 1)[1]
+    # A reader marks it seen: new/NAME -> cur/NAME:2,S (the Maildir convention).
+    os.rename(tmp_path / first, tmp_path / "acct" / "cur" / f"{name}:2,S")
+    assert store.stat(first) == len(b"Subject: one\n\nfirst\n")
+    with store.open(first) as stream:
+        assert stream.read() == b"Subject: one\n\nfirst\n"
+    assert store.canonical(f"acct/cur/{name}:2,S") == first
+    assert store.canonical(second) == second
+    # A move after the first lookup is seen too (the index follows cur/).
+    other = second.rsplit("/", 1)[1]
+    os.rename(tmp_path / second, tmp_path / "acct" / "cur" / f"{other}:2,RS")
+    assert store.stat(second) == len(b"Subject: two\n\nsecond\n")
+    # A message gone from both folders is missing, not confused with another.
+    (tmp_path / "acct" / "cur" / f"{name}:2,S").unlink()
+    assert store.stat(first) is None

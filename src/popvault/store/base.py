@@ -71,6 +71,10 @@ class Store(Protocol):
         """Make the name of the published file at ``relpath`` durable (fsync its folder)."""
         ...
 
+    def canonical(self, relpath: str) -> str:
+        """The relpath a file was published under, for a file a mail reader may have moved."""
+        ...
+
     def iter_files(self) -> Iterator[str]:
         """The relpaths of every published message file of this store (never temp files)."""
         ...
@@ -273,13 +277,21 @@ class BaseStore:
         that an unmounted disk is never mistaken for lost messages (a caller
         only asks about paths it recorded, so the root existed once).
         """
-        path = resolve(self.root, relpath)
+        resolve(self.root, relpath)  # refuse a path escaping the root before any lookup
         self.require_root()
-        return durable.file_size(path)
+        return durable.file_size(resolve(self.root, self.locate(relpath)))
 
     def open(self, relpath: str) -> BinaryIO:
         """Open the published message file at ``relpath`` for streaming reads."""
-        return durable.open_for_reading(resolve(self.root, relpath))
+        return durable.open_for_reading(resolve(self.root, self.locate(relpath)))
+
+    def locate(self, relpath: str) -> str:
+        """Where the message published at ``relpath`` is now (a format may let readers move it)."""
+        return relpath
+
+    def canonical(self, relpath: str) -> str:
+        """The relpath a file was published under (the inverse of :meth:`locate`)."""
+        return relpath
 
     def sync_published(self, relpath: str) -> None:
         """Make the name of the published file at ``relpath`` durable (fsync its folder).
@@ -288,7 +300,7 @@ class BaseStore:
         fsync: the file is visible, but until its folder is synced a power cut
         may still take the name away (the content was fsynced before the link).
         """
-        durable.sync_dir(resolve(self.root, relpath).parent)
+        durable.sync_dir(resolve(self.root, self.locate(relpath)).parent)
 
     def cleanup_tmp(self, *, older_than: timedelta = timedelta(hours=36)) -> int:
         """Remove temp files not modified for ``older_than``; return how many.

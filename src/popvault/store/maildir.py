@@ -15,6 +15,7 @@ import secrets
 from collections.abc import Iterator
 from datetime import datetime
 
+from popvault.store import durable
 from popvault.store.base import BaseStore, Writer, list_dir, utc
 
 # A process-wide delivery counter: with the pid it keeps two names from the
@@ -91,11 +92,55 @@ class MaildirWriter(Writer):
 class MaildirStore(BaseStore):
     """A Maildir at ``<root>/<folder>`` with ``tmp``, ``new`` and ``cur`` made on first use."""
 
+    # (mtime of cur/, NAME -> file name in cur/): see _cur_index.
+    _cur_cache: tuple[int, dict[str, str]] | None = None
+
     def begin(self, *, received_at: datetime) -> MaildirWriter:
         """Start writing one message; ``received_at`` (aware) goes into its unique name."""
         name = unique_name(received_at)
         self.ensure_layout("tmp", "new", "cur")
         return MaildirWriter(self, name)
+
+    def locate(self, relpath: str) -> str:
+        """A message published in ``new/`` that a mail reader moved to ``cur/``.
+
+        Readers move a message they have seen from ``new/NAME`` to
+        ``cur/NAME:2,FLAGS`` (the Maildir convention; ":" never occurs in our
+        names, whose host part escapes it). The content is unchanged, so the
+        ledger's size and SHA-256 still hold for the moved file.
+        """
+        head, sep, name = relpath.rpartition("/new/")
+        if not sep or head != self.folder or (self.path / "new" / name).exists():
+            return relpath
+        moved = self._cur_index().get(name)
+        if moved is None:
+            # Folder timestamps are coarse (a kernel tick): a miss lists cur/ afresh.
+            moved = self._cur_index(fresh=True).get(name)
+        return f"{self.folder}/cur/{moved}" if moved is not None else relpath
+
+    def _cur_index(self, *, fresh: bool = False) -> dict[str, str]:
+        """``NAME`` -> ``NAME:2,FLAGS`` for ``cur/``, listed again when ``cur/`` changed.
+
+        One listing serves every lookup until the folder's mtime moves, so
+        verifying an archive a reader has moved into ``cur/`` stays linear.
+        """
+        cur = self.path / "cur"
+        with durable.os_errors("inspect", cur):
+            try:
+                stamp = cur.stat().st_mtime_ns
+            except FileNotFoundError:
+                return {}
+        if fresh or self._cur_cache is None or self._cur_cache[0] != stamp:
+            index = {found.split(":", 1)[0]: found for found in list_dir(cur, files=True)}
+            self._cur_cache = (stamp, index)
+        return self._cur_cache[1]
+
+    def canonical(self, relpath: str) -> str:
+        """``cur/NAME:2,FLAGS`` -> ``new/NAME``, the name the message was published under."""
+        head, sep, name = relpath.rpartition("/cur/")
+        if not sep or head != self.folder:
+            return relpath
+        return f"{self.folder}/new/{name.split(':', 1)[0]}"
 
     def iter_files(self) -> Iterator[str]:
         """Relpaths of the messages in ``new/`` and ``cur/`` (a mail reader moves them there)."""
