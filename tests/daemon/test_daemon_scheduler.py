@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import urllib.error
 import urllib.request
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from daemon_helpers import PASSWORD, account, ledger_state, wait_for
 from prometheus_client import generate_latest
@@ -251,3 +252,32 @@ def test_a_cron_schedule_runs_at_start_up_then_on_the_minute(ws, server):
         # The next whole minute, plus at most the cron jitter of 30 s.
         assert utc_now() < planned <= utc_now() + timedelta(seconds=91)
         assert planned.second <= 30
+
+
+def test_max_concurrent_caps_how_many_accounts_run_at_once(ws):
+    servers = [
+        FakePop3Server(sample_messages(6), username="bob", password=PASSWORD).start()
+        for _ in range(3)
+    ]
+    try:
+        for srv in servers:
+            srv.delay = 0.1  # about 2 s per run: without the cap, start-up runs overlap
+        ws.write_config([account(f"acct{i}", srv, every="1h") for i, srv in enumerate(servers)])
+        with ws.config.open("a", encoding="utf-8") as config:
+            config.write("\n[daemon]\nmax_concurrent = 1\n")
+        with Running(ws):
+            wait_for(
+                lambda: len(ws.ledger_rows("SELECT 1 FROM runs WHERE outcome = 'ok'")) == 3,
+                timeout=30,
+                what="one run of each account",
+            )
+        spans = sorted(
+            (datetime.fromisoformat(start), datetime.fromisoformat(end))
+            for start, end in ws.ledger_rows("SELECT started_at, ended_at FROM runs")
+        )
+        assert len(spans) == 3
+        for (_, end), (next_start, _) in itertools.pairwise(spans):
+            assert end <= next_start, f"runs overlapped with max_concurrent = 1: {spans}"
+    finally:
+        for srv in servers:
+            srv.stop()
