@@ -8,20 +8,20 @@ nothing of the configuration, POP3 or the store; the rest of popvault sees the
 
 from __future__ import annotations
 
-from popvault.ledger.facade import (
+from popvault.ledger.facade import Ledger
+from popvault.ledger.migrate import UPGRADE_COMMAND, check, current, upgrade
+from popvault.ledger.records import (
     AccountBusy,
     AccountStatus,
     ArchivedMessage,
     DaemonRunning,
     DuplicateMessage,
     FailedMessage,
-    Ledger,
     PendingMessage,
     Reconciled,
     RetainedMessage,
     RetentionSummary,
 )
-from popvault.ledger.migrate import UPGRADE_COMMAND, check, current, upgrade
 from popvault.ledger.schedules import ScheduleEntry
 
 __all__ = [

@@ -18,39 +18,10 @@ from popvault.ledger.failures import FailuresMixin
 from popvault.ledger.locking import LockingMixin
 from popvault.ledger.messages import MessagesMixin
 from popvault.ledger.migrate import check_engine, upgrade_engine
-from popvault.ledger.records import (
-    AccountBusy,
-    AccountStatus,
-    ArchivedMessage,
-    DaemonRunning,
-    DuplicateMessage,
-    FailedMessage,
-    PendingMessage,
-    Reconciled,
-    RetainedMessage,
-    RetentionSummary,
-)
 from popvault.ledger.reports import ReportsMixin
 from popvault.ledger.retention import RetentionMixin
 from popvault.ledger.runs import RunsMixin
 from popvault.ledger.schedules import SchedulesMixin
-
-# The values and errors callers get live in records.py; they are re-exported
-# here, where they used to be defined, so that popvault.ledger (which imports
-# them from this module) and ``popvault.ledger.facade.X`` keep naming them.
-__all__ = [
-    "AccountBusy",
-    "AccountStatus",
-    "ArchivedMessage",
-    "DaemonRunning",
-    "DuplicateMessage",
-    "FailedMessage",
-    "Ledger",
-    "PendingMessage",
-    "Reconciled",
-    "RetainedMessage",
-    "RetentionSummary",
-]
 
 
 class Ledger(
