@@ -19,7 +19,7 @@ from popvault import __version__
 from popvault.humanize import human_size
 
 if TYPE_CHECKING:
-    from popvault.config import Config
+    from popvault.config import Account, Config
     from popvault.ledger import Ledger
     from popvault.sync import RunResult
 
@@ -56,12 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run", parents=[common], help="archive new messages of every account, once"
     )
-    run.add_argument(
-        "--account",
-        action="append",
-        metavar="NAME",
-        help="only this account (repeat for several)",
-    )
+    _add_account_option(run)
     run.add_argument(
         "--dry-run",
         action="store_true",
@@ -83,9 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="re-read every archived file and check it against the ledger",
     )
-    verify.add_argument(
-        "--account", action="append", metavar="NAME", help="only this account (repeat for several)"
-    )
+    _add_account_option(verify)
     verify.add_argument("--json", action="store_true", help="print JSON for scripts")
     verify.set_defaults(func=cmd_verify)
 
@@ -125,6 +118,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(func=cmd_db_check)
     return parser
+
+
+def _add_account_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--account",
+        action="append",
+        metavar="NAME",
+        help="only this account (repeat for several)",
+    )
+
+
+def _selected_accounts(cfg: Config, args: argparse.Namespace) -> list[Account]:
+    """The accounts named with --account (a ConfigError for an unknown one), else all."""
+    return [cfg.account(name) for name in args.account] if args.account else list(cfg.accounts)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -185,7 +192,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from popvault.sync import sync_accounts
 
     cfg = _load_config(args)
-    accounts = [cfg.account(name) for name in args.account] if args.account else list(cfg.accounts)
+    accounts = _selected_accounts(cfg, args)
     if not accounts:
         print(f"popvault: no accounts in {cfg.file}", file=sys.stderr)
         return EXIT_USAGE
@@ -310,7 +317,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from popvault.verify import report_dict, verify_account
 
     cfg = _load_config(args)
-    accounts = [cfg.account(name) for name in args.account] if args.account else list(cfg.accounts)
+    accounts = _selected_accounts(cfg, args)
     with _open_ledger(cfg, create=False) as ledger:
         reports = [verify_account(cfg, account, ledger) for account in accounts]
     if args.json:

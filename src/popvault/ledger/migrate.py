@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -65,31 +67,28 @@ def alembic_config(script_location: Path | None = None) -> Config:
 
 def upgrade(url: str, *, script_location: Path | None = None) -> None:
     """Bring the ledger at ``url`` to the newest schema (creating it if empty)."""
-    parsed = parse_url(url)
-    engine = create_ledger_engine(parsed)
-    try:
+    with _engine_for(url) as engine:
         upgrade_engine(engine, script_location=script_location)
-    finally:
-        engine.dispose()
 
 
 def current(url: str) -> str | None:
     """The ledger's schema revision, or None if it has no schema yet."""
-    parsed = parse_url(url)
-    engine = create_ledger_engine(parsed)
-    try:
-        with translate_errors(parsed), engine.connect() as connection:
-            return _current_revision(connection)
-    finally:
-        engine.dispose()
+    with _engine_for(url) as engine, translate_errors(engine.url), engine.connect() as connection:
+        return _current_revision(connection)
 
 
 def check(url: str, *, script_location: Path | None = None) -> None:
     """Raise :class:`SchemaMismatch` unless the ledger's schema is current."""
-    parsed = parse_url(url)
-    engine = create_ledger_engine(parsed)
-    try:
+    with _engine_for(url) as engine:
         check_engine(engine, script_location=script_location)
+
+
+@contextmanager
+def _engine_for(url: str) -> Iterator[Engine]:
+    """A short-lived engine for one command, disposed of afterwards."""
+    engine = create_ledger_engine(parse_url(url))
+    try:
+        yield engine
     finally:
         engine.dispose()
 
