@@ -40,7 +40,6 @@ from popvault.errors import (
     ConfigError,
     LedgerError,
     Pop3Error,
-    PopvaultError,
     RemoteProtocolError,
     ServerError,
     StoreError,
@@ -146,20 +145,17 @@ def sync_account(
             )
             run.recorded(dry_run=dry_run, retry_failed=retry_failed)
     except (Pop3Error, StoreError, LedgerError, ConfigError) as exc:
-        _fail(result, account, exc, _describe(account, exc))
+        _fail(result, account, exc, str(exc))
     result.ended_at = result.ended_at or clock()
     return result
 
 
 def _fail(result: RunResult, account: Account, exc: BaseException, text: str) -> None:
+    """Record what failed the run; the error text names the account exactly once."""
     result.exception = exc
-    result.error = text if text.startswith("account ") else f"account {account.name!r}: {text}"
-
-
-def _describe(account: Account, exc: PopvaultError) -> str:
-    text = str(exc)
-    # Pop3Error and ConfigError usually name the account already; never twice.
-    return text if repr(account.name) in text else f"account {account.name!r}: {text}"
+    # Pop3Error and ConfigError usually name the account already.
+    named = repr(account.name) in text
+    result.error = text if named else f"account {account.name!r}: {text}"
 
 
 def _finish_run(ledger: Ledger, run_id: int, result: RunResult, ended_at: datetime) -> None:
@@ -227,7 +223,7 @@ class _AccountRun:
         try:
             self.run(dry_run=dry_run, retry_failed=retry_failed)
         except (Pop3Error, StoreError, LedgerError, ConfigError) as exc:
-            _fail(result, self.account, exc, _describe(self.account, exc))
+            _fail(result, self.account, exc, str(exc))
         except Exception as exc:  # a bug of ours must not stop the other accounts
             log.exception("account %r: unexpected error", name)
             _fail(result, self.account, exc, f"internal error: {type(exc).__name__}: {exc}")
