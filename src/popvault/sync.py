@@ -28,7 +28,6 @@ interesting rules live here as comments next to the code that keeps them:
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -303,10 +302,7 @@ class _AccountRun:
         self.sizes = sizes = dict(client.list())
         self.result.on_server = len(listing)
         self.result.listed = True
-        self.numbers = _first_number_per_uidl(listing, name)
-        self.repeated = {
-            uidl for uidl, count in Counter(u for _, u in listing).items() if count > 1
-        }
+        self.numbers, self.repeated = _index_listing(listing, name)
         uidls = list(self.numbers)
         if not dry_run:
             # What vanished since the last session: deleted by us (a lost QUIT
@@ -495,22 +491,29 @@ def _has_archived(ledger: Ledger, account: str) -> bool:
     return messages > 0
 
 
-def _first_number_per_uidl(listing: Sequence[tuple[int, str]], account: str) -> dict[str, int]:
-    """Map each UIDL to its message number; a UIDL listed twice is fetched once."""
+def _index_listing(
+    listing: Sequence[tuple[int, str]], account: str
+) -> tuple[dict[str, int], set[str]]:
+    """Each UIDL's first message number, and the UIDLs listed more than once.
+
+    A UIDL listed twice is fetched once (the first message) and never deleted.
+    """
     numbers: dict[str, int] = {}
+    repeated: set[str] = set()
     for number, uidl in listing:
         if uidl in numbers:
             log.warning(
                 "account %r: the server lists UIDL %r twice (messages %d and %d); "
-                "archiving the first only",
+                "archiving the first only and deleting neither",
                 account,
                 uidl,
                 numbers[uidl],
                 number,
             )
+            repeated.add(uidl)
             continue
         numbers[uidl] = number
-    return numbers
+    return numbers, repeated
 
 
 class IncompleteMessage(RemoteProtocolError):
