@@ -19,7 +19,8 @@ they arise, into one of these; callers never see the foreign type.
      |    |    +-- RemoteProtocolError                the server broke the RFC
      |    |    +-- LocalProtocolError                 our own misuse of the protocol
      |    +-- ServerError(code, text)                  the server said -ERR
-     |    |    +-- AuthError           [AUTH], or any refused login
+     |    |    +-- AuthError           [AUTH], or a refused login from a server without codes
+     |    |    +-- LoginRefused        a refused login that is not about the credentials
      |    |    +-- InUseError          [IN-USE]       (RFC 2449 section 8.1.1)
      |    |    +-- LoginDelayError     [LOGIN-DELAY]  (RFC 2449 section 8.1.2)
      |    |    +-- TemporaryError      [SYS/TEMP]     (RFC 3206 section 4)
@@ -139,7 +140,9 @@ class ServerError(Pop3Error):
     """The server answered ``-ERR``.
 
     ``code`` is the RFC 2449 extended response code (``"IN-USE"``,
-    ``"SYS/TEMP"``, ...) or ``None``; ``text`` is what the server said.
+    ``"SYS/TEMP"``, ...) or ``None``; ``text`` is what the server said. The
+    message quotes the server's words; what the refusal means
+    (:meth:`meaning`) goes in front of them and ``note`` after them.
     """
 
     def __init__(
@@ -149,17 +152,67 @@ class ServerError(Pop3Error):
         code: str | None = None,
         command: str | None = None,
         account: str | None = None,
+        note: str | None = None,
     ) -> None:
         self.text = text
         self.code = code
         self.command = command
-        said = f"[{code}] {text}" if code else text
+        said = f"-ERR [{code}] {text}" if code else f"-ERR {text}"
         where = f"{command}: " if command else ""
-        super().__init__(f"{where}server said -ERR {said}".rstrip(), account=account)
+        message = f"{where}server said {said.rstrip()!r}"
+        meaning = self.meaning()
+        if meaning:
+            message = f"{meaning}: {message}"
+        if note:
+            message = f"{message} ({note})"
+        super().__init__(message, account=account)
+
+    def meaning(self) -> str | None:
+        """What this kind of refusal means to the user, or None."""
+        return None
 
 
 class AuthError(ServerError):
-    """The server refused the credentials ([AUTH], or a plain -ERR on login)."""
+    """The server refused the credentials.
+
+    ``[AUTH]`` (RFC 3206 section 5) says so for certain. A plain ``-ERR`` to a
+    login from a server that does not announce response codes may also be the
+    password: ``certain`` is False then, and popvault stays just as careful
+    (it retries slowly) but does not claim the password is wrong.
+    """
+
+    def __init__(
+        self,
+        text: str,
+        *,
+        code: str | None = None,
+        command: str | None = None,
+        account: str | None = None,
+        note: str | None = None,
+        certain: bool = True,
+    ) -> None:
+        self.certain = certain
+        super().__init__(text, code=code, command=command, account=account, note=note)
+
+    def meaning(self) -> str:
+        """Whether the server said the credentials are wrong, or only refused."""
+        if self.certain:
+            return "the server refused the credentials"
+        return "the server refused the login without saying why"
+
+
+class LoginRefused(ServerError):
+    """A refused login that is not about the credentials.
+
+    The server announced response codes (RFC 2449 RESP-CODES, RFC 3206
+    AUTH-RESP-CODE) and did not send ``[AUTH]``: the mailbox or the server is
+    at fault, not the password, so the account is retried like any other
+    server failure.
+    """
+
+    def meaning(self) -> str:
+        """A refusal for another reason than the credentials."""
+        return "the server refused the login, not because of the credentials"
 
 
 class InUseError(ServerError):

@@ -20,6 +20,7 @@ from scripted_server import ScriptedServer, login_prelude, read_line
 from dovecot import TlsCerts
 from popvault.errors import (
     AuthError,
+    LoginRefused,
     ConnectError,
     InUseError,
     LocalProtocolError,
@@ -244,12 +245,15 @@ def test_data_injected_after_stls_is_refused() -> None:
     ("verb", "response", "cls", "code"),
     [
         ("PASS", "-ERR [AUTH] invalid login", AuthError, "AUTH"),
-        ("PASS", "-ERR go away", AuthError, None),
-        ("USER", "-ERR unknown", AuthError, None),
+        # The fake server announces RESP-CODES and AUTH-RESP-CODE: without [AUTH]
+        # a refused login is not about the credentials (RFC 3206 section 6).
+        ("PASS", "-ERR go away", LoginRefused, None),
+        ("USER", "-ERR unknown", LoginRefused, None),
+        ("PASS", "-ERR message is damaged", LoginRefused, None),
         ("PASS", "-ERR [IN-USE] mailbox locked", InUseError, "IN-USE"),
         ("PASS", "-ERR [LOGIN-DELAY] wait 900s", LoginDelayError, "LOGIN-DELAY"),
         ("PASS", "-ERR [SYS/TEMP] try later", TemporaryError, "SYS/TEMP"),
-        ("PASS", "-ERR [SYS/PERM] broken", ServerError, "SYS/PERM"),
+        ("PASS", "-ERR [SYS/PERM] broken", LoginRefused, "SYS/PERM"),
         ("RETR", "-ERR [SYS/TEMP/DISK] later", TemporaryError, "SYS/TEMP/DISK"),
         ("RETR", "-ERR no such message", ServerError, None),
         ("STAT", "-ERR [UTF8] whatever", ServerError, "UTF8"),
@@ -271,6 +275,57 @@ def test_err_codes_map_to_classes(
     assert response.rsplit("] ", maxsplit=1)[-1].removeprefix("-ERR ") in str(error)
     assert PASSWORD not in str(error)
     client.close()
+
+
+@pytest.mark.parametrize(
+    ("capabilities", "cls", "certain"),
+    [
+        (("USER", "UIDL"), AuthError, False),
+        (("USER", "UIDL", "RESP-CODES"), LoginRefused, None),
+        (("USER", "UIDL", "AUTH-RESP-CODE"), LoginRefused, None),
+    ],
+)
+@pytest.mark.parametrize("verb", ["USER", "PASS"])
+def test_a_plain_login_refusal_depends_on_whether_the_server_announces_codes(
+    capabilities: tuple[str, ...], cls: type[ServerError], certain: bool | None, verb: str
+) -> None:
+    with FakePop3Server(capabilities=capabilities) as srv:
+        srv.fail_command(verb, "-ERR message is damaged")
+        client = plain_client(srv.host, srv.port)
+        client.connect()
+        with pytest.raises(ServerError) as info:
+            client.login("alice", PASSWORD, allow_plaintext=True)
+        client.close()
+    error = info.value
+    assert type(error) is cls
+    text = str(error)
+    assert "'-ERR message is damaged'" in text  # the server's words, quoted
+    if isinstance(error, AuthError):
+        assert error.certain is certain
+        assert "cannot tell a wrong password from a problem on the server" in text
+    assert "refused the credentials" not in text
+
+
+def test_auth_code_is_certain_about_the_credentials(server: FakePop3Server) -> None:
+    client = plain_client(server.host, server.port)
+    client.connect()
+    with pytest.raises(AuthError) as info:
+        client.login("alice", "wrong", allow_plaintext=True)
+    client.close()
+    assert info.value.certain
+    assert str(info.value).startswith(f"account {ACCOUNT!r}: the server refused the credentials")
+
+
+def test_a_missing_response_code_is_logged_as_nothing(
+    server: FakePop3Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.fail_command("STAT", "-ERR no code here")
+    caplog.set_level(logging.DEBUG, logger="popvault.pop3")
+    with logged_in(server) as client, pytest.raises(ServerError):
+        client.stat()
+    lines = [r.getMessage() for r in caplog.records if "-ERR" in r.getMessage()]
+    assert any(line.endswith("S: -ERR no code here") for line in lines), lines
+    assert not any("None" in line for line in lines)
 
 
 def _login_then(client: Pop3Client, verb: str) -> None:
@@ -490,3 +545,46 @@ def test_exit_never_quits(server: FakePop3Server) -> None:
     assert not client.is_secure
     assert "QUIT" not in server.commands
     assert server.deleted == []
+
+
+# -- UTF8 (RFC 6856) ---------------------------------------------------------------
+
+
+def test_utf8_is_sent_before_the_login_when_offered() -> None:
+    with FakePop3Server(capabilities=("USER", "UIDL", "UTF8")) as srv:
+        client = plain_client(srv.host, srv.port)
+        client.connect()
+        client.login(srv.username, srv.password, allow_plaintext=True)
+        assert client.utf8
+        client.close()
+        commands = [line.split(" ")[0] for line in srv.commands]
+    # RFC 6856 section 3: UTF8 belongs to the AUTHORIZATION state, before USER.
+    assert commands.index("UTF8") < commands.index("USER")
+
+
+def test_utf8_is_not_sent_to_a_server_that_does_not_offer_it(server: FakePop3Server) -> None:
+    with logged_in(server) as client:
+        assert not client.utf8
+    assert not any(line.upper().startswith("UTF8") for line in server.commands)
+
+
+def test_a_refused_utf8_is_not_fatal(caplog: pytest.LogCaptureFixture) -> None:
+    with FakePop3Server(capabilities=("USER", "UIDL", "UTF8 USER")) as srv:
+        srv.fail_command("UTF8", "-ERR not today")
+        client = plain_client(srv.host, srv.port)
+        client.connect()
+        client.login(srv.username, srv.password, allow_plaintext=True)
+        assert not client.utf8
+        assert client.stat()[0] == 0
+        client.close()
+    assert any("refused it" in r.getMessage() for r in caplog.records)
+
+
+def test_apop_over_plain_names_what_it_exposes(server: FakePop3Server) -> None:
+    client = plain_client(server.host, server.port)
+    client.connect()
+    with pytest.raises(SecurityPolicyError) as info:
+        client.login("alice", PASSWORD, method="apop")
+    client.close()
+    assert "MD5 digest of the password" in str(info.value)
+    assert "unencrypted" not in str(info.value)

@@ -65,9 +65,21 @@ def test_parse_uidl_line_rejects(line: bytes) -> None:
 
 def test_parse_list_line() -> None:
     assert parse_list_line(b"1 120\r\n") == (1, 120)
-    for bad in (b"1", b"1 -3", b"a 1", b"1 2 3", b"1 99999999999999999999"):
+    for bad in (b"1", b"1 -3", b"a 1", b"x 2 3", b"1 99999999999999999999"):
         with pytest.raises(RemoteProtocolError):
             parse_list_line(bad)
+
+
+@pytest.mark.parametrize("extra", [b" 3", b" (seen)", b" flags: new unread", b"  \t x "])
+def test_parse_list_line_ignores_words_after_the_size(extra: bytes) -> None:
+    # RFC 1939 section 5: a scan listing may carry more information after the size.
+    assert parse_list_line(b"7 1205" + extra + b"\r\n") == (7, 1205)
+
+
+def test_parse_uidl_line_still_refuses_a_third_word() -> None:
+    # The unique-id is the ledger's key: a UIDL line with more words is ambiguous.
+    with pytest.raises(RemoteProtocolError):
+        parse_uidl_line(b"1 abc def")
 
 
 def test_parse_stat() -> None:

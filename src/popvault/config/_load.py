@@ -167,8 +167,15 @@ def _resolve_account(raw: Mapping[str, Any], folder: Path, file: str) -> Account
     allow_plaintext: bool = raw.get("allow_plaintext", False)
     if security == "plain" and not allow_plaintext:
         # Refused here rather than at login, so the user learns it before any connection.
+        # APOP (RFC 1939 section 7) sends no password, but its MD5 digest with the
+        # server's timestamp lets an eavesdropper guess the password offline.
+        exposed = (
+            "an MD5 digest of the password that an eavesdropper can use to guess it offline"
+            if raw.get("auth") == "apop"
+            else "the password unencrypted"
+        )
         message = (
-            'security = "plain" sends the password unencrypted; use "tls" or "starttls",'
+            f'security = "plain" sends {exposed}; use "tls" or "starttls",'
             " or set allow_plaintext = true to accept that"
         )
         raise ConfigError(message, file=file, account=name, key="security")
@@ -186,6 +193,7 @@ def _resolve_account(raw: Mapping[str, Any], folder: Path, file: str) -> Account
         path=raw.get("path", name),
         retention=raw.get("retention", Retention(mode="keep")),
         schedule=_schedule(raw),
+        trust_list_sizes=raw.get("trust_list_sizes", True),
         **_password_fields(raw, folder, file, name),
     )
 

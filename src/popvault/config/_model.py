@@ -114,6 +114,9 @@ class Account:
     password_file: Path | None = None
     password_command: str | None = field(default=None, repr=False)
     schedule: Schedule = field(default_factory=Schedule)
+    # False: the server's LIST sizes are estimates, so a message whose octets
+    # differ from its LIST size is not held on the server for that reason.
+    trust_list_sizes: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)

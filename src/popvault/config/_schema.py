@@ -184,6 +184,7 @@ class AccountKeys(_Section):
     auth: AuthMethod | None = None
     ca_file: OneLine | None = None
     allow_plaintext: bool | None = None
+    trust_list_sizes: bool | None = None
     timeout: Timeout | None = None
     format: ArchiveFormat | None = None
     retention: RetentionValue | None = None

@@ -50,6 +50,13 @@ class Policy:
 # A refused password is retried rarely: many providers lock an account after a
 # few failed logins, and a daemon must not do that to its user.
 CREDENTIALS: Final = Policy("the server refused the credentials", 30 * MINUTE, 24 * HOUR)
+# A plain -ERR to a login from a server without response codes (RFC 3206) may be
+# the password too: just as slow, without claiming the password is wrong.
+UNSURE_LOGIN: Final = Policy(
+    "the server refused the login without saying why", 30 * MINUTE, 24 * HOUR
+)
+#: The policies that wait for a person to check the login.
+LOGIN_POLICIES: Final = (CREDENTIALS, UNSURE_LOGIN)
 # [IN-USE], [SYS/TEMP], [LOGIN-DELAY]: the server asks to come back later.
 BUSY: Final = Policy("the mailbox is busy or the server is unavailable", MINUTE, 30 * MINUTE)
 # Our own account lock, held by a `popvault run` started by hand: no server was
@@ -65,7 +72,7 @@ LOCAL: Final = Policy("local failure (archive, ledger or configuration)", 5 * MI
 def policy_for(error: BaseException) -> Policy:
     """The backoff policy for the exception that failed a run (most specific first)."""
     if isinstance(error, AuthError):
-        return CREDENTIALS
+        return CREDENTIALS if error.certain else UNSURE_LOGIN
     if isinstance(error, AccountBusy):
         return LOCKED
     if isinstance(error, InUseError | TemporaryError | LoginDelayError):
@@ -75,6 +82,11 @@ def policy_for(error: BaseException) -> Policy:
     if isinstance(error, Pop3Error):  # transport, protocol, any other -ERR
         return NETWORK
     return LOCAL  # a bug of ours: slowly, never a tight loop
+
+
+def waits_for_login_fix(reason: str | None) -> bool:
+    """Whether a backoff ``reason`` is one that waits for the user to check the login."""
+    return reason is not None and any(reason.startswith(p.reason) for p in LOGIN_POLICIES)
 
 
 def login_delay(capabilities: Mapping[str, Sequence[str]]) -> float | None:

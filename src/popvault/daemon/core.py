@@ -33,12 +33,12 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from popvault.config import Account, Config, Schedule, crontab_fields
 from popvault.daemon.backoff import (
-    CREDENTIALS,
     Policy,
     expires_at_once,
     login_delay,
     plan_next,
     policy_for,
+    waits_for_login_fix,
 )
 from popvault.daemon.metrics import Metrics
 from popvault.daemon.runlog import RunLine, log_run
@@ -272,7 +272,7 @@ class ArchiveDaemon:
         schedule_changed = state.account.schedule != account.schedule
         state.account = account
         trigger = make_trigger(account.schedule, utc_now()) if schedule_changed else None
-        refused = state.reason is not None and state.reason.startswith(CREDENTIALS.reason)
+        refused = waits_for_login_fix(state.reason)
         if changed or refused:
             self._run_soon(state, trigger)
 
@@ -413,7 +413,7 @@ class ArchiveDaemon:
         metrics.failures.labels(name).set(state.failures)
         if result.ok:
             metrics.last_success.labels(name).set(now.timestamp())
-        if result.listed:
+        if result.on_server is not None:
             metrics.on_server.labels(name).set(result.on_server)
 
 

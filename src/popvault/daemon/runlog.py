@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from popvault.config import format_seconds
-from popvault.daemon.backoff import CREDENTIALS
+from popvault.daemon.backoff import CREDENTIALS, UNSURE_LOGIN
 from popvault.humanize import human_size
 from popvault.ledger import AccountBusy
 from popvault.sync import RunResult
@@ -34,7 +34,7 @@ class RunLine:
             "messages": result.messages,
             "bytes": result.octets,
             "deleted": result.deleted,
-            "on_server": result.on_server if result.listed else None,
+            "on_server": result.on_server,
             "duration_s": round(self.duration, 3),
             "next_run_at": next_run_at.isoformat() if next_run_at is not None else None,
             "error": result.error,
@@ -43,7 +43,7 @@ class RunLine:
     def text(self, next_run_at: datetime | None, reason: str | None) -> str:
         """The line for people: outcome, counts, duration, next run, error."""
         result = self.result
-        on_server = str(result.on_server) if result.listed else "?"
+        on_server = "?" if result.on_server is None else str(result.on_server)
         text = (
             f"account {self.account!r}: {self.outcome}: {result.messages} new message(s), "
             f"{human_size(result.octets)}, {result.deleted} deleted, {on_server} on server, "
@@ -70,7 +70,9 @@ def log_run(
     """Log a run's line; after refused credentials, say plainly what happens next."""
     planned = None if line.outcome == "interrupted" else next_run_at
     log.log(line.level, line.text(planned, reason), extra={"run": line.fields(planned)})
-    if line.outcome == "failed" and reason and reason.startswith(CREDENTIALS.reason):
+    if line.outcome != "failed" or not reason:
+        return
+    if reason.startswith(CREDENTIALS.reason):
         log.error(
             "account %r: the server refused the credentials (failure %d in a row); popvault "
             "will not log in to this account again for %s, so that it never locks you out by "
@@ -79,4 +81,15 @@ def log_run(
             line.account,
             failures,
             format_seconds(CREDENTIALS.delay(failures)),
+        )
+    elif reason.startswith(UNSURE_LOGIN.reason):
+        log.error(
+            "account %r: the server refused the login and gave no reason (failure %d in a "
+            "row); it may be the password or a problem on the server. popvault will not log "
+            "in to this account again for %s, so that it never locks you out by retrying a "
+            "wrong password. Check the password and the server's message above, then reload "
+            "the daemon (SIGHUP, `systemctl reload popvault`) to try again at once.",
+            line.account,
+            failures,
+            format_seconds(UNSURE_LOGIN.delay(failures)),
         )

@@ -27,6 +27,7 @@ from popvault.errors import (
     InUseError,
     LocalProtocolError,
     LoginDelayError,
+    LoginRefused,
     Pop3Error,
     Pop3Timeout,
     ReadError,
@@ -90,20 +91,35 @@ class SupportsWrite(Protocol[T_contra]):
         ...
 
 
-def error_for(err: Err, *, secret: str | None = None) -> ServerError:
+def error_for(
+    err: Err, *, secret: str | None = None, announces_codes: bool = False
+) -> ServerError:
     """The :class:`ServerError` subclass for a ``-ERR`` event.
 
-    A refused USER, PASS or APOP without a code (or with ``[AUTH]``) is an
-    :class:`AuthError`. ``secret`` is scrubbed from the server's text, in case
-    a server echoes what it was sent.
+    A refused USER, PASS or APOP is about the credentials when the server
+    says ``[AUTH]`` (RFC 3206 section 5). Without a code, it depends on
+    ``announces_codes`` — whether the server's CAPA listed ``RESP-CODES``
+    (RFC 2449 section 6.4) or ``AUTH-RESP-CODE`` (RFC 3206 section 6): such a
+    server would have said ``[AUTH]``, so the refusal is a
+    :class:`LoginRefused`; from any other server it may be the password, an
+    :class:`AuthError` that says it cannot tell. ``secret`` is scrubbed from
+    the server's text, in case a server echoes what it was sent.
     """
     text = err.text.replace(secret, "***") if secret else err.text
     verb = err.command.verb if err.command is not None else None
     command = err.command.redacted() if err.command is not None else "greeting"
     cls = next((c for code, c in _CODE_CLASSES if code_matches(err.code, code)), ServerError)
-    if cls is ServerError and err.code is None and verb in _LOGIN_VERBS:
-        cls = AuthError
-    return cls(text, code=err.code, command=command)
+    if cls is not ServerError or verb not in _LOGIN_VERBS:
+        return cls(text, code=err.code, command=command)
+    if err.code is None and not announces_codes:
+        return AuthError(text, command=command, certain=False, note=_NO_CODES_NOTE)
+    return LoginRefused(text, code=err.code, command=command)
+
+
+_NO_CODES_NOTE = (
+    "the server announces no response codes (RFC 3206), so popvault cannot tell "
+    "a wrong password from a problem on the server"
+)
 
 
 class Pop3Client:
@@ -135,6 +151,8 @@ class Pop3Client:
         self._ssl_context = ssl_context
         self.greeting = ""
         self.capabilities: dict[str, list[str]] = {}
+        # Whether the server accepted UTF8 (RFC 6856 section 3) in this session.
+        self.utf8 = False
         self._apop_timestamp: str | None = None
         self._sock: socket.socket | None = None
         self._core = Pop3Connection()
@@ -170,6 +188,7 @@ class Pop3Client:
         if self._sock is not None:
             raise LocalProtocolError("already connected", account=self.account)
         self.greeting, self.capabilities, self._apop_timestamp = "", {}, None
+        self.utf8 = False
         with self._operation(drop_on_refusal=True):
             self._sock = self._open_tcp()
             if self.security == "tls":
@@ -197,6 +216,7 @@ class Pop3Client:
         """
         self._check_login_policy(method, allow_plaintext)
         with self._operation():
+            self._enable_utf8()
             if method == "apop":
                 digest = apop_digest(self._apop_timestamp or "", password)
                 self._command(Command("APOP", username, digest), secret=password)
@@ -205,12 +225,44 @@ class Pop3Client:
                 self._command(Command("PASS", password), secret=password)
             self._refresh_capabilities()
 
+    @property
+    def _announces_codes(self) -> bool:
+        """Whether the server said it sends response codes (RFC 2449 6.4, RFC 3206 6)."""
+        return "RESP-CODES" in self.capabilities or "AUTH-RESP-CODE" in self.capabilities
+
+    def _enable_utf8(self) -> None:
+        """Send UTF8 when the server offers it (RFC 6856 section 3, AUTHORIZATION only).
+
+        Such a server may hand a client that did not enable UTF-8 a generated
+        stand-in for a message with raw UTF-8 headers instead of the message
+        itself. A refusal is not fatal: the session goes on, and the size
+        check on every RETR catches a substituted message.
+        """
+        if "UTF8" not in self.capabilities:
+            return
+        try:
+            self._ok(Command("UTF8"))
+        except ServerError as exc:
+            log.warning(
+                "%s: the server offers UTF8 but refused it (%s); messages with UTF-8 "
+                "headers may be served altered, and are then kept on the server",
+                self._where,
+                exc.message,
+            )
+            return
+        self.utf8 = True
+
     def _check_login_policy(self, method: str, allow_plaintext: bool) -> None:
         if self._sock is None:
             raise LocalProtocolError("login before connect", account=self.account)
         if not self.is_secure and not allow_plaintext:
+            exposed = (
+                "an MD5 digest of the password (APOP), which allows offline guessing"
+                if method == "apop"
+                else "the password unencrypted"
+            )
             raise SecurityPolicyError(
-                f"refusing to send credentials to {self._where} over a connection "
+                f"refusing to send {exposed} to {self._where} over a connection "
                 "without TLS (allow_plaintext is off)",
                 account=self.account,
             )
@@ -367,8 +419,9 @@ class Pop3Client:
         self._write(command)
         event = self._next_event()
         if isinstance(event, Err):
-            log.debug("%s S: -ERR [%s] %s", self._where, event.code, _scrub(event.text, secret))
-            raise error_for(event, secret=secret)
+            code = f"[{event.code}] " if event.code else ""
+            log.debug("%s S: -ERR %s%s", self._where, code, _scrub(event.text, secret))
+            raise error_for(event, secret=secret, announces_codes=self._announces_codes)
         if isinstance(event, Ok | MultilineBegin):
             log.debug("%s S: +OK %s", self._where, _scrub(event.text, secret))
             return event

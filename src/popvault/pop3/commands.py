@@ -49,8 +49,9 @@ class Command:
     args: tuple[str, ...]
 
     def __init__(self, verb: str, *args: str | int) -> None:
-        # RFC 1939 section 3 / RFC 2449 section 3: keywords are 3-4 printable letters.
-        if not (3 <= len(verb) <= 4 and verb.isascii() and verb.isalpha()):
+        # RFC 1939 section 3 / RFC 2449 section 3: keywords are 3-4 printable
+        # characters; all are letters except RFC 6856's "UTF8".
+        if not (3 <= len(verb) <= 4 and verb.isascii() and verb.isalnum() and verb[0].isalpha()):
             raise LocalProtocolError(f"not a POP3 keyword: {verb[:8]!r}")
         self.verb = verb.upper()
         texts = tuple(str(arg) for arg in args)

@@ -55,10 +55,13 @@ class State(enum.Enum):
 
 #: Which command may be sent in which state. RFC 1939 sections 4-6; CAPA in both
 #: states (RFC 2449 section 5); STLS only in AUTHORIZATION (RFC 2595 section 4);
-#: AUTH in AUTHORIZATION (RFC 5034 section 4). PASS further needs USER just before it.
+#: AUTH in AUTHORIZATION (RFC 5034 section 4); UTF8 only in AUTHORIZATION (RFC 6856
+#: section 3). PASS further needs USER just before it.
 LEGAL_COMMANDS: Mapping[State, frozenset[str]] = {
     State.GREETING: frozenset(),
-    State.AUTHORIZATION: frozenset({"USER", "PASS", "APOP", "AUTH", "CAPA", "STLS", "QUIT"}),
+    State.AUTHORIZATION: frozenset(
+        {"USER", "PASS", "APOP", "AUTH", "CAPA", "STLS", "UTF8", "QUIT"}
+    ),
     State.TRANSACTION: frozenset(
         {"STAT", "LIST", "RETR", "DELE", "NOOP", "RSET", "TOP", "UIDL", "CAPA", "QUIT"}
     ),

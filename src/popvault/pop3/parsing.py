@@ -101,9 +101,10 @@ def _number(raw: bytes, what: str, line: bytes) -> int:
     return int(raw)
 
 
-def _two_fields(line: bytes, what: str) -> tuple[bytes, bytes]:
+def _two_fields(line: bytes, what: str, *, more: bool = False) -> tuple[bytes, bytes]:
+    """The two fields of a listing line; ``more`` lets further words follow them."""
     fields = strip_eol(line).split()
-    if len(fields) != 2:
+    if len(fields) < 2 or (len(fields) > 2 and not more):
         raise RemoteProtocolError(f"bad {what} line {_text(line[:80])!r}")
     return fields[0], fields[1]
 
@@ -120,8 +121,12 @@ def parse_uidl_line(line: bytes) -> tuple[int, str]:
 
 
 def parse_list_line(line: bytes) -> tuple[int, int]:
-    """Parse ``b"3 1205"`` (one LIST listing line, RFC 1939 section 5)."""
-    number, octets = _two_fields(line, "LIST")
+    """Parse ``b"3 1205"`` (one LIST listing line, RFC 1939 section 5).
+
+    RFC 1939 section 5 lets a server add information after the size
+    ("3 1205 (seen)"); it is ignored.
+    """
+    number, octets = _two_fields(line, "LIST", more=True)
     return _number(number, "message number", line), _number(octets, "size", line)
 
 

@@ -18,11 +18,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from popvault.store.base import SealedMessage, Store, Writer
+from popvault.store.base import Fingerprint, SealedMessage, Store, Writer
 from popvault.store.eml import EmlStore
 from popvault.store.maildir import MaildirStore
 
-__all__ = ["SealedMessage", "Store", "Writer", "open_store"]
+__all__ = ["Fingerprint", "SealedMessage", "Store", "Writer", "open_store"]
 
 
 def open_store(

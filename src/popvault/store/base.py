@@ -20,7 +20,7 @@ import enum
 import hashlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -63,6 +63,10 @@ class Store(Protocol):
         """Size of the published message file at ``relpath``; None if there is none."""
         ...
 
+    def fingerprint(self) -> Fingerprint:
+        """A sink that hashes a message as this store would store it, writing nothing."""
+        ...
+
     def open(self, relpath: str) -> BinaryIO:
         """Open the published message file at ``relpath`` for streaming reads."""
         ...
@@ -82,6 +86,42 @@ class Store(Protocol):
     def cleanup_tmp(self, *, older_than: timedelta = timedelta(hours=36)) -> int:
         """Remove temp files older than ``older_than``; return how many were removed."""
         ...
+
+
+class Fingerprint:
+    """The size and SHA-256 a message would have in the store, without storing it.
+
+    Fed the chunks the POP3 client delivers, it applies the format's
+    conversion (Maildir's CRLF to LF) and hashes the result, so that its
+    digest can be compared with the one the ledger recorded for a stored file.
+    """
+
+    def __init__(self, convert: Callable[[bytes], bytes], finish: Callable[[], bytes]) -> None:
+        self._convert = convert
+        self._finish = finish
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, chunk: bytes) -> None:
+        """Take the next chunk of the message as the POP3 client delivered it."""
+        self._add(self._convert(chunk))
+
+    def sha256(self) -> str:
+        """Hex SHA-256 of the stored form; call once, after the last chunk."""
+        self._add(self._finish())
+        return self._hash.hexdigest()
+
+    def _add(self, data: bytes) -> None:
+        self._hash.update(data)
+        self.size += len(data)
+
+
+def _unchanged(chunk: bytes) -> bytes:
+    return chunk
+
+
+def _nothing() -> bytes:
+    return b""
 
 
 class _State(enum.Enum):
@@ -269,6 +309,10 @@ class BaseStore:
     def require_root(self) -> None:
         """Fail unless the archive root exists: an unmounted disk must not look empty."""
         durable.require_dir(self.root, "archive root")
+
+    def fingerprint(self) -> Fingerprint:
+        """A sink that hashes a message as stored, writing nothing (bytes kept as sent)."""
+        return Fingerprint(_unchanged, _nothing)
 
     def stat(self, relpath: str) -> int | None:
         """Size of the published message file at ``relpath``; None if there is none.

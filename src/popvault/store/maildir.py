@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from datetime import datetime
 
 from popvault.store import durable
-from popvault.store.base import BaseStore, Writer, list_dir, utc
+from popvault.store.base import BaseStore, Fingerprint, Writer, list_dir, utc
 
 # A process-wide delivery counter: with the pid it keeps two names from the
 # same microsecond apart inside one process (the "Q" part of the name).
@@ -100,6 +100,11 @@ class MaildirStore(BaseStore):
         name = unique_name(received_at)
         self.ensure_layout("tmp", "new", "cur")
         return MaildirWriter(self, name)
+
+    def fingerprint(self) -> Fingerprint:
+        """A sink that hashes a message as a Maildir stores it (LF line ends)."""
+        lines = CrlfToLf()
+        return Fingerprint(lines.feed, lines.finish)
 
     def locate(self, relpath: str) -> str:
         """A message published in ``new/`` that a mail reader moved to ``cur/``.
