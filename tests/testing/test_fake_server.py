@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import poplib
 import socket
@@ -11,74 +12,31 @@ import struct
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from fake_client import TIMEOUT, Raw, login, unstuff, wait_for
 
 import popvault.testing
 from dovecot import TlsCerts
-from popvault.testing import FakePop3Server, _session, large_attachment_message
+from popvault.testing import (
+    DEFAULT_CAPABILITIES,
+    FakePop3Server,
+    Served,
+    large_attachment_message,
+)
 
 MESSAGES = [
     b"Subject: one\r\n\r\nfirst body\r\n",
     b"Subject: two\r\n\r\n.starts with a dot\r\n..two dots\r\n.\r\nend\r\n",
     b"Subject: three\r\n\r\nline 1\r\nline 2\r\nline 3\r\nno final newline",
 ]
-TIMEOUT = 5.0
 
 
 @pytest.fixture
 def server() -> Iterator[FakePop3Server]:
     with FakePop3Server(MESSAGES) as srv:
         yield srv
-
-
-def login(srv: FakePop3Server) -> poplib.POP3:
-    client = poplib.POP3(srv.host, srv.port, timeout=TIMEOUT)
-    client.user(srv.username)
-    client.pass_(srv.password)
-    return client
-
-
-class Raw:
-    """A bare-socket POP3 peer: sends what it is told, reads octets as they come."""
-
-    def __init__(self, srv: FakePop3Server, *, timeout: float = TIMEOUT) -> None:
-        self.sock = socket.create_connection((srv.host, srv.port), timeout=timeout)
-        self.buf = b""
-
-    def send(self, *lines: str) -> None:
-        self.sock.sendall(b"".join(line.encode() + b"\r\n" for line in lines))
-
-    def line(self) -> bytes:
-        while b"\n" not in self.buf:
-            data = self.sock.recv(65536)
-            if not data:
-                raise EOFError(self.buf)
-            self.buf += data
-        line, _, self.buf = self.buf.partition(b"\n")
-        return line + b"\n"
-
-    def multi(self) -> bytes:
-        """Octets of a multi-line body, terminator included, as sent."""
-        out = b""
-        while not out.endswith(b"\r\n.\r\n") and out != b".\r\n":
-            out += self.line()
-        return out
-
-    def until_closed(self) -> bytes:
-        out, self.buf = self.buf, b""
-        while data := self.sock.recv(65536):
-            out += data
-        return out
-
-    def login(self, srv: FakePop3Server) -> None:
-        self.line()
-        self.send(f"USER {srv.username}", f"PASS {srv.password}")
-        assert self.line().startswith(b"+OK")
-        assert self.line().startswith(b"+OK")
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture
@@ -566,6 +524,359 @@ def test_clear_faults_resets_quirks(server: FakePop3Server) -> None:
     client.quit()
 
 
+# -- hooks: UTF8, serve, list_size, uidl_for, rewrite_reply, refusals --------------------
+
+UTF8_CAPA = [*DEFAULT_CAPABILITIES, "UTF8"]
+
+
+def md5_hex(raw: bytes) -> str:
+    return hashlib.md5(raw, usedforsecurity=False).hexdigest()
+
+
+def test_utf8_is_accepted_in_authorization_when_capa_names_it() -> None:
+    with FakePop3Server(MESSAGES, capabilities=UTF8_CAPA) as srv:
+        peer = Raw(srv)
+        peer.line()
+        assert peer.command("UTF8") == b"+OK UTF8 enabled\r\n"
+        assert peer.command("USER user").startswith(b"+OK")
+        assert peer.command("PASS secret").startswith(b"+OK")
+        # RFC 6856 section 3.1: only in the AUTHORIZATION state.
+        assert peer.command("UTF8") == b"-ERR UTF8 not allowed in the TRANSACTION state\r\n"
+        peer.close()
+        other = Raw(srv)
+        other.login(srv)  # session 2 never sends UTF8
+        other.close()
+        assert srv.utf8_sessions == {1: True}
+
+
+def test_a_utf8_capability_with_arguments_counts() -> None:
+    with FakePop3Server(capabilities=["USER", "UTF8 USER"]) as srv:
+        peer = Raw(srv)
+        peer.line()
+        assert peer.command("utf8") == b"+OK UTF8 enabled\r\n"
+        peer.close()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"capabilities": ["TOP", "UIDL", "XUTF8", "LANG"]},
+        {"capabilities": UTF8_CAPA, "capa": False},
+    ],
+    ids=["default", "other-words", "no-capa"],
+)
+def test_utf8_without_the_capability_is_an_unknown_command(options: dict[str, Any]) -> None:
+    with FakePop3Server(MESSAGES, **options) as srv:
+        peer = Raw(srv)
+        peer.line()
+        assert peer.command("UTF8") == b"-ERR unknown command\r\n"
+        peer.send("USER user", "PASS secret")
+        peer.line()
+        assert peer.line().startswith(b"+OK")
+        assert peer.command("UTF8") == b"-ERR unknown command\r\n"
+        peer.close()
+        assert srv.utf8_sessions == {1: False}
+
+
+def test_fail_command_applies_to_utf8() -> None:
+    with FakePop3Server(capabilities=UTF8_CAPA) as srv:
+        srv.fail_command("UTF8", "-ERR [SYS/TEMP] not now", times=1)
+        peer = Raw(srv)
+        peer.line()
+        assert peer.command("UTF8") == b"-ERR [SYS/TEMP] not now\r\n"
+        assert srv.utf8_sessions == {1: False}
+        assert peer.command("UTF8") == b"+OK UTF8 enabled\r\n"
+        assert srv.utf8_sessions == {1: True}
+        peer.close()
+
+
+def test_serve_replaces_what_retr_and_top_send_but_not_the_listed_size() -> None:
+    seen: list[Served] = []
+
+    def serve(served: Served) -> bytes:
+        seen.append(served)
+        return f"X-Served: {served.session}\r\n".encode() + served.raw
+
+    with FakePop3Server(MESSAGES, serve=serve, capabilities=UTF8_CAPA) as srv:
+        uidls = [u for u, _ in srv.mailbox]
+        client = login(srv)
+        retr = client.retr(1)
+        assert retr[0] == f"+OK {len(MESSAGES[0])} octets".encode()
+        assert whole(retr[1]) == b"X-Served: 1\r\n" + MESSAGES[0]
+        assert whole(client.top(2, 0)[1]) == b"X-Served: 1\r\nSubject: two\r\n\r\n"
+        assert shortcmd(client, "LIST 1") == f"+OK 1 {len(MESSAGES[0])}".encode()
+        assert client.stat() == (3, sum(map(len, MESSAGES)))
+        client.quit()
+        peer = Raw(srv)
+        peer.line()
+        assert peer.command("UTF8").startswith(b"+OK")
+        peer.send("USER user", "PASS secret", "RETR 3")
+        peer.line()
+        peer.line()
+        assert peer.line().startswith(b"+OK")
+        assert unstuff(peer.multi()) == b"X-Served: 2\r\n" + MESSAGES[2] + b"\r\n"
+        peer.close()
+    assert seen == [
+        Served(MESSAGES[0], uidls[0], 1, utf8=False, session=1),
+        Served(MESSAGES[1], uidls[1], 2, utf8=False, session=1),
+        Served(MESSAGES[2], uidls[2], 3, utf8=True, session=2),
+    ]
+
+
+def test_list_size_is_what_list_and_stat_report() -> None:
+    with FakePop3Server(MESSAGES, list_size=lambda raw: len(raw) * 10 + 1) as srv:
+        sizes = [len(m) * 10 + 1 for m in MESSAGES]
+        client = login(srv)
+        assert client.stat() == (3, sum(sizes))
+        _, listing, _ = client.list()
+        assert listing == [f"{n} {size}".encode() for n, size in enumerate(sizes, 1)]
+        assert shortcmd(client, "LIST 2") == f"+OK 2 {sizes[1]}".encode()
+        assert whole(client.retr(1)[1]) == MESSAGES[0]  # the content is the stored one
+        client.quit()
+
+
+def test_uidl_for_names_messages_and_repeated_uidls_are_kept() -> None:
+    raws = [MESSAGES[0], MESSAGES[1], MESSAGES[0]]
+    with FakePop3Server(raws, uidl_for=md5_hex) as srv:
+        assert srv.add_message(MESSAGES[2]) == md5_hex(MESSAGES[2])
+        assert srv.add_message(MESSAGES[2], "given") == "given"
+        uidls = [u for u, _ in srv.mailbox]
+        assert uidls == [*map(md5_hex, raws), md5_hex(MESSAGES[2]), "given"]
+        client = login(srv)
+        assert [line.split()[1].decode() for line in client.uidl()[1]] == uidls
+        client.dele(3)  # the second of two byte-identical messages
+        client.quit()
+    assert srv.deleted == [md5_hex(MESSAGES[0])]
+    assert [raw for _, raw in srv.mailbox] == [MESSAGES[0], MESSAGES[1], MESSAGES[2], MESSAGES[2]]
+
+
+def test_rewrite_reply_sees_each_reply_whole_and_its_result_is_sent(
+    server: FakePop3Server,
+) -> None:
+    seen: list[tuple[str, bytes]] = []
+
+    def rewrite(verb: str, reply: bytes) -> bytes:
+        seen.append((verb, reply))
+        return reply.replace(b"\r\n", b"  \r\n", 1)  # spaces after each status line
+
+    server.rewrite_reply = rewrite
+    server.fail_command("NOOP", "-ERR scripted")
+    peer = Raw(server)
+    peer.send("USER user", "PASS secret", "LIST", "RETR 2", "NOOP", "XYZZY", "QUIT")
+    data = peer.until_closed()
+    peer.close()
+    verbs = [verb for verb, _ in seen]
+    assert verbs == ["GREETING", "USER", "PASS", "LIST", "RETR", "NOOP", "XYZZY", "QUIT"]
+    replies = dict(seen)
+    total = sum(map(len, MESSAGES))
+    assert replies["LIST"] == (
+        f"+OK 3 messages ({total} octets)\r\n".encode()
+        + b"".join(f"{n} {len(m)}\r\n".encode() for n, m in enumerate(MESSAGES, 1))
+        + b".\r\n"
+    )
+    assert replies["RETR"].startswith(f"+OK {len(MESSAGES[1])} octets\r\nSubject: two".encode())
+    assert replies["RETR"].endswith(b"\r\n..\r\nend\r\n.\r\n")  # dot-stuffed and terminated
+    assert replies["NOOP"] == b"-ERR scripted\r\n"
+    assert replies["XYZZY"] == b"-ERR unknown command\r\n"
+    assert data == b"".join(reply.replace(b"\r\n", b"  \r\n", 1) for _, reply in seen)
+
+
+def test_rewrite_reply_runs_before_bare_lf_and_cut(server: FakePop3Server) -> None:
+    seen: list[bytes] = []
+
+    def rewrite(verb: str, reply: bytes) -> bytes:
+        seen.append(reply)
+        return b"+OK " + b"x" * 100 + b"\r\n" if verb == "GREETING" else reply
+
+    server.rewrite_reply = rewrite
+    server.bare_lf = True
+    peer = Raw(server)
+    assert peer.line() == b"+OK " + b"x" * 100 + b"\n"
+    assert peer.command("NOOP") == b"-ERR NOOP not allowed in the AUTHORIZATION state\n"
+    peer.close()
+    assert seen[1].endswith(b"\r\n")  # the hook got CRLF; bare_lf came after it
+    server.bare_lf = False
+    server.cut_after(50)
+    peer = Raw(server)
+    assert peer.until_closed() == (b"+OK " + b"x" * 100)[:50]  # the cut counts rewritten octets
+    peer.close()
+
+
+def test_login_refusal_and_lock_refusal_are_the_texts_given() -> None:
+    with FakePop3Server(
+        MESSAGES, login_refusal="invalid login", lock_refusal="unable to lock maildrop"
+    ) as srv:
+        client = poplib.POP3(srv.host, srv.port, timeout=TIMEOUT)
+        client.user("user")
+        with pytest.raises(poplib.error_proto) as refused:
+            client.pass_("wrong")
+        assert refused.value.args == (b"-ERR invalid login",)
+        with pytest.raises(poplib.error_proto) as refused:
+            client.apop("user", "wrong")
+        assert refused.value.args == (b"-ERR invalid login",)
+        holder = login(srv)
+        client.user("user")
+        with pytest.raises(poplib.error_proto) as refused:
+            client.pass_("secret")
+        assert refused.value.args == (b"-ERR unable to lock maildrop",)
+        holder.quit()
+        client.quit()
+
+
+def test_vanished_must_be_err_or_drop() -> None:
+    with pytest.raises(ValueError, match="vanished"):
+        FakePop3Server(vanished="ignore")  # type: ignore[arg-type]
+
+
+# -- other clients: the lock, remove_message, vanished, on_command ----------------------
+
+
+def test_the_exclusive_lock_is_visible(server: FakePop3Server) -> None:
+    assert (server.holds_lock, server.in_transaction) == (False, 0)
+    client = login(server)
+    assert (server.holds_lock, server.in_transaction) == (True, 1)
+    client.quit()
+    assert (server.holds_lock, server.in_transaction) == (False, 0)
+
+
+def test_without_the_exclusive_lock_sessions_overlap_with_their_own_snapshots() -> None:
+    with FakePop3Server(MESSAGES, exclusive_lock=False) as srv:
+        first = login(srv)
+        late = srv.add_message(b"Subject: late\r\n\r\nlate\r\n")
+        second = login(srv)
+        assert (srv.holds_lock, srv.in_transaction) == (False, 2)
+        assert first.stat()[0] == 3
+        assert second.stat()[0] == 4
+        uidls = [u for u, _ in srv.mailbox]
+        second.dele(1)
+        second.dele(4)
+        second.quit()
+        assert srv.deleted == [uidls[0], late]
+        # The first session still counts message 1, which the second removed.
+        with pytest.raises(poplib.error_proto, match="deleted by another client"):
+            first.retr(1)
+        assert whole(first.retr(2)[1]) == MESSAGES[1]
+        first.dele(1)
+        first.quit()
+        assert srv.deleted == [uidls[0], late]  # message 1 is not deleted twice
+        assert [raw for _, raw in srv.mailbox] == MESSAGES[1:]
+        wait_for(lambda: srv.in_transaction == 0)
+
+
+def test_remove_message_by_uidl_or_index(server: FakePop3Server) -> None:
+    uidls = [u for u, _ in server.mailbox]
+    assert server.remove_message(uidls[1]) == (uidls[1], MESSAGES[1])
+    assert server.remove_message(0) == (uidls[0], MESSAGES[0])
+    assert server.mailbox == [(uidls[2], MESSAGES[2])]
+    with pytest.raises(KeyError):
+        server.remove_message("no-such-uidl")
+    with pytest.raises(IndexError):
+        server.remove_message(1)
+    assert server.deleted == []  # another client's deletion, not this server's DELE + QUIT
+    client = login(server)
+    assert client.stat()[0] == 1
+    client.quit()
+
+
+def test_remove_message_picks_one_of_repeated_uidls_by_index() -> None:
+    srv = FakePop3Server([b"a\r\n", b"b\r\n", b"c\r\n"], uidls=["u", "v", "u"])
+    assert srv.remove_message(2) == ("u", b"c\r\n")
+    assert srv.remove_message("u") == ("u", b"a\r\n")
+    assert srv.mailbox == [("v", b"b\r\n")]
+
+
+def test_a_message_removed_during_a_session_is_refused_with_vanished_err(
+    server: FakePop3Server, raw: Raw
+) -> None:
+    uidls = [u for u, _ in server.mailbox]
+    raw.login(server)
+    server.remove_message(0)
+    refusal = b"-ERR message was deleted by another client\r\n"
+    for command in ("RETR 1", "TOP 1 0", "LIST 1"):
+        assert raw.command(command) == refusal, command
+    assert raw.command("UIDL 1") == f"+OK 1 {uidls[0]}\r\n".encode()  # its number stays
+    assert raw.command("RETR 2").startswith(b"+OK")
+    assert unstuff(raw.multi()) == MESSAGES[1]
+    assert raw.command("DELE 1").startswith(b"+OK")
+    assert raw.command("QUIT").startswith(b"+OK")
+    assert server.deleted == []
+    assert [raw for _, raw in server.mailbox] == MESSAGES[1:]
+
+
+def test_a_message_removed_during_a_session_is_cut_off_with_vanished_drop() -> None:
+    message = b"Subject: big\r\n\r\n" + b"".join(b"line %d\r\n" % i for i in range(200))
+    with FakePop3Server([message, MESSAGES[0]], vanished="drop") as srv:
+        peer = Raw(srv)
+        peer.login(srv)
+        srv.remove_message(0)
+        # LIST n answers from the session's snapshot; only the content is gone.
+        assert peer.command("LIST 1") == f"+OK 1 {len(message)}\r\n".encode()
+        peer.send("RETR 1", "NOOP")
+        received = peer.until_closed()
+        peer.close()
+        status = f"+OK {len(message)} octets\r\n".encode()
+        assert received == status + message[: len(message) // 2]
+        assert srv.deleted == []
+        assert srv.mailbox == [(srv.mailbox[0][0], MESSAGES[0])]
+        peer = Raw(srv)
+        peer.login(srv)
+        peer.send("TOP 1 0")  # a later session sees no vanished message
+        assert peer.line().startswith(b"+OK")
+        assert peer.multi() == b"Subject: one\r\n\r\n.\r\n"
+        peer.close()
+
+
+def test_vanished_drop_cuts_top_too() -> None:
+    message = b"Subject: big\r\n\r\n" + b"x" * 500 + b"\r\n"
+    with FakePop3Server([message], vanished="drop") as srv:
+        peer = Raw(srv)
+        peer.login(srv)
+        srv.remove_message(0)
+        peer.send("TOP 1 1")
+        received = peer.until_closed()
+        peer.close()
+        assert received == b"+OK top of message follows\r\n" + message[: len(message) // 2]
+
+
+def test_on_command_lets_another_client_remove_message_1_at_the_first_retr(
+    server: FakePop3Server,
+) -> None:
+    calls: list[tuple[int, str]] = []
+
+    def other_client(session: int, arg: str) -> None:
+        calls.append((session, arg))
+        server.remove_message(0)
+
+    server.on_command("retr", other_client, times=1)
+    peer = Raw(server)
+    peer.login(server)
+    assert peer.command("RETR 1") == b"-ERR message was deleted by another client\r\n"
+    assert peer.command("RETR 2").startswith(b"+OK")  # times=1: nothing else is removed
+    assert unstuff(peer.multi()) == MESSAGES[1]
+    peer.close()
+    assert calls == [(1, "1")]
+    assert [raw for _, raw in server.mailbox] == MESSAGES[1:]
+
+
+def test_on_command_counts_sessions_and_clear_faults_forgets_it(server: FakePop3Server) -> None:
+    calls: list[tuple[str, int]] = []
+    server.on_command("GREETING", lambda session, arg: calls.append(("GREETING", session)))
+    server.on_command("NOOP", lambda session, arg: calls.append(("NOOP", session)))
+    server.fail_command("NOOP", times=1)  # the callback runs before a scripted answer too
+    for _ in range(2):
+        client = login(server)
+        with contextlib.suppress(poplib.error_proto):
+            client.noop()
+        client.quit()
+    assert calls == [("GREETING", 1), ("NOOP", 1), ("GREETING", 2), ("NOOP", 2)]
+    server.clear_faults()
+    login(server).quit()
+    assert len(calls) == 4
+    with pytest.raises(ValueError, match="times"):
+        server.on_command("NOOP", lambda session, arg: None, times=0)
+
+
 # -- robustness and lifecycle -----------------------------------------------------------
 
 
@@ -593,12 +904,12 @@ def test_stop_with_idle_clients_connected_returns_quickly(server: FakePop3Server
     logged_in.close()
 
 
-def test_stop_reraises_what_a_server_thread_hit(monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(self: _session.Session, arg: str) -> bytes:
+def test_stop_reraises_what_a_server_thread_hit() -> None:
+    def broken(session: int, arg: str) -> None:
         raise ZeroDivisionError("bug in the fake server")
 
-    monkeypatch.setitem(_session._COMMANDS, "NOOP", (broken, _session._TRANS))
     srv = FakePop3Server().start()
+    srv.on_command("NOOP", broken)  # runs in the session's thread, as NOOP arrives
     client = login(srv)
     client.sock.sendall(b"NOOP\r\n")
     wait_for(lambda: srv.sessions == 1 and not server_is_locked(srv))
@@ -644,12 +955,4 @@ def test_the_fake_server_never_imports_the_client_codec() -> None:
 
 
 def server_is_locked(srv: FakePop3Server) -> bool:
-    return srv._holder is not None
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
+    return srv.holds_lock

@@ -2,9 +2,29 @@
 
 Used by the test suite and by ``popvault demo``. Nothing here imports
 :mod:`popvault.pop3`: the fake server must stay an independent peer.
+:mod:`popvault.testing.profiles` holds named server styles built from the
+fake server's public hooks.
 """
 
-from popvault.testing.fake_server import FakePop3Server
+from popvault.testing.fake_server import (
+    DEFAULT_CAPABILITIES,
+    DEFAULT_LOCK_REFUSAL,
+    DEFAULT_LOGIN_REFUSAL,
+    VANISHED_REFUSAL,
+    FakePop3Server,
+    Served,
+    Vanished,
+)
 from popvault.testing.samples import large_attachment_message, sample_messages
 
-__all__ = ["FakePop3Server", "large_attachment_message", "sample_messages"]
+__all__ = [
+    "DEFAULT_CAPABILITIES",
+    "DEFAULT_LOCK_REFUSAL",
+    "DEFAULT_LOGIN_REFUSAL",
+    "VANISHED_REFUSAL",
+    "FakePop3Server",
+    "Served",
+    "Vanished",
+    "large_attachment_message",
+    "sample_messages",
+]

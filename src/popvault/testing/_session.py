@@ -26,6 +26,9 @@ _MAX_PENDING_OCTETS = 64 * 1024
 # After our FIN, wait this long for the client's: closing with its data
 # unread would send a RST, which can destroy what we sent last.
 _LINGER_SECONDS = 1.0
+# What RETR, TOP and LIST n answer for a message another client removed
+# (FakePop3Server vanished="err"); no response code exists for it.
+VANISHED_REFUSAL = "message was deleted by another client"
 # RFC 1939 section 3: message numbers and counts are decimal.
 _NUMBER = re.compile(r"[0-9]{1,10}")
 
@@ -39,6 +42,10 @@ class Message:
 
     uidl: str
     raw: bytes
+    # Set, under the server's lock, once it leaves the mailbox (a QUIT's
+    # expunge or FakePop3Server.remove_message): sessions whose snapshot
+    # still holds it then answer by the server's ``vanished`` setting.
+    removed: bool = False
 
 
 class _Refused(Exception):
@@ -53,15 +60,12 @@ def _ok(text: str = "") -> bytes:
     return _wire.status_line(True, text)
 
 
-def _octets(messages: list[tuple[int, Message]]) -> int:
-    return sum(len(m.raw) for _, m in messages)
-
-
 class Session:
     """One client connection, run by its own thread."""
 
-    def __init__(self, server: FakePop3Server, conn: socket.socket) -> None:
+    def __init__(self, server: FakePop3Server, conn: socket.socket, number: int) -> None:
         self._server = server
+        self.number = number  # 1-based, in the order connections were accepted
         self._sock = conn
         # A second handle on the same connection that stop() may shut down
         # from another thread; it is never wrapped in TLS, so it stays valid.
@@ -71,6 +75,7 @@ class Session:
         self._state = AUTHORIZATION
         self._user: str | None = None
         self._tls = False
+        self._utf8 = False  # RFC 6856 UTF-8 mode: UTF8 was sent and got +OK
         self._snapshot: list[Message] = []
         self._marked: list[int] = []  # message numbers, in the order of their DELE
         self._then: Callable[[], None] | None = None
@@ -121,10 +126,12 @@ class Session:
         # client sent before the handshake may count after it.
         self._buf = b""
         self._user = None
+        self._utf8 = False
         self._sock = context.wrap_socket(self._sock, server_side=True)
         self._tls = True
 
     def _greet(self) -> None:
+        self._server._before_command(self.number, "GREETING", "")
         scripted = self._server._take_fault("GREETING", "")
         if scripted is None:
             stamp = self._server.apop_timestamp
@@ -157,6 +164,9 @@ class Session:
         self._server._record(text)
         verb, _, arg = text.partition(" ")
         verb = verb.upper()
+        if verb == "UTF8":
+            self._server._note_utf8(self.number, accepted=False)
+        self._server._before_command(self.number, verb, arg)
         scripted = self._server._take_fault(verb, arg)
         if scripted is not None:
             self._respond(verb, _wire.raw_line(scripted))
@@ -185,6 +195,7 @@ class Session:
 
     def _respond(self, verb: str, data: bytes) -> None:
         server = self._server
+        data = server._rewrite(verb, data)
         if server.bare_lf:
             data = _wire.to_bare_lf(data)
         if server.delay > 0:
@@ -215,6 +226,9 @@ class Session:
         pairs = enumerate(self._snapshot, start=1)
         return [(n, m) for n, m in pairs if n not in self._marked]
 
+    def _octets(self, messages: list[tuple[int, Message]]) -> int:
+        return sum(self._server._listed_size(m) for _, m in messages)
+
     def _message(self, arg: str) -> tuple[int, Message]:
         if not _NUMBER.fullmatch(arg):
             raise _Refused("a message number is needed")
@@ -225,13 +239,40 @@ class Session:
             raise _Refused("message deleted")
         return number, self._snapshot[number - 1]
 
+    def _present(self, arg: str) -> tuple[int, Message, bool]:
+        """Like _message, and whether the message vanished (see FakePop3Server ``vanished``).
+
+        Another client removed it after this session's snapshot: with "err"
+        that is refused here; with "drop" the caller sends part of it and
+        closes the connection.
+        """
+        number, message = self._message(arg)
+        if not self._server._is_removed(message):
+            return number, message, False
+        if self._server.vanished == "err":
+            raise _Refused(VANISHED_REFUSAL)
+        return number, message, True
+
+    def _body(self, status: bytes, body: bytes, *, vanished: bool) -> bytes:
+        """A multi-line reply; for a vanished message only half of it, then the end."""
+        data = _wire.multiline(body)
+        if not vanished:
+            return status + data
+        # Half the dot-stuffed body, never its terminator: the client sees a
+        # message cut short by a server that lost it mid-way.
+        self._then = self._end
+        return status + data[: (len(data) - len(_wire.TERMINATOR)) // 2]
+
+    def _content(self, number: int, message: Message) -> bytes:
+        return self._server._content(message, number, self.number, utf8=self._utf8)
+
     def _login(self) -> bytes:
         snapshot = self._server._lock_maildrop(self)
         if snapshot is None:
-            raise _Refused("[IN-USE] mailbox locked")
+            raise _Refused(self._server.lock_refusal)
         self._snapshot, self._state = snapshot, TRANSACTION
         live = self._live()
-        return _ok(f"maildrop locked and ready, {len(live)} messages ({_octets(live)} octets)")
+        return _ok(f"maildrop locked and ready, {len(live)} messages ({self._octets(live)} octets)")
 
     # -- AUTHORIZATION state (RFC 1939 section 7, RFC 2595 section 4) ---------
 
@@ -246,7 +287,7 @@ class Session:
         if user is None:
             raise _Refused("give USER first")
         if user != self._server.username or arg != self._server.password:
-            raise _Refused("[AUTH] invalid login")
+            raise _Refused(self._server.login_refusal)
         return self._login()
 
     def _cmd_apop(self, arg: str) -> bytes:
@@ -259,8 +300,20 @@ class Session:
         expected = hashlib.md5(secret, usedforsecurity=False).hexdigest()
         given = digest.strip().lower().encode("latin-1")
         if name != self._server.username or not hmac.compare_digest(given, expected.encode()):
-            raise _Refused("[AUTH] invalid login")
+            raise _Refused(self._server.login_refusal)
         return self._login()
+
+    def _cmd_utf8(self, arg: str) -> bytes:
+        # RFC 6856 section 3.1: UTF8 is valid only in the AUTHORIZATION state
+        # and only from a server whose CAPA names the UTF8 capability; a
+        # server without it does not know the command at all.
+        if not self._server._offers_utf8():
+            raise _Refused("unknown command")
+        if self._state != AUTHORIZATION:
+            raise _Refused(f"UTF8 not allowed in the {self._state} state")
+        self._utf8 = True
+        self._server._note_utf8(self.number, accepted=True)
+        return _ok("UTF8 enabled")
 
     def _cmd_stls(self, arg: str) -> bytes:
         context = self._server.stls_context
@@ -272,7 +325,7 @@ class Session:
     # -- both states ---------------------------------------------------------
 
     def _cmd_capa(self, arg: str) -> bytes:
-        if self._server.no_capa:
+        if not self._server._offers_capa():
             raise _Refused("unknown command")
         offer = self._server.stls_context is not None and not self._tls
         lines = self._server._capability_lines(offer_stls=offer and self._state == AUTHORIZATION)
@@ -293,15 +346,18 @@ class Session:
 
     def _cmd_stat(self, arg: str) -> bytes:
         live = self._live()
-        return _ok(f"{len(live)} {_octets(live)}")
+        return _ok(f"{len(live)} {self._octets(live)}")
 
     def _cmd_list(self, arg: str) -> bytes:
+        size = self._server._listed_size
         if arg.strip():
-            number, message = self._message(arg.strip())
-            return _ok(f"{number} {len(message.raw)}")
+            # With vanished="drop" the answer still comes from the snapshot:
+            # such servers keep the session's index, only the content is gone.
+            number, message, _ = self._present(arg.strip())
+            return _ok(f"{number} {size(message)}")
         live = self._live()
-        body = _wire.listing(f"{n} {len(m.raw)}" for n, m in live)
-        return _ok(f"{len(live)} messages ({_octets(live)} octets)") + body
+        body = _wire.listing(f"{n} {size(m)}" for n, m in live)
+        return _ok(f"{len(live)} messages ({self._octets(live)} octets)") + body
 
     def _cmd_uidl(self, arg: str) -> bytes:
         if self._server.no_uidl:
@@ -313,17 +369,17 @@ class Session:
         return _ok("unique-id listing follows") + body
 
     def _cmd_retr(self, arg: str) -> bytes:
-        _, message = self._message(arg.strip())
-        return _ok(f"{len(message.raw)} octets") + _wire.multiline(message.raw)
+        number, message, vanished = self._present(arg.strip())
+        status = _ok(f"{self._server._listed_size(message)} octets")
+        return self._body(status, self._content(number, message), vanished=vanished)
 
     def _cmd_top(self, arg: str) -> bytes:
         words = arg.split()
         if len(words) != 2 or not _NUMBER.fullmatch(words[1]):
             raise _Refused("usage: TOP message lines")
-        _, message = self._message(words[0])
-        return _ok("top of message follows") + _wire.multiline(
-            _wire.top(message.raw, int(words[1]))
-        )
+        number, message, vanished = self._present(words[0])
+        body = _wire.top(self._content(number, message), int(words[1]))
+        return self._body(_ok("top of message follows"), body, vanished=vanished)
 
     def _cmd_dele(self, arg: str) -> bytes:
         number, _ = self._message(arg.strip())
@@ -336,7 +392,7 @@ class Session:
     def _cmd_rset(self, arg: str) -> bytes:
         self._marked.clear()
         live = self._live()
-        return _ok(f"maildrop has {len(live)} messages ({_octets(live)} octets)")
+        return _ok(f"maildrop has {len(live)} messages ({self._octets(live)} octets)")
 
 
 _Handler = Callable[[Session, str], bytes]
@@ -348,6 +404,9 @@ _COMMANDS: dict[str, tuple[_Handler, frozenset[str]]] = {
     "PASS": (Session._cmd_pass, _AUTH),
     "APOP": (Session._cmd_apop, _AUTH),
     "STLS": (Session._cmd_stls, _AUTH),
+    # Both states, so that _cmd_utf8 can answer an unknown command on a
+    # server without the capability before the state is considered.
+    "UTF8": (Session._cmd_utf8, _BOTH),
     "CAPA": (Session._cmd_capa, _BOTH),
     "QUIT": (Session._cmd_quit, _BOTH),
     "STAT": (Session._cmd_stat, _TRANS),

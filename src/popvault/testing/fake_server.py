@@ -1,9 +1,18 @@
 """FakePop3Server: a scriptable POP3 server on 127.0.0.1 for tests and the demo.
 
-It speaks RFC 1939 (with CAPA from RFC 2449 and STLS from RFC 2595) over a
-real socket, one thread per connection, and can be told to misbehave:
-scripted ``-ERR`` answers, a connection cut after N octets, a hang, a slow
-server, no UIDL, no CAPA, bare LF line endings.
+It speaks RFC 1939 (with CAPA from RFC 2449, STLS from RFC 2595 and UTF8 from
+RFC 6856) over a real socket, one thread per connection, and can be told to
+misbehave: scripted ``-ERR`` answers, a connection cut after N octets, a hang,
+a slow server, no UIDL, no CAPA, bare LF line endings.
+
+Public hooks reproduce what real servers do without patching this package:
+``serve`` (what RETR/TOP send), ``list_size`` (what LIST/STAT report),
+``uidl_for`` (the UIDL scheme), ``rewrite_reply`` (the exact octets of every
+reply), ``login_refusal``/``lock_refusal`` (the ``-ERR`` texts),
+``exclusive_lock``/``vanished`` with :meth:`FakePop3Server.remove_message`
+(other clients), and :meth:`FakePop3Server.on_command` (a callback as a
+command arrives). :mod:`popvault.testing.profiles` combines them into named
+server styles.
 
 It has its own small encoder (:mod:`popvault.testing._wire`) and never imports
 :mod:`popvault.pop3`, so that a bug shared by client and server cannot hide.
@@ -25,8 +34,19 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Literal, get_args
 
-from popvault.testing._session import Message, Session
+from popvault.testing._session import VANISHED_REFUSAL, Message, Session
+
+__all__ = [
+    "DEFAULT_CAPABILITIES",
+    "DEFAULT_LOCK_REFUSAL",
+    "DEFAULT_LOGIN_REFUSAL",
+    "VANISHED_REFUSAL",
+    "FakePop3Server",
+    "Served",
+    "Vanished",
+]
 
 HOST = "127.0.0.1"
 DEFAULT_APOP_TIMESTAMP = "<1896.697170952@fake.popvault.test>"
@@ -40,10 +60,43 @@ DEFAULT_CAPABILITIES: tuple[str, ...] = (
     "EXPIRE NEVER",
     "IMPLEMENTATION popvault-fake",
 )
+# RFC 3206 section 4: [AUTH] marks a refusal caused by the credentials.
+DEFAULT_LOGIN_REFUSAL = "[AUTH] invalid login"
+# RFC 2449 section 8.1.1: [IN-USE] marks a maildrop locked by another session.
+DEFAULT_LOCK_REFUSAL = "[IN-USE] mailbox locked"
+
+Vanished = Literal["err", "drop"]
+"""What a session does for a message removed after its snapshot (see FakePop3Server)."""
+
 # How often the accept loop looks at the stop flag; also bounds stop()'s wait for it.
 _ACCEPT_POLL_SECONDS = 0.05
 # A thread that does not end this long after its socket was shut down is a bug.
 _JOIN_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class Served:
+    """What the ``serve`` hook is asked to send for one RETR or TOP.
+
+    ``raw`` and ``uidl`` are the stored message; ``number`` its message
+    number in the session; ``utf8`` whether that session sent UTF8 and got
+    ``+OK`` (RFC 6856 UTF-8 mode); ``session`` the 1-based number of the
+    connection (the value of :attr:`FakePop3Server.sessions` when it was
+    accepted).
+    """
+
+    raw: bytes
+    uidl: str
+    number: int
+    utf8: bool
+    session: int
+
+
+@dataclass
+class _CommandHook:
+    verb: str
+    callback: Callable[[int, str], None]
+    times: int | None
 
 
 @dataclass
@@ -62,18 +115,51 @@ class FakePop3Server:
 
     ``messages`` are raw RFC 5322 messages as a server stores them (CRLF line
     endings); their sizes in STAT/LIST are their lengths in octets. ``uidls``
-    default to unique generated strings; given ones are used as they are (not
-    checked), so a test can script a server that breaks the RFC.
+    default to unique generated strings (or to ``uidl_for(raw)``); given ones
+    are used as they are (not checked), so a test can script a server that
+    breaks the RFC. Repeated UIDLs are allowed.
 
     ``tls_context`` (a server-side context) makes every connection implicit
     TLS, like port 995; ``stls_context`` offers STLS in CAPA (RFC 2595).
     ``apop_timestamp`` goes into the greeting (``None``: no APOP).
     ``capabilities`` replaces the default CAPA lines; STLS is added to them
-    while it is on offer.
+    while it is on offer. ``capa=False`` answers CAPA with ``-ERR``, as an
+    RFC 1939 server that predates RFC 2449 does.
+
+    Hooks (all optional, also settable as attributes of the same name):
+
+    * ``serve(Served) -> bytes``: the message RETR sends (and TOP cuts to its
+      lines) instead of the stored one. LIST and STAT still report the
+      stored message's size.
+    * ``list_size(raw) -> int``: the size LIST, STAT and the login and RSET
+      texts report for a stored message (default ``len(raw)``), for servers
+      that report estimates.
+    * ``uidl_for(raw) -> str``: the UIDL :meth:`add_message` gives a message
+      when none is given, e.g. a digest of its content.
+    * ``rewrite_reply(verb, reply) -> bytes``: gets every reply as the server
+      would send it (status line and any multi-line body, CRLFs, dot-stuffing;
+      the greeting under the verb ``"GREETING"``, scripted :meth:`fail_command`
+      answers included) and returns the octets to send. It runs before
+      ``bare_lf``, ``delay``, :meth:`hang_on` and :meth:`cut_after` apply.
+
+    ``login_refusal`` is the ``-ERR`` text for a wrong USER/PASS or APOP, and
+    ``lock_refusal`` the one for a locked maildrop: a server that does not
+    offer RESP-CODES (RFC 2449 section 8) or AUTH-RESP-CODE (RFC 3206) sends
+    them without the bracketed codes.
+
+    ``exclusive_lock`` (default) gives one session at a time the maildrop
+    (RFC 1939 section 4); with False, any number of sessions may be in the
+    TRANSACTION state at once, each with its own snapshot taken at login.
+    :meth:`remove_message` is another client deleting a message now; a live
+    session that still counts it answers RETR, TOP and LIST n of it by
+    ``vanished``: ``"err"`` sends ``-ERR`` with :data:`VANISHED_REFUSAL`;
+    ``"drop"`` sends ``+OK`` and the first half of the body, then
+    closes the connection (RETR and TOP; LIST n still answers from the
+    session's snapshot), as some real servers do.
 
     Faults and quirks apply from the next command on, in every session, until
     :meth:`clear_faults`. The pseudo-verb ``"GREETING"`` names the greeting in
-    :meth:`fail_command` and :meth:`hang_on`.
+    :meth:`fail_command`, :meth:`hang_on` and :meth:`on_command`.
     """
 
     def __init__(
@@ -87,15 +173,35 @@ class FakePop3Server:
         stls_context: ssl.SSLContext | None = None,
         apop_timestamp: str | None = DEFAULT_APOP_TIMESTAMP,
         capabilities: Sequence[str] | None = None,
+        capa: bool = True,
+        serve: Callable[[Served], bytes] | None = None,
+        list_size: Callable[[bytes], int] | None = None,
+        uidl_for: Callable[[bytes], str] | None = None,
+        rewrite_reply: Callable[[str, bytes], bytes] | None = None,
+        login_refusal: str = DEFAULT_LOGIN_REFUSAL,
+        lock_refusal: str = DEFAULT_LOCK_REFUSAL,
+        exclusive_lock: bool = True,
+        vanished: Vanished = "err",
     ) -> None:
         if uidls is not None and len(uidls) != len(messages):
             raise ValueError(f"{len(messages)} messages but {len(uidls)} uidls")
+        if vanished not in get_args(Vanished):
+            raise ValueError(f"vanished must be one of {get_args(Vanished)}, not {vanished!r}")
         self.username = username
         self.password = password
         self.tls_context = tls_context
         self.stls_context = stls_context
         self.apop_timestamp = apop_timestamp
         self.capabilities = None if capabilities is None else tuple(capabilities)
+        self.capa = capa
+        self.serve = serve
+        self.list_size = list_size
+        self.uidl_for = uidl_for
+        self.rewrite_reply = rewrite_reply
+        self.login_refusal = login_refusal
+        self.lock_refusal = lock_refusal
+        self.exclusive_lock = exclusive_lock
+        self.vanished: Vanished = vanished
         self.host = HOST
         self.port = 0
         self._lock = threading.Lock()
@@ -103,7 +209,9 @@ class FakePop3Server:
         self._deleted: list[str] = []
         self._commands: list[str] = []
         self._sessions = 0
-        self._holder: Session | None = None
+        self._holder: Session | None = None  # the exclusive lock's holder
+        self._transacting: set[Session] = set()  # every session in TRANSACTION
+        self._utf8: dict[int, bool] = {}
         self._live: set[Session] = set()
         self._threads: list[threading.Thread] = []
         self._errors: list[BaseException] = []
@@ -112,6 +220,7 @@ class FakePop3Server:
         self._acceptor: threading.Thread | None = None
         self._counter = 0
         self._fail_rules: list[_FailRule] = []
+        self._command_hooks: list[_CommandHook] = []
         self._cut: int | None = None
         self._hangs: dict[str, int] = {}
         self.delay = 0.0
@@ -172,14 +281,44 @@ class FakePop3Server:
     # -- the mailbox -------------------------------------------------------
 
     def add_message(self, raw: bytes, uidl: str | None = None) -> str:
-        """Append a message (seen by sessions that log in later); returns its uidl."""
+        """Append a message (seen by sessions that log in later); returns its uidl.
+
+        Without ``uidl`` the ``uidl_for`` hook names it, else a unique
+        generated one does. A UIDL that is already on the server is allowed.
+        """
+        raw = bytes(raw)
+        if uidl is None and self.uidl_for is not None:
+            uidl = self.uidl_for(raw)
         with self._lock:
             self._counter += 1
             if uidl is None:
                 digest = hashlib.sha256(raw).hexdigest()[:16]
                 uidl = f"fake{self._counter:06d}-{digest}"
-            self._messages.append(Message(uidl, bytes(raw)))
+            self._messages.append(Message(uidl, raw))
         return uidl
+
+    def remove_message(self, which: str | int) -> tuple[str, bytes]:
+        """Remove one message now, as another client's DELE and QUIT would; returns it.
+
+        ``which`` is a UIDL (the first message that has it) or an index into
+        :attr:`mailbox` (0-based; the way to pick one of repeated UIDLs). Later
+        sessions no longer see it; live sessions keep its number and answer
+        by ``vanished``. It is not added to :attr:`deleted`, which holds only
+        this server's own DELE and QUIT. Raises KeyError or IndexError.
+        """
+        with self._lock:
+            if isinstance(which, str):
+                found = [i for i, m in enumerate(self._messages) if m.uidl == which]
+                if not found:
+                    raise KeyError(which)
+                index = found[0]
+            elif 0 <= which < len(self._messages):
+                index = which
+            else:
+                raise IndexError(f"no message at index {which}, {len(self._messages)} on server")
+            message = self._messages.pop(index)
+            message.removed = True
+        return message.uidl, message.raw
 
     @property
     def mailbox(self) -> list[tuple[str, bytes]]:
@@ -204,6 +343,27 @@ class FakePop3Server:
         """How many connections were accepted so far."""
         with self._lock:
             return self._sessions
+
+    @property
+    def holds_lock(self) -> bool:
+        """Whether a session holds the exclusive maildrop lock (RFC 1939 section 4) now.
+
+        Always False with ``exclusive_lock=False``; see :attr:`in_transaction`.
+        """
+        with self._lock:
+            return self._holder is not None
+
+    @property
+    def in_transaction(self) -> int:
+        """How many sessions are in the TRANSACTION state now (logged in, no QUIT yet)."""
+        with self._lock:
+            return len(self._transacting)
+
+    @property
+    def utf8_sessions(self) -> dict[int, bool]:
+        """Sessions that sent UTF8 (RFC 6856): session number -> whether it got ``+OK``."""
+        with self._lock:
+            return dict(self._utf8)
 
     # -- faults and quirks -------------------------------------------------
 
@@ -249,10 +409,39 @@ class FakePop3Server:
         with self._lock:
             self._hangs[verb.upper()] = after_octets
 
+    def on_command(
+        self,
+        verb: str,
+        callback: Callable[[int, str], None],
+        *,
+        times: int | None = None,
+    ) -> None:
+        """Call ``callback(session, arg)`` each time ``verb`` is received.
+
+        It runs in the session's thread before the command is carried out (and
+        before :meth:`fail_command` applies), so the client waits for its
+        answer meanwhile: e.g. ``srv.on_command("RETR", lambda s, a:
+        srv.remove_message(0), times=1)`` is another client deleting message 1
+        just as the first RETR arrives. ``session`` is the 1-based connection
+        number, ``arg`` the rest of the line. ``times`` limits how often
+        (default: until :meth:`clear_faults`). What it raises ends the session
+        and is re-raised by :meth:`stop`, except OSError, which counts as the
+        client leaving.
+        """
+        if times is not None and times < 1:
+            raise ValueError("times must be at least 1")
+        with self._lock:
+            self._command_hooks.append(_CommandHook(verb.upper(), callback, times))
+
     def clear_faults(self) -> None:
-        """Forget every fault and quirk: a well-behaved server again."""
+        """Forget every fault, quirk and :meth:`on_command` callback.
+
+        The constructor's hooks and settings (``serve``, ``rewrite_reply``,
+        ``exclusive_lock``, ...) stay: they are what kind of server this is.
+        """
         with self._lock:
             self._fail_rules = []
+            self._command_hooks = []
             self._cut = None
             self._hangs = {}
         self.delay = 0.0
@@ -289,22 +478,74 @@ class FakePop3Server:
         with self._lock:
             self._commands.append(line)
 
+    def _before_command(self, session: int, verb: str, arg: str) -> None:
+        """Run the :meth:`on_command` callbacks for this command (outside the lock)."""
+        with self._lock:
+            due = [hook for hook in self._command_hooks if hook.verb == verb]
+            for hook in due:
+                if hook.times is not None:
+                    hook.times -= 1
+                    if hook.times == 0:
+                        self._command_hooks.remove(hook)
+        for hook in due:
+            hook.callback(session, arg)
+
+    def _note_utf8(self, session: int, *, accepted: bool) -> None:
+        """Keep for :attr:`utf8_sessions` that ``session`` sent UTF8 (and its outcome)."""
+        with self._lock:
+            self._utf8[session] = accepted or self._utf8.get(session, False)
+
+    def _rewrite(self, verb: str, reply: bytes) -> bytes:
+        """The octets to send for ``reply``: the ``rewrite_reply`` hook's, if any."""
+        hook = self.rewrite_reply
+        return reply if hook is None else hook(verb, reply)
+
+    def _listed_size(self, message: Message) -> int:
+        """The size LIST and STAT report for ``message`` (RFC 1939 section 5)."""
+        hook = self.list_size
+        return len(message.raw) if hook is None else hook(message.raw)
+
+    def _content(self, message: Message, number: int, session: int, *, utf8: bool) -> bytes:
+        """The message RETR sends and TOP cuts: the ``serve`` hook's, else the stored one."""
+        hook = self.serve
+        if hook is None:
+            return message.raw
+        return hook(Served(message.raw, message.uidl, number, utf8, session))
+
+    def _is_removed(self, message: Message) -> bool:
+        """Whether ``message`` left the mailbox (another client, or a QUIT) since a snapshot."""
+        with self._lock:
+            return message.removed
+
     def _lock_maildrop(self, session: Session) -> list[Message] | None:
-        """Give ``session`` the exclusive lock (RFC 1939 section 4) and a snapshot."""
+        """Let ``session`` into TRANSACTION with a snapshot; None if the maildrop is locked.
+
+        RFC 1939 section 4: the server locks the maildrop for one session
+        unless ``exclusive_lock`` is off, as on servers that allow several.
+        """
         with self._lock:
             if self._holder is not None:
                 return None
-            self._holder = session
+            if self.exclusive_lock:
+                self._holder = session
+            self._transacting.add(session)
             return list(self._messages)
 
     def _release_maildrop(self, session: Session, expunge: Sequence[Message] = ()) -> None:
-        """Release the lock; remove ``expunge`` (the UPDATE state after QUIT)."""
+        """Release the lock; remove ``expunge`` (the UPDATE state after QUIT).
+
+        A message another session or client removed meanwhile is skipped: it
+        is gone already, and was not deleted by this session.
+        """
         with self._lock:
-            if self._holder is not session:
+            if session not in self._transacting:
                 return
-            self._holder = None
+            self._transacting.discard(session)
+            if self._holder is session:
+                self._holder = None
             for message in expunge:
-                if any(m is message for m in self._messages):
+                if not message.removed:
+                    message.removed = True
                     self._messages = [m for m in self._messages if m is not message]
                     self._deleted.append(message.uidl)
 
@@ -317,6 +558,17 @@ class FakePop3Server:
         if offer_stls and "STLS" not in lines:
             lines.append("STLS")
         return lines
+
+    def _offers_capa(self) -> bool:
+        """Whether CAPA is answered at all (RFC 2449) right now."""
+        return self.capa and not self.no_capa
+
+    def _offers_utf8(self) -> bool:
+        """Whether the CAPA lines on offer name UTF8 (RFC 6856 section 3)."""
+        if not self._offers_capa():
+            return False
+        lines = self._capability_lines(offer_stls=False)
+        return any(line.split()[:1] == ["UTF8"] for line in lines)
 
     # -- threads -----------------------------------------------------------
 
@@ -346,9 +598,9 @@ class FakePop3Server:
 
     def _open_session(self, conn: socket.socket) -> None:
         conn.settimeout(None)
-        session = Session(self, conn)
         with self._lock:
             self._sessions += 1
+            session = Session(self, conn, self._sessions)
             self._live.add(session)
             name = f"fake-pop3-session-{self._sessions}"
         self._spawn(name, lambda: self._run_session(session))
