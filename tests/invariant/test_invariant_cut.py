@@ -23,7 +23,7 @@ from invariant_check import (
     wait_until_idle,
 )
 
-from popvault.testing import _session, sample_messages
+from popvault.testing import sample_messages
 from workspace import Workspace
 
 # Dense up to the end of LIST (every octet), then every 7th: a prime stride so
@@ -48,24 +48,22 @@ class Reply:
 
 
 @pytest.fixture
-def session_map(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Reply]:
+def session_map(tmp_path: Path) -> list[Reply]:
     """Where each reply of a clean, deleting session of the small mailbox starts and ends."""
     replies: list[Reply] = []
-    original = _session.Session._respond
 
-    def respond(self: _session.Session, verb: str, data: bytes) -> None:
+    def measure(verb: str, data: bytes) -> bytes:
+        # rewrite_reply sees every reply as it will be sent (before any cut).
         start = sum(reply.end - reply.start for reply in replies)
         replies.append(Reply(verb, start, start + len(data)))
-        original(self, verb, data)
+        return data
 
-    monkeypatch.setattr(_session.Session, "_respond", respond)
-    with WitnessServer(small_mailbox()) as srv:
+    with WitnessServer(small_mailbox(), rewrite_reply=measure) as srv:
         ws = new_workspace(tmp_path / "reference")
         ws.write_config([account_entry(srv, retention="delete")])
         result = ws.cli("run")
         assert result.code == 0, result.output
         assert srv.mailbox == []
-    monkeypatch.undo()
     return replies
 
 
