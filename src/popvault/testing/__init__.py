@@ -15,16 +15,20 @@ from popvault.testing.fake_server import (
     Served,
     Vanished,
 )
+from popvault.testing.profiles import PROFILES, ServerProfile, unicode_notice
 from popvault.testing.samples import large_attachment_message, sample_messages
 
 __all__ = [
     "DEFAULT_CAPABILITIES",
     "DEFAULT_LOCK_REFUSAL",
     "DEFAULT_LOGIN_REFUSAL",
+    "PROFILES",
     "VANISHED_REFUSAL",
     "FakePop3Server",
     "Served",
+    "ServerProfile",
     "Vanished",
     "large_attachment_message",
     "sample_messages",
+    "unicode_notice",
 ]
