@@ -60,7 +60,7 @@ DEFAULT_CAPABILITIES: tuple[str, ...] = (
     "EXPIRE NEVER",
     "IMPLEMENTATION popvault-fake",
 )
-# RFC 3206 section 4: [AUTH] marks a refusal caused by the credentials.
+# RFC 3206 section 5: [AUTH] marks a refusal caused by the credentials.
 DEFAULT_LOGIN_REFUSAL = "[AUTH] invalid login"
 # RFC 2449 section 8.1.1: [IN-USE] marks a maildrop locked by another session.
 DEFAULT_LOCK_REFUSAL = "[IN-USE] mailbox locked"
