@@ -8,21 +8,72 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeAlias
 
 from popvault.errors import LedgerError
 
 
+@dataclass(frozen=True, slots=True, order=True)
+class MessageKey:
+    """Which message of an account: its UIDL and its occurrence under that UIDL.
+
+    RFC 1939 section 7 makes a UIDL unique within a maildrop, but servers
+    that derive it from the content (mbox servers do) give byte-identical
+    messages the same UIDL. ``occurrence`` tells them apart: 1 for the first
+    message the ledger recorded under the UIDL, 2 for the second, and so on.
+    Which listed message is which occurrence is the caller's matching (by
+    size, order and content hash); the ledger only keeps the numbers apart.
+    """
+
+    uidl: str
+    occurrence: int = 1
+
+    def __post_init__(self) -> None:
+        # bool is an int: refuse it, or True would pass for occurrence 1.
+        if isinstance(self.occurrence, bool) or not isinstance(self.occurrence, int):
+            raise TypeError(f"occurrence must be an int, got {self.occurrence!r}")
+        if self.occurrence < 1:
+            raise ValueError(f"occurrence must be at least 1, got {self.occurrence}")
+
+    def describe(self) -> str:
+        """``UIDL 'x'``, naming the occurrence only past the first (most UIDLs have one)."""
+        if self.occurrence == 1:
+            return f"UIDL {self.uidl!r}"
+        return f"UIDL {self.uidl!r} (occurrence {self.occurrence})"
+
+
+# What the facade takes wherever it names a message: a plain UIDL means its
+# first occurrence, so callers written before occurrences keep working.
+KeyLike: TypeAlias = str | MessageKey
+
+
+def as_key(key: KeyLike) -> MessageKey:
+    """The :class:`MessageKey` for ``key``: a plain UIDL string is occurrence 1."""
+    if isinstance(key, MessageKey):
+        return key
+    if isinstance(key, str):
+        return MessageKey(key)
+    raise TypeError(f"a message key is a UIDL string or a MessageKey, got {key!r}")
+
+
 class DuplicateMessage(LedgerError):
-    """``record_pending`` was called for a UIDL the account already has.
+    """``record_pending`` was called for a message key the account already has.
 
     The ledger keeps its single row; the caller should discard the copy it
     just wrote, since the ledger vouches for another one.
     """
 
-    def __init__(self, account: str, uidl: str) -> None:
+    def __init__(self, account: str, uidl: str, occurrence: int = 1) -> None:
         self.account = account
         self.uidl = uidl
-        super().__init__(f"account {account!r}: UIDL {uidl!r} is already in the ledger")
+        self.occurrence = occurrence
+        described = MessageKey(uidl, occurrence).describe()
+        super().__init__(f"account {account!r}: {described} is already in the ledger")
+
+    @property
+    def key(self) -> MessageKey:
+        """The key that is already taken."""
+        return MessageKey(self.uidl, self.occurrence)
 
 
 class AccountBusy(LedgerError):
@@ -56,6 +107,10 @@ class DaemonRunning(LedgerError):
         )
 
 
+# Every record that names a message has ``occurrence`` last, with a default:
+# records built positionally before occurrences existed still mean occurrence 1.
+
+
 @dataclass(frozen=True, slots=True)
 class PendingMessage:
     """A message whose file was written but not yet vouched for."""
@@ -65,6 +120,12 @@ class PendingMessage:
     path: str
     size: int
     sha256: str
+    occurrence: int = 1
+
+    @property
+    def key(self) -> MessageKey:
+        """The message's (uidl, occurrence)."""
+        return MessageKey(self.uidl, self.occurrence)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,17 +138,89 @@ class ArchivedMessage:
     size: int
     sha256: str
     archived_at: datetime
+    occurrence: int = 1
+
+    @property
+    def key(self) -> MessageKey:
+        """The message's (uidl, occurrence)."""
+        return MessageKey(self.uidl, self.occurrence)
 
 
 @dataclass(frozen=True, slots=True)
 class RetainedMessage:
-    """An archived message that, as far as the ledger knows, is still on the server."""
+    """An archived message that, as far as the ledger knows, is still on the server.
+
+    ``hold_reason`` is set while the server copy must not be deleted by
+    retention (see :meth:`Ledger.hold`); None lets retention delete it.
+    """
 
     uidl: str
     path: str
     size: int
     archived_at: datetime
     server_size: int | None = None
+    occurrence: int = 1
+    hold_reason: str | None = None
+
+    @property
+    def key(self) -> MessageKey:
+        """The message's (uidl, occurrence)."""
+        return MessageKey(self.uidl, self.occurrence)
+
+    @property
+    def held(self) -> bool:
+        """Whether a hold forbids deleting the server copy."""
+        return self.hold_reason is not None
+
+
+@dataclass(frozen=True, slots=True)
+class HeldMessage:
+    """A retained message whose server copy retention must not delete, and why.
+
+    ``server_size`` is what the server's LIST announced, ``received_size``
+    the octets popvault received (line ends counted as CRLF); either is None
+    when it was not recorded.
+    """
+
+    uidl: str
+    occurrence: int
+    path: str
+    server_size: int | None
+    received_size: int | None
+    reason: str
+    held_at: datetime
+
+    @property
+    def key(self) -> MessageKey:
+        """The message's (uidl, occurrence)."""
+        return MessageKey(self.uidl, self.occurrence)
+
+
+@dataclass(frozen=True, slots=True)
+class KnownRow:
+    """Everything the ledger knows of one message row, for matching a listing to it.
+
+    ``state`` is "pending" or "archived"; ``size`` and ``sha256`` describe
+    the stored file; ``deleted`` means popvault deleted the server copy,
+    ``gone`` that it vanished from the server without popvault.
+    """
+
+    uidl: str
+    occurrence: int
+    state: str
+    path: str
+    size: int
+    sha256: str
+    server_size: int | None
+    archived_at: datetime | None
+    deleted: bool
+    gone: bool
+    hold_reason: str | None
+
+    @property
+    def key(self) -> MessageKey:
+        """The message's (uidl, occurrence)."""
+        return MessageKey(self.uidl, self.occurrence)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,11 +242,15 @@ class RetentionSummary:
 
     ``due`` counts those archived at or before the cutoff;
     ``next_due_archived_at`` is the earliest archive time after it.
+    ``held`` counts retained messages under a hold: they are part of
+    ``retained`` but never of ``due`` nor of ``next_due_archived_at``, since
+    no run will delete them.
     """
 
     retained: int
     due: int
     next_due_archived_at: datetime | None
+    held: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +262,12 @@ class FailedMessage:
     first_failed_at: datetime
     last_failed_at: datetime
     last_error: str
+    occurrence: int = 1
+
+    @property
+    def key(self) -> MessageKey:
+        """The message's (uidl, occurrence)."""
+        return MessageKey(self.uidl, self.occurrence)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +278,9 @@ class AccountStatus:
     ``last_error`` are that run's ("running" while it goes on);
     ``last_success_at`` is when the latest successful run ended;
     ``on_server`` is the message count of the latest run that listed the
-    server; ``failed_messages`` counts messages with recorded failures.
+    server; ``failed_messages`` counts messages with recorded failures;
+    ``held_messages`` counts retained messages whose server copy is held
+    (retention will not delete it until the user releases it).
     """
 
     name: str
@@ -147,3 +292,4 @@ class AccountStatus:
     last_success_at: datetime | None
     on_server: int | None
     failed_messages: int
+    held_messages: int = 0
