@@ -21,16 +21,18 @@ from popvault.ledger.engine import create_ledger_engine, parse_url
 from popvault.ledger.migrate import backup_sqlite, migrations_dir
 from popvault.ledger.models import Base
 
-HEAD = "0001"
+HEAD = "0002"
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
-DUMMY_0002 = '''"""A later schema, for tests: runs get a note column."""
+NEXT = "0003"
+
+DUMMY_NEXT = '''"""A later schema, for tests: runs get a note column."""
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
+revision = "0003"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 
@@ -48,10 +50,10 @@ def downgrade() -> None:
 
 @pytest.fixture
 def newer_scripts(tmp_path: Path) -> Path:
-    """Our migrations plus a dummy 0002: a popvault one release ahead."""
+    """Our migrations plus a dummy 0003: a popvault one release ahead."""
     folder = tmp_path / "migrations-next"
     shutil.copytree(migrations_dir(), folder, ignore=shutil.ignore_patterns("__pycache__"))
-    (folder / "versions" / "0002_dummy.py").write_text(DUMMY_0002)
+    (folder / "versions" / "0003_dummy.py").write_text(DUMMY_NEXT)
     return folder
 
 
@@ -114,7 +116,7 @@ def test_unknown_revision_is_a_mismatch_and_is_never_touched(ledger_url: str) ->
 
 def test_behind_db_is_a_mismatch_for_a_newer_popvault(ledger_url: str, newer_scripts) -> None:
     upgrade(ledger_url)
-    with pytest.raises(SchemaMismatch, match=r"0001.*needs 0002.*popvault db upgrade"):
+    with pytest.raises(SchemaMismatch, match=rf"{HEAD}.*needs {NEXT}.*popvault db upgrade"):
         check(ledger_url, script_location=newer_scripts)
 
 
@@ -122,9 +124,9 @@ def test_upgrade_to_a_later_revision(ledger_url: str, newer_scripts) -> None:
     with Ledger.open(ledger_url) as ledger:
         ledger.start_run("alice", started_at=T0)
     upgrade(ledger_url, script_location=newer_scripts)
-    assert current(ledger_url) == "0002"
+    assert current(ledger_url) == NEXT
     with pytest.raises(SchemaMismatch, match="does not know"):
-        check(ledger_url)  # this popvault only knows 0001 now
+        check(ledger_url)  # this popvault only knows up to HEAD
     eng = create_ledger_engine(parse_url(ledger_url))
     try:
         with eng.connect() as connection:
@@ -144,13 +146,13 @@ def test_sqlite_is_backed_up_before_an_upgrade(tmp_path: Path, newer_scripts) ->
 
     upgrade(url, script_location=newer_scripts)
 
-    [backup] = tmp_path.glob("ledger.sqlite3.bak-0001-*")
+    [backup] = tmp_path.glob(f"ledger.sqlite3.bak-{HEAD}-*")
     assert stat.S_IMODE(backup.stat().st_mode) == 0o600
     with sqlite3.connect(backup) as copy:
-        assert copy.execute("SELECT version_num FROM alembic_version").fetchall() == [("0001",)]
+        assert copy.execute("SELECT version_num FROM alembic_version").fetchall() == [(HEAD,)]
         assert copy.execute("SELECT account FROM runs").fetchall() == [("alice",)]
     copy.close()
-    assert current(url) == "0002"
+    assert current(url) == NEXT
 
 
 def test_backup_sqlite_copies_a_live_database(tmp_path: Path) -> None:

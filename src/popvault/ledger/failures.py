@@ -68,7 +68,11 @@ class FailuresMixin(LedgerCore):
 
 
 def _failure_upsert(connection: Connection, values: dict[str, Any]) -> Insert:
-    """INSERT, or on (account, uidl) add one attempt and keep the latest error."""
+    """INSERT, or on (account, uidl, occurrence) add one attempt and keep the latest error.
+
+    ON CONFLICT must name the unique constraint's columns exactly; a plain
+    UIDL is occurrence 1 (the column's default).
+    """
     if connection.dialect.name == "postgresql":
         statement: Any = postgresql.insert(Failure).values(values)
     else:
@@ -79,6 +83,6 @@ def _failure_upsert(connection: Connection, values: dict[str, Any]) -> Insert:
         "last_error": statement.excluded.last_error,
     }
     upsert: Insert = statement.on_conflict_do_update(
-        index_elements=[Failure.account, Failure.uidl], set_=updated
+        index_elements=[Failure.account, Failure.uidl, Failure.occurrence], set_=updated
     )
     return upsert.returning(Failure.attempts)

@@ -97,25 +97,47 @@ class Message(Base):
     """One message of one account: pending while its file is being made
     durable, archived once the ledger vouches for it.
 
+    A message is identified by (account, uidl, occurrence), not by its UIDL
+    alone. RFC 1939 section 7 wants a UIDL unique within a maildrop, but
+    servers that derive UIDLs from the content (mbox servers do) list two
+    byte-identical messages under one UIDL, and popvault must archive each
+    listed message exactly once. ``occurrence`` is 1 for the first message
+    recorded under a UIDL, 2 for the second, and so on; the orchestrator
+    matches a session's listing to these rows (by size, then order, and by
+    SHA-256 of the content when in doubt). Nearly every UIDL has only
+    occurrence 1, which is why a plain UIDL means that one in the facade.
+
     An archived row is *retained* while ``deleted_at`` and ``gone_at`` are
     NULL: as far as popvault knows the server still has the message.
     ``delete_requested_at`` is set between an accepted DELE and QUIT's +OK,
     the window in which RFC 1939 section 6 leaves the deletion unknown.
+
+    A *hold* (``hold_reason`` and ``held_at``) forbids retention to delete
+    the server copy until the user releases it: e.g. the octets received
+    (``received_size``) differ from the size the server's LIST announced, a
+    server that substituted a message, so the archived file may not be the
+    message the server would delete.
     """
 
     __tablename__ = "messages"
     __table_args__ = (
-        UniqueConstraint("account", "uidl"),
+        UniqueConstraint("account", "uidl", "occurrence"),
         Index("ix_messages_account_state", "account", "state"),
         CheckConstraint(_in_check("state", MESSAGE_STATES), name="state"),
         CheckConstraint("size >= 0", name="size"),
         CheckConstraint("length(sha256) = 64", name="sha256"),
         CheckConstraint("state = 'pending' OR archived_at IS NOT NULL", name="archived_at"),
+        CheckConstraint("occurrence >= 1", name="occurrence"),
+        CheckConstraint("received_size >= 0", name="received_size"),
+        # A hold always says since when: a reason without a time is a half-written hold.
+        CheckConstraint("hold_reason IS NULL OR held_at IS NOT NULL", name="held_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     account: Mapped[str] = mapped_column(binary_string())
     uidl: Mapped[str] = mapped_column(binary_string())
+    # Rows written before occurrences existed are the first (and only) one.
+    occurrence: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     state: Mapped[str] = mapped_column(String(16))
     # Octets can pass 2**31 (a 2 GiB message, a run's total): 64-bit columns.
     size: Mapped[int] = mapped_column(BigInteger)
@@ -127,6 +149,13 @@ class Message(Base):
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     gone_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     delete_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Octets popvault received for the message, line ends counted as CRLF (as
+    # the server's LIST counts them, RFC 1939 section 5), whatever the store
+    # wrote; NULL for rows recorded before popvault kept it.
+    received_size: Mapped[int | None] = mapped_column(BigInteger)
+    # NULL: retention may delete the server copy; else why it must not.
+    hold_reason: Mapped[str | None] = mapped_column(Text)
+    held_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class Run(Base):
@@ -157,17 +186,21 @@ class Failure(Base):
     After enough attempts the orchestrator sets it aside, so that one poison
     message (RETR always -ERR, or a file that cannot be stored) does not stop
     the rest of the mailbox. The row goes once the message archives.
+    Failures are per message, so per (account, uidl, occurrence) like
+    :class:`Message`.
     """
 
     __tablename__ = "failures"
     __table_args__ = (
-        UniqueConstraint("account", "uidl"),
+        UniqueConstraint("account", "uidl", "occurrence"),
         CheckConstraint("attempts >= 1", name="attempts"),
+        CheckConstraint("occurrence >= 1", name="occurrence"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     account: Mapped[str] = mapped_column(binary_string())
     uidl: Mapped[str] = mapped_column(binary_string())
+    occurrence: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     attempts: Mapped[int] = mapped_column(Integer)
     first_failed_at: Mapped[datetime] = mapped_column(UTCDateTime())
     last_failed_at: Mapped[datetime] = mapped_column(UTCDateTime())
