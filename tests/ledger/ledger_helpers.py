@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import insert, select
 
-from popvault.ledger import Ledger
+from popvault.ledger import KeyLike, Ledger, as_key
 from popvault.ledger.models import Message
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -18,23 +18,51 @@ def sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def record(ledger: Ledger, uidl: str, *, account: str = "alice", size: int = 10) -> None:
+def sha_of(key: KeyLike) -> str:
+    """The sha256 record() gives a message: occurrence 1 hashes the plain UIDL."""
+    key = as_key(key)
+    return sha(key.uidl if key.occurrence == 1 else f"{key.uidl}#{key.occurrence}")
+
+
+def path_of(key: KeyLike, account: str = "alice") -> str:
+    """The path record() gives a message: occurrence 1 keeps the plain UIDL name."""
+    key = as_key(key)
+    suffix = "" if key.occurrence == 1 else f".{key.occurrence}"
+    return f"{account}/new/{key.uidl}{suffix}.eml"
+
+
+def record(
+    ledger: Ledger,
+    key: KeyLike,
+    *,
+    account: str = "alice",
+    size: int = 10,
+    server_size: int | None = None,
+    **extra: Any,
+) -> None:
+    """record_pending with made-up values: the server listed ``size + 2`` by default."""
     ledger.record_pending(
         account,
-        uidl,
-        path=f"{account}/new/{uidl}.eml",
+        key,
+        path=path_of(key, account),
         size=size,
-        sha256=sha(uidl),
-        server_size=size + 2,
+        sha256=sha_of(key),
+        server_size=size + 2 if server_size is None else server_size,
         first_seen_at=T0,
+        **extra,
     )
 
 
 def archive(
-    ledger: Ledger, uidl: str, *, account: str = "alice", at: datetime | None = None
+    ledger: Ledger,
+    key: KeyLike,
+    *,
+    account: str = "alice",
+    at: datetime | None = None,
+    **extra: Any,
 ) -> None:
-    record(ledger, uidl, account=account)
-    ledger.mark_archived(account, uidl, archived_at=at or T0 + timedelta(seconds=1))
+    record(ledger, key, account=account, **extra)
+    ledger.mark_archived(account, key, archived_at=at or T0 + timedelta(seconds=1))
 
 
 def column(ledger: Ledger, name: str, *, account: str = "alice") -> dict[str, Any]:
@@ -42,6 +70,15 @@ def column(ledger: Ledger, name: str, *, account: str = "alice") -> dict[str, An
     query = select(Message.uidl, getattr(Message, name)).where(Message.account == account)
     with ledger._engine.connect() as connection:
         return dict(connection.execute(query).all())
+
+
+def by_key(ledger: Ledger, name: str, *, account: str = "alice") -> dict[tuple[str, int], Any]:
+    """(uidl, occurrence) -> the value of one messages column, for the account's rows."""
+    query = select(Message.uidl, Message.occurrence, getattr(Message, name)).where(
+        Message.account == account
+    )
+    with ledger._engine.connect() as connection:
+        return {(uidl, occurrence): value for uidl, occurrence, value in connection.execute(query)}
 
 
 def fill(ledger: Ledger, account: str, uidls: list[str], **extra: Any) -> None:

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from ledger_helpers import T0, fill
 
-from popvault.ledger import Ledger, Reconciled
+from popvault.ledger import Ledger, MessageKey, Reconciled
 
 SERVER_UIDLS = 100_000
 KNOWN = 60_000
@@ -104,3 +104,49 @@ def test_dele_marks_100k_are_constant(ledger: Ledger, statements: list[str]) -> 
     assert ledger.retained("alice", server) == []
     # 200k row versions written: 0.3 s (SQLite) to 1.5 s (PostgreSQL) here.
     assert elapsed < 5.0, f"marking took {elapsed:.3f}s"
+
+
+def test_known_rows_100k_is_fast_and_constant(ledger: Ledger, statements: list[str]) -> None:
+    server = server_uidls()
+    fill(ledger, "alice", server[:KNOWN])
+    fill(ledger, "alice", server[:2], occurrence=2)  # two shared UIDLs among 60k
+    fill(ledger, "bob", server[KNOWN:])
+    statements.clear()
+
+    ledger.known_rows("alice", server[:3])
+    few = len(statements)
+    statements.clear()
+
+    started = time.perf_counter()
+    rows = ledger.known_rows("alice", server)
+    elapsed = time.perf_counter() - started
+
+    assert len(statements) == few
+    assert list(rows) == server[:KNOWN]
+    assert sum(len(found) for found in rows.values()) == KNOWN + 2
+    # Every known row becomes a dataclass: 0.4 s (SQLite) to 0.6 s (PostgreSQL) here.
+    assert elapsed < 3.0, f"known_rows took {elapsed:.3f}s"
+
+
+def test_known_rows_of_a_few_uidls_in_a_big_mailbox_is_quick(ledger: Ledger) -> None:
+    # The shared-UIDL lookup must not cost a pass over 100k rows' worth of objects.
+    server = server_uidls()
+    fill(ledger, "alice", server)
+    started = time.perf_counter()
+    for _ in range(20):
+        assert [r.key for r in ledger.known_rows("alice", [server[1]])[server[1]]] == [
+            MessageKey(server[1])
+        ]
+    elapsed = (time.perf_counter() - started) / 20
+    assert elapsed < 0.1, f"known_rows of one UIDL took {elapsed:.3f}s"
+
+
+def test_unarchived_by_key_100k(ledger: Ledger, statements: list[str]) -> None:
+    server = [MessageKey(uidl) for uidl in server_uidls()]
+    fill(ledger, "alice", [key.uidl for key in server[:KNOWN]])
+    statements.clear()
+    started = time.perf_counter()
+    missing = ledger.unarchived("alice", server)
+    elapsed = time.perf_counter() - started
+    assert missing == server[KNOWN:]
+    assert elapsed < 1.5, f"unarchived took {elapsed:.3f}s"

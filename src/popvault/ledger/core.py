@@ -9,17 +9,35 @@ check arguments and build bounded IN conditions for any table.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeAlias
 
-from sqlalchemy import ARRAY, ColumnElement, Connection, Engine, any_, bindparam, func, select
+from sqlalchemy import (
+    ARRAY,
+    ColumnElement,
+    Connection,
+    Engine,
+    and_,
+    any_,
+    bindparam,
+    false,
+    func,
+    or_,
+    select,
+)
 from sqlalchemy.orm import InstrumentedAttribute
 
 from popvault.errors import LedgerError
 from popvault.ledger.engine import WRITE_INTENT, redact, translate_errors
 from popvault.ledger.locks import LocalLocks
+from popvault.ledger.records import KeyLike, MessageKey
+
+# A message key as the ledger's internals handle it: (uidl, occurrence).
+# Plain tuples, because a 100k-message listing would otherwise build 100k
+# MessageKey objects just to compare them.
+Pair: TypeAlias = tuple[str, int]
 
 # Up to this many UIDLs are looked up with one `uidl IN (...)`; past it, one
 # query reads every UIDL of the account and the difference is taken in
@@ -68,6 +86,12 @@ def require_aware(value: datetime, name: str) -> None:
         raise ValueError(f"{name} must be a timezone-aware datetime, got naive {value.isoformat()}")
 
 
+def require_reason(reason: str) -> None:
+    """A hold's reason is what the user reads to decide on it: it must say something."""
+    if not reason.strip():
+        raise ValueError("a hold needs a reason the user can read, got an empty one")
+
+
 def among(
     column: InstrumentedAttribute[Any], values: Sequence[Any], connection: Connection
 ) -> ColumnElement[bool]:
@@ -86,3 +110,59 @@ def among(
         return column == any_(array)
     members = func.json_each(json.dumps(list(values))).table_valued("value")
     return column.in_(select(members.c.value))
+
+
+def pair_of(key: KeyLike) -> Pair:
+    """``key`` as (uidl, occurrence): a plain UIDL string is occurrence 1."""
+    if isinstance(key, str):
+        return (key, 1)
+    if isinstance(key, MessageKey):
+        return (key.uidl, key.occurrence)
+    raise TypeError(f"a message key is a UIDL string or a MessageKey, got {key!r}")
+
+
+def unique_pairs(keys: Iterable[KeyLike]) -> list[Pair]:
+    """The keys as pairs, in input order, each once ("m" and MessageKey("m") are one)."""
+    return list(dict.fromkeys(pair_of(key) for key in keys))
+
+
+def uidls_of(pairs: Iterable[Pair]) -> list[str]:
+    """The distinct UIDLs of ``pairs``, in order."""
+    return list(dict.fromkeys(uidl for uidl, _ in pairs))
+
+
+def pairs_among(
+    uidl: InstrumentedAttribute[str],
+    occurrence: InstrumentedAttribute[int],
+    pairs: Sequence[Pair],
+    connection: Connection,
+) -> ColumnElement[bool]:
+    """``(uidl, occurrence) IN pairs`` as one statement with bounded parameters.
+
+    Row-value IN lists would cost two parameters a key and have no bulk
+    form; instead the pairs are grouped and each group is an :func:`among`.
+    Nearly every key is occurrence 1, so grouping by occurrence usually gives
+    one ``occurrence = 1 AND uidl IN (...)``; a mailbox of many identical
+    messages (one UIDL, hundreds of occurrences) groups better by UIDL.
+    Whichever grouping has fewer groups is used.
+    """
+    if not pairs:
+        return false()  # or_() of nothing is deprecated, and means nothing anyway
+    by_occurrence: dict[int, list[str]] = {}
+    by_uidl: dict[str, list[int]] = {}
+    for key_uidl, key_occurrence in pairs:
+        by_occurrence.setdefault(key_occurrence, []).append(key_uidl)
+        by_uidl.setdefault(key_uidl, []).append(key_occurrence)
+    if len(by_occurrence) <= len(by_uidl):
+        return or_(
+            *(
+                and_(occurrence == number, among(uidl, uidls, connection))
+                for number, uidls in by_occurrence.items()
+            )
+        )
+    return or_(
+        *(
+            and_(uidl == name, among(occurrence, numbers, connection))
+            for name, numbers in by_uidl.items()
+        )
+    )

@@ -15,6 +15,7 @@ from typing import Self
 from popvault.ledger.core import LedgerCore
 from popvault.ledger.engine import create_ledger_engine, parse_url
 from popvault.ledger.failures import FailuresMixin
+from popvault.ledger.holds import HoldsMixin
 from popvault.ledger.locking import LockingMixin
 from popvault.ledger.messages import MessagesMixin
 from popvault.ledger.migrate import check_engine, upgrade_engine
@@ -27,6 +28,7 @@ from popvault.ledger.schedules import SchedulesMixin
 class Ledger(
     MessagesMixin,
     RetentionMixin,
+    HoldsMixin,
     FailuresMixin,
     LockingMixin,
     RunsMixin,
@@ -40,9 +42,13 @@ class Ledger(
     :meth:`close`. A Ledger may be shared by threads (each call takes its own
     pooled connection), except for an in-memory SQLite ledger.
 
+    A message is named by a key: its UIDL and its occurrence under that UIDL
+    (:class:`~popvault.ledger.records.MessageKey`), or a plain UIDL string,
+    which means occurrence 1.
+
     Each concern lives in a mixin of its own module (messages, retention,
-    failures, locking, runs, reports, schedules); :class:`LedgerCore` holds
-    the engine and the read and write blocks they share.
+    holds, failures, locking, runs, reports, schedules); :class:`LedgerCore`
+    holds the engine and the read and write blocks they share.
     """
 
     @classmethod

@@ -13,9 +13,9 @@ from typing import Any
 from sqlalchemy import Connection, Insert, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from popvault.ledger.core import LedgerCore, require_aware
+from popvault.ledger.core import LedgerCore, pair_of, require_aware
 from popvault.ledger.models import Failure
-from popvault.ledger.records import FailedMessage
+from popvault.ledger.records import FailedMessage, KeyLike
 
 # A failure's error text is kept to this many characters: enough for a
 # server's -ERR line or an OS error, not for a megabyte of traceback.
@@ -23,18 +23,23 @@ _MAX_ERROR_CHARS = 2000
 
 
 class FailuresMixin(LedgerCore):
-    """The Ledger's failure records: one row per message that failed, with its count."""
+    """The Ledger's failure records: one row per message that failed, with its count.
 
-    def record_failure(self, account: str, uidl: str, *, error: str, at: datetime) -> int:
-        """Count one more failed attempt to archive ``uidl``; return the attempts so far.
+    A message is a key: a UIDL (occurrence 1) or a :class:`MessageKey`.
+    """
+
+    def record_failure(self, account: str, key: KeyLike, *, error: str, at: datetime) -> int:
+        """Count one more failed attempt to archive ``key``; return the attempts so far.
 
         ``error`` (what went wrong, never a password) is kept, clipped to
         2000 characters, as the latest error.
         """
         require_aware(at, "at")
+        uidl, occurrence = pair_of(key)
         values = {
             "account": account,
             "uidl": uidl,
+            "occurrence": occurrence,
             "attempts": 1,
             "first_failed_at": at,
             "last_failed_at": at,
@@ -44,9 +49,12 @@ class FailuresMixin(LedgerCore):
             attempts = connection.execute(_failure_upsert(connection, values)).scalar_one()
         return int(attempts)
 
-    def clear_failure(self, account: str, uidl: str) -> None:
-        """Forget the failures of ``uidl`` (it archived at last); no-op if none."""
-        statement = delete(Failure).where(Failure.account == account, Failure.uidl == uidl)
+    def clear_failure(self, account: str, key: KeyLike) -> None:
+        """Forget the failures of ``key`` (it archived at last); no-op if none."""
+        uidl, occurrence = pair_of(key)
+        statement = delete(Failure).where(
+            Failure.account == account, Failure.uidl == uidl, Failure.occurrence == occurrence
+        )
         with self._writing() as connection:
             connection.execute(statement)
 
@@ -59,6 +67,7 @@ class FailuresMixin(LedgerCore):
                 Failure.first_failed_at,
                 Failure.last_failed_at,
                 Failure.last_error,
+                Failure.occurrence,
             )
             .where(Failure.account == account)
             .order_by(Failure.first_failed_at, Failure.id)

@@ -2,7 +2,8 @@
 
 A message's row is first pending (its file is durable but not yet vouched
 for), then archived; :class:`MessagesMixin` is the part of the Ledger that
-moves it along.
+moves it along. Messages are named by :class:`~popvault.ledger.records.MessageKey`
+(uidl, occurrence); a plain UIDL string means occurrence 1.
 """
 
 from __future__ import annotations
@@ -10,14 +11,18 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from datetime import datetime
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
     CompoundSelect,
     Connection,
+    Row,
     Select,
     delete,
+    func,
     insert,
+    or_,
     select,
     union,
     update,
@@ -25,14 +30,34 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from popvault.errors import LedgerError
-from popvault.ledger.core import IN_LIST_LIMIT, LedgerCore, require_aware
+from popvault.ledger.core import (
+    IN_LIST_LIMIT,
+    LedgerCore,
+    Pair,
+    among,
+    pair_of,
+    require_aware,
+    require_reason,
+    uidls_of,
+)
 from popvault.ledger.models import Failure, Message
-from popvault.ledger.records import ArchivedMessage, DuplicateMessage, PendingMessage
+from popvault.ledger.records import (
+    ArchivedMessage,
+    DuplicateMessage,
+    KeyLike,
+    KnownRow,
+    MessageKey,
+    PendingMessage,
+)
 
 # Rows fetched per round trip when streaming archived messages.
 _STREAM_BATCH = 1000
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+# unarchived() gives back what it was given: plain UIDLs for plain UIDLs,
+# MessageKeys for MessageKeys.
+K = TypeVar("K", bound=KeyLike)
 
 
 class MessagesMixin(LedgerCore):
@@ -41,105 +66,172 @@ class MessagesMixin(LedgerCore):
     def unarchived(
         self,
         account: str,
-        uidls: Sequence[str],
+        keys: Sequence[K],
         *,
         max_attempts: int | None = None,
         retry_failed: bool = False,
-    ) -> list[str]:
-        """The ``uidls`` to fetch, in input order, without duplicates.
+    ) -> list[K]:
+        """The ``keys`` to fetch, in input order, without duplicates.
 
-        Left out: UIDLs the account has a messages row for (pending ones are
-        settled by :meth:`pending`, never fetched twice) and, unless
-        ``retry_failed``, those that failed ``max_attempts`` times or more
-        (set aside; ``None`` never sets one aside). Comparison is byte-exact.
+        Each key is a UIDL (occurrence 1) or a :class:`MessageKey`; what comes
+        back is the same elements as given. Left out: keys the account has a
+        messages row for (pending ones are settled by :meth:`pending`, never
+        fetched twice) and, unless ``retry_failed``, those that failed
+        ``max_attempts`` times or more (set aside; ``None`` never sets one
+        aside). Comparison is byte-exact.
         """
         if max_attempts is not None and max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
-        wanted = list(dict.fromkeys(uidls))
+        wanted: dict[Pair, K] = {}
+        for key in keys:
+            wanted.setdefault(pair_of(key), key)
         if not wanted:
             return []
         set_aside_at = None if retry_failed else max_attempts
-        query = _known_uidls_query(account, wanted, set_aside_at)
+        query = _known_keys_query(account, uidls_of(wanted), set_aside_at)
         with self._reading() as connection:
-            known = set(connection.scalars(query))
-        return [uidl for uidl in wanted if uidl not in known]
+            known = {(uidl, occurrence) for uidl, occurrence in connection.execute(query)}
+        return [original for pair, original in wanted.items() if pair not in known]
 
     def pending(self, account: str) -> list[PendingMessage]:
         """The account's pending messages, oldest first."""
         query = (
-            select(Message.uidl, Message.path, Message.size, Message.sha256)
+            select(Message.uidl, Message.path, Message.size, Message.sha256, Message.occurrence)
             .where(Message.account == account, Message.state == "pending")
             .order_by(Message.id)
         )
         with self._reading() as connection:
             rows = connection.execute(query).all()
-        return [PendingMessage(account, row.uidl, row.path, row.size, row.sha256) for row in rows]
+        return [PendingMessage(account, *row) for row in rows]
 
     def record_pending(
         self,
         account: str,
-        uidl: str,
+        key: KeyLike,
         *,
         path: str,
         size: int,
         sha256: str,
         server_size: int | None,
         first_seen_at: datetime,
+        received_size: int | None = None,
+        hold_reason: str | None = None,
+        held_at: datetime | None = None,
     ) -> None:
         """Record a message whose file is durable but not yet vouched for.
 
         Raises :class:`DuplicateMessage` if the account already has a row for
-        ``uidl`` (pending or archived); the existing row is kept.
-        ``path`` is relative to the archive root; ``size`` and ``server_size``
-        are in octets; ``sha256`` is lowercase hex.
+        ``key`` (pending or archived); the existing row is kept.
+        ``path`` is relative to the archive root; ``size`` (stored),
+        ``server_size`` (what LIST announced) and ``received_size`` (what
+        arrived, line ends counted as CRLF) are in octets; ``sha256`` is
+        lowercase hex. A ``hold_reason`` holds the server copy from the start
+        (see :meth:`hold`) and then needs an aware ``held_at``.
         """
+        uidl, occurrence = pair_of(key)
         _check_message(path=path, size=size, sha256=sha256, server_size=server_size)
+        _check_hold(received_size=received_size, hold_reason=hold_reason, held_at=held_at)
         require_aware(first_seen_at, "first_seen_at")
         values = {
             "account": account,
             "uidl": uidl,
+            "occurrence": occurrence,
             "state": "pending",
             "path": path,
             "size": size,
             "sha256": sha256,
             "server_size": server_size,
             "first_seen_at": first_seen_at,
+            "received_size": received_size,
+            "hold_reason": hold_reason,
+            "held_at": held_at,
         }
         with self._writing() as connection:
             try:
                 connection.execute(insert(Message).values(values))
             except IntegrityError as exc:
                 if _is_unique_violation(exc):
-                    raise DuplicateMessage(account, uidl) from None
+                    raise DuplicateMessage(account, uidl, occurrence) from None
                 raise
 
-    def mark_archived(self, account: str, uidl: str, *, archived_at: datetime) -> None:
+    def mark_archived(self, account: str, key: KeyLike, *, archived_at: datetime) -> None:
         """Turn a pending message into an archived one, durably.
 
-        Raises :class:`LedgerError` if the account has no pending row for ``uidl``.
+        Raises :class:`LedgerError` if the account has no pending row for ``key``.
         """
         require_aware(archived_at, "archived_at")
+        pair = pair_of(key)
         statement = (
             update(Message)
-            .where(*_pending_row(account, uidl))
+            .where(*_pending_row(account, pair))
             .values(state="archived", archived_at=archived_at)
         )
         with self._writing() as connection:
             if connection.execute(statement).rowcount != 1:
-                raise LedgerError(f"account {account!r}: no pending message with UIDL {uidl!r}")
+                raise LedgerError(f"account {account!r}: no pending message with {_describe(pair)}")
 
-    def drop_pending(self, account: str, uidl: str) -> None:
+    def drop_pending(self, account: str, key: KeyLike) -> None:
         """Forget a pending message (its file is gone or wrong).
 
-        Dropping a UIDL that has no row is a no-op; dropping an archived one
+        Dropping a key that has no row is a no-op; dropping an archived one
         raises :class:`LedgerError` and changes nothing.
         """
+        pair = pair_of(key)
         with self._writing() as connection:
-            deleted = connection.execute(delete(Message).where(*_pending_row(account, uidl)))
-            if deleted.rowcount == 0 and _has_row(connection, account, uidl):
+            deleted = connection.execute(delete(Message).where(*_pending_row(account, pair)))
+            if deleted.rowcount == 0 and _has_row(connection, account, pair):
                 raise LedgerError(
-                    f"account {account!r}: UIDL {uidl!r} is not pending; refusing to drop it"
+                    f"account {account!r}: {_describe(pair)} is not pending; refusing to drop it"
                 )
+
+    def known_rows(self, account: str, uidls: Sequence[str]) -> dict[str, list[KnownRow]]:
+        """Every row of the account whose UIDL is in ``uidls``, and every row of
+        each UIDL that has more than one occurrence, grouped by UIDL.
+
+        Rows of every state come back: pending or archived, deleted, gone or
+        not. The shared UIDLs come even when not asked for, so that a caller
+        sees every occurrence of a UIDL the server now lists once (or not at
+        all). Each list is ordered by occurrence; the asked-for UIDLs come
+        first, in input order, then the other shared ones in UIDL order. One
+        statement, which stays cheap when no UIDL is shared.
+        """
+        wanted = list(dict.fromkeys(uidls))
+        with self._reading() as connection:
+            query = _known_rows_query(account, wanted, connection)
+            found: dict[str, list[KnownRow]] = {}
+            for row in connection.execute(query):
+                found.setdefault(row.uidl, []).append(_known_row(row))
+        ordered = {uidl: found.pop(uidl) for uidl in wanted if uidl in found}
+        ordered.update(found)
+        return ordered
+
+    def next_occurrence(self, account: str, uidl: str) -> int:
+        """The occurrence a new message under ``uidl`` gets: the highest recorded plus 1.
+
+        1 when the account has no row for ``uidl``. Failure records reserve
+        no occurrence: a message that failed keeps the key it failed under.
+        """
+        query = select(func.max(Message.occurrence)).where(
+            Message.account == account, Message.uidl == uidl
+        )
+        with self._reading() as connection:
+            highest = connection.scalar(query)
+        return int(highest or 0) + 1
+
+    def set_server_size(self, account: str, key: KeyLike, server_size: int) -> None:
+        """Record the size the server's LIST gives for the message ``key``.
+
+        For after a content check proved the server's message is the one
+        archived (its LIST size had differed). Raises :class:`LedgerError`
+        if the account has no row for ``key``.
+        """
+        if server_size < 0:
+            raise ValueError(f"server_size must not be negative, got {server_size}")
+        pair = pair_of(key)
+        statement = update(Message).where(*_key_row(account, pair)).values(server_size=server_size)
+        with self._writing() as connection:
+            if connection.execute(statement).rowcount != 1:
+                raise LedgerError(f"account {account!r}: no message with {_describe(pair)}")
 
     def archived(self, account: str) -> Iterator[ArchivedMessage]:
         """Stream the account's archived messages in the order they were recorded.
@@ -152,7 +244,14 @@ class MessagesMixin(LedgerCore):
 
     def _stream_archived(self, account: str) -> Iterator[ArchivedMessage]:
         query = (
-            select(Message.uidl, Message.path, Message.size, Message.sha256, Message.archived_at)
+            select(
+                Message.uidl,
+                Message.path,
+                Message.size,
+                Message.sha256,
+                Message.archived_at,
+                Message.occurrence,
+            )
             .where(Message.account == account, Message.state == "archived")
             .order_by(Message.id)
         )
@@ -162,17 +261,34 @@ class MessagesMixin(LedgerCore):
             # when the caller stops early and the generator is closed.
             with streaming.execute(query) as result:
                 for row in result:
-                    yield ArchivedMessage(
-                        account, row.uidl, row.path, row.size, row.sha256, row.archived_at
-                    )
+                    yield _archived_message(account, row)
 
 
-def _pending_row(account: str, uidl: str) -> tuple[ColumnElement[bool], ...]:
-    return (Message.account == account, Message.uidl == uidl, Message.state == "pending")
+def _archived_message(
+    account: str, row: Row[str, str, int, str, datetime | None, int]
+) -> ArchivedMessage:
+    if row.archived_at is None:  # pragma: no cover - ck_messages_archived_at forbids it
+        raise LedgerError(f"archived UIDL {row.uidl!r} has no archive time")
+    return ArchivedMessage(
+        account, row.uidl, row.path, row.size, row.sha256, row.archived_at, row.occurrence
+    )
 
 
-def _has_row(connection: Connection, account: str, uidl: str) -> bool:
-    query = select(Message.id).where(Message.account == account, Message.uidl == uidl)
+def _describe(pair: Pair) -> str:
+    return MessageKey(*pair).describe()
+
+
+def _key_row(account: str, pair: Pair) -> tuple[ColumnElement[bool], ...]:
+    uidl, occurrence = pair
+    return (Message.account == account, Message.uidl == uidl, Message.occurrence == occurrence)
+
+
+def _pending_row(account: str, pair: Pair) -> tuple[ColumnElement[bool], ...]:
+    return (*_key_row(account, pair), Message.state == "pending")
+
+
+def _has_row(connection: Connection, account: str, pair: Pair) -> bool:
+    query = select(Message.id).where(*_key_row(account, pair))
     return connection.scalar(query) is not None
 
 
@@ -191,16 +307,90 @@ def _check_message(*, path: str, size: int, sha256: str, server_size: int | None
         raise ValueError(f"sha256 must be 64 lowercase hex digits, got {sha256!r}")
 
 
-def _known_uidls_query(
-    account: str, wanted: list[str], set_aside_at: int | None
-) -> Select[str] | CompoundSelect[str]:
-    """UIDLs not to fetch: every messages row, and failures set aside."""
-    queries = [select(Message.uidl).where(Message.account == account)]
+def _check_hold(
+    *, received_size: int | None, hold_reason: str | None, held_at: datetime | None
+) -> None:
+    if received_size is not None and received_size < 0:
+        raise ValueError(f"received_size must not be negative, got {received_size}")
+    if hold_reason is None:
+        if held_at is not None:
+            raise ValueError("held_at is given without a hold_reason")
+        return
+    require_reason(hold_reason)
+    if held_at is None:
+        raise ValueError("a hold_reason needs held_at, the time of the hold")
+    require_aware(held_at, "held_at")
+
+
+def _known_keys_query(
+    account: str, uidls: list[str], set_aside_at: int | None
+) -> Select[str, int] | CompoundSelect[str, int]:
+    """Keys not to fetch: every messages row, and failures set aside."""
+    queries: list[Select[str, int]] = [
+        select(Message.uidl, Message.occurrence).where(Message.account == account)
+    ]
     if set_aside_at is not None:
-        failed = select(Failure.uidl).where(
+        failed = select(Failure.uidl, Failure.occurrence).where(
             Failure.account == account, Failure.attempts >= set_aside_at
         )
         queries.append(failed)
-    if len(wanted) <= IN_LIST_LIMIT:
-        queries = [query.where(query.selected_columns[0].in_(wanted)) for query in queries]
+    # Past the limit, every key of the account is read and the difference
+    # taken in Python: one plain statement, and no large parameter at all.
+    if len(uidls) <= IN_LIST_LIMIT:
+        queries = [query.where(query.selected_columns[0].in_(uidls)) for query in queries]
     return queries[0] if len(queries) == 1 else union(*queries)
+
+
+_KNOWN_COLUMNS = (
+    Message.uidl,
+    Message.occurrence,
+    Message.state,
+    Message.path,
+    Message.size,
+    Message.sha256,
+    Message.server_size,
+    Message.archived_at,
+    # Only whether: decoding two more timestamps a row costs a full listing ~0.2 s.
+    Message.deleted_at.is_not(None).label("deleted"),
+    Message.gone_at.is_not(None).label("gone"),
+    Message.hold_reason,
+)
+
+
+def _known_rows_query(
+    account: str, uidls: list[str], connection: Connection
+) -> Select[*tuple[Any, ...]]:
+    """The rows of ``uidls`` and of every shared UIDL, by UIDL then occurrence.
+
+    Any UIDL with a second occurrence is shared; the subquery finds them
+    through the (account, uidl, occurrence) unique index, and finds nothing
+    in the common mailbox where no UIDL is shared.
+    """
+    shared = select(Message.uidl).where(Message.account == account, Message.occurrence > 1)
+    member: ColumnElement[bool] = Message.uidl.in_(shared)
+    if uidls:
+        member = or_(among(Message.uidl, uidls, connection), member)
+    return (
+        select(*_KNOWN_COLUMNS)
+        .where(Message.account == account, member)
+        .order_by(Message.uidl, Message.occurrence)
+    )
+
+
+def _known_row(row: Row[*tuple[Any, ...]]) -> KnownRow:
+    # Positional, in _KNOWN_COLUMNS order: a full listing builds 100k of these.
+    uidl, occurrence, state, path, size, sha256, server_size, archived_at = row[:8]
+    deleted, gone, hold_reason = row[8:]
+    return KnownRow(
+        uidl,
+        occurrence,
+        state,
+        path,
+        size,
+        sha256,
+        server_size,
+        archived_at,
+        bool(deleted),  # SQLite answers 0 or 1
+        bool(gone),
+        hold_reason,
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Row, Select, case, func, literal, select, union, union_all
+from sqlalchemy import Row, Select, and_, case, func, literal, select, union, union_all
 from sqlalchemy.orm import aliased
 
 from popvault.ledger.core import LedgerCore
@@ -41,22 +41,31 @@ class ReportsMixin(LedgerCore):
         return int(messages), int(octets)
 
 
-def _totals_query() -> Select[str, int, int, int]:
-    """Per account: archived messages, their octets, and failed messages."""
+def _totals_query() -> Select[str, int, int, int, int]:
+    """Per account: archived messages, their octets, failed and held messages."""
     archived = Message.state == "archived"
+    # Held as retention sees it: archived, still on the server, with a hold.
+    held = and_(
+        archived,
+        Message.deleted_at.is_(None),
+        Message.gone_at.is_(None),
+        Message.hold_reason.is_not(None),
+    )
     per_message = select(
         Message.account.label("account"),
         case((archived, 1), else_=0).label("archived"),
         case((archived, Message.size), else_=0).label("octets"),
         literal(0).label("failed"),
+        case((held, 1), else_=0).label("held"),
     )
-    per_failure = select(Failure.account, literal(0), literal(0), literal(1))
+    per_failure = select(Failure.account, literal(0), literal(0), literal(1), literal(0))
     rows = union_all(per_message, per_failure).subquery()
     return select(
         rows.c.account,
         func.sum(rows.c.archived).label("archived"),
         func.sum(rows.c.octets).label("octets"),
         func.sum(rows.c.failed).label("failed"),
+        func.sum(rows.c.held).label("held"),
     ).group_by(rows.c.account)
 
 
@@ -89,7 +98,7 @@ def _last_run_query() -> Select[str, datetime, str, str | None, datetime | None,
 
 def _account_status(
     name: str,
-    totals: Row[str, int, int, int] | None,
+    totals: Row[str, int, int, int, int] | None,
     last: Row[str, datetime, str, str | None, datetime | None, int | None] | None,
 ) -> AccountStatus:
     return AccountStatus(
@@ -102,4 +111,5 @@ def _account_status(
         last_success_at=last.success_at if last else None,
         on_server=last.on_server if last else None,
         failed_messages=int(totals.failed) if totals else 0,
+        held_messages=int(totals.held) if totals else 0,
     )

@@ -12,54 +12,89 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Row, Select, case, delete, func, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Label,
+    Row,
+    Select,
+    and_,
+    case,
+    delete,
+    func,
+    select,
+    update,
+)
 
 from popvault.errors import LedgerError
-from popvault.ledger.core import IN_LIST_LIMIT, LedgerCore, among, require_aware
+from popvault.ledger.core import (
+    IN_LIST_LIMIT,
+    LedgerCore,
+    Pair,
+    among,
+    pair_of,
+    pairs_among,
+    require_aware,
+    uidls_of,
+    unique_pairs,
+)
 from popvault.ledger.models import Failure, Message, UTCDateTime
-from popvault.ledger.records import Reconciled, RetainedMessage, RetentionSummary
+from popvault.ledger.records import KeyLike, Reconciled, RetainedMessage, RetentionSummary
 
 
 class RetentionMixin(LedgerCore):
-    """The Ledger's retention: what is still on the server, and what left it."""
+    """The Ledger's retention: what is still on the server, and what left it.
 
-    def retained(self, account: str, uidls: Sequence[str]) -> list[RetainedMessage]:
-        """The archived messages among ``uidls`` still on the server as far as
-        the ledger knows (neither deleted nor gone), in input order, once each."""
-        wanted = list(dict.fromkeys(uidls))
+    Messages are named by key: a UIDL (occurrence 1) or a :class:`MessageKey`.
+    """
+
+    def retained(self, account: str, keys: Sequence[KeyLike]) -> list[RetainedMessage]:
+        """The archived messages among ``keys`` still on the server as far as
+        the ledger knows (neither deleted nor gone), in input order, once each.
+
+        A held message is among them, with its ``hold_reason``: the caller
+        must not delete its server copy.
+        """
+        wanted = unique_pairs(keys)
         if not wanted:
             return []
-        query = select(
-            Message.uidl, Message.path, Message.size, Message.archived_at, Message.server_size
-        ).where(*_retained_rows(account))
-        if len(wanted) <= IN_LIST_LIMIT:
-            query = query.where(Message.uidl.in_(wanted))
+        query = select(*_RETAINED_COLUMNS).where(*_retained_rows(account))
+        uidls = uidls_of(wanted)
+        if len(uidls) <= IN_LIST_LIMIT:
+            query = query.where(Message.uidl.in_(uidls))
         with self._reading() as connection:
-            found = {row.uidl: _retained_message(row) for row in connection.execute(query)}
-        return [found[uidl] for uidl in wanted if uidl in found]
+            found = {
+                (row.uidl, row.occurrence): _retained_message(row)
+                for row in connection.execute(query)
+            }
+        return [found[pair] for pair in wanted if pair in found]
 
-    def mark_delete_requested(self, account: str, uidls: Sequence[str], *, at: datetime) -> None:
-        """Note that the server accepted DELE for ``uidls`` at ``at``, before QUIT.
+    def mark_delete_requested(self, account: str, keys: Sequence[KeyLike], *, at: datetime) -> None:
+        """Note that the server accepted DELE for ``keys`` at ``at``, before QUIT.
 
         Until :meth:`mark_deleted`, the deletion is uncertain: RFC 1939
         section 6 deletes only once QUIT is answered, and that answer may be
-        lost. :meth:`reconcile` settles it in the next session.
+        lost. :meth:`reconcile` settles it in the next session. This records
+        what happened, so a hold does not stop it: keeping held copies is
+        the caller's choice of deletions.
         """
         require_aware(at, "at")
-        self._update_retained(account, uidls, delete_requested_at=at)
+        self._update_retained(account, keys, delete_requested_at=at)
 
-    def mark_deleted(self, account: str, uidls: Sequence[str], *, at: datetime) -> None:
-        """Record that QUIT answered +OK, so the server deleted ``uidls`` at ``at``."""
+    def mark_deleted(self, account: str, keys: Sequence[KeyLike], *, at: datetime) -> None:
+        """Record that QUIT answered +OK, so the server deleted ``keys`` at ``at``."""
         require_aware(at, "at")
-        self._update_retained(account, uidls, deleted_at=at, delete_requested_at=None)
+        self._update_retained(account, keys, deleted_at=at, delete_requested_at=None)
 
     def reconcile(
-        self, account: str, uidls_on_server: Sequence[str], *, now: datetime
+        self, account: str, keys_on_server: Sequence[KeyLike], *, now: datetime
     ) -> Reconciled:
-        """Settle the account's retained messages against the server's full UIDL list.
+        """Settle the account's retained messages against the server's full listing.
 
-        Call it first in every session. A retained message missing from the
-        server was deleted by popvault if a DELE was requested (its
+        Call it first in every session, with the key of every message the
+        server lists (a plain UIDL is occurrence 1; the caller matches a UIDL
+        listed several times to its occurrences). A retained message whose
+        key is missing was deleted by popvault if a DELE was requested (its
         ``deleted_at`` becomes the request time), else taken by another client
         (``gone_at = now``). A request for a message still there is cleared:
         that session never reached QUIT. A message marked gone that the server
@@ -69,10 +104,10 @@ class RetentionMixin(LedgerCore):
         reads plus a few set-wise writes.
         """
         require_aware(now, "now")
-        on_server = frozenset(uidls_on_server)
-        live = select(Message.id, Message.uidl, Message.delete_requested_at).where(
-            *_retained_rows(account)
-        )
+        on_server = frozenset(pair_of(key) for key in keys_on_server)
+        live = select(
+            Message.id, Message.uidl, Message.occurrence, Message.delete_requested_at
+        ).where(*_retained_rows(account))
         with self._writing() as connection:
             plan = _ReconcilePlan.of(connection.execute(live), on_server)
             settled = plan.apply(connection, now)
@@ -81,30 +116,35 @@ class RetentionMixin(LedgerCore):
         return replace(settled, returned=returned)
 
     def retention_summary(self, account: str, *, cutoff: datetime | None) -> RetentionSummary:
-        """Count the account's retained messages and those due at ``cutoff``.
+        """Count the account's retained messages, those due at ``cutoff``, and those held.
 
-        Due: archived at or before ``cutoff`` (none when it is None). The
-        caller passes ``now - duration`` (or ``now`` for delete-at-once) and
-        adds the duration back to ``next_due_archived_at``.
+        Due: archived at or before ``cutoff`` (none when it is None) and not
+        held. The caller passes ``now - duration`` (or ``now`` for
+        delete-at-once) and adds the duration back to
+        ``next_due_archived_at``, which held messages never set either: a
+        status must not promise a deletion that every run will refuse.
         """
         live = _retained_rows(account)
         if cutoff is None:
+            counts = select(func.count().label("retained"), _held_count())
             with self._reading() as connection:
-                count = connection.scalar(select(func.count()).where(*live))
-            return RetentionSummary(int(count or 0), 0, None)
+                row = connection.execute(counts.where(*live)).one()
+            return RetentionSummary(int(row.retained), 0, None, held=int(row.held or 0))
         require_aware(cutoff, "cutoff")
         with self._reading() as connection:
             row = connection.execute(_summary_query(cutoff).where(*live)).one()
-        return RetentionSummary(int(row.retained), int(row.due or 0), row.next_due)
+        return RetentionSummary(
+            int(row.retained), int(row.due or 0), row.next_due, held=int(row.held or 0)
+        )
 
     def _update_retained(
-        self, account: str, uidls: Sequence[str], **values: datetime | None
+        self, account: str, keys: Sequence[KeyLike], **values: datetime | None
     ) -> None:
-        wanted = list(dict.fromkeys(uidls))
+        wanted = unique_pairs(keys)
         if not wanted:
             return
         with self._writing() as connection:
-            member = among(Message.uidl, wanted, connection)
+            member = pairs_among(Message.uidl, Message.occurrence, wanted, connection)
             statement = update(Message).where(*_retained_rows(account), member).values(values)
             connection.execute(statement)
 
@@ -119,12 +159,31 @@ def _retained_rows(account: str) -> tuple[ColumnElement[bool], ...]:
     )
 
 
+_RETAINED_COLUMNS = (
+    Message.uidl,
+    Message.path,
+    Message.size,
+    Message.archived_at,
+    Message.server_size,
+    Message.occurrence,
+    Message.hold_reason,
+)
+
+
 def _retained_message(
-    row: Row[str, str, int, datetime | None, int | None],
+    row: Row[str, str, int, datetime | None, int | None, int, str | None],
 ) -> RetainedMessage:
     if row.archived_at is None:  # pragma: no cover - ck_messages_archived_at forbids it
         raise LedgerError(f"archived UIDL {row.uidl!r} has no archive time")
-    return RetainedMessage(row.uidl, row.path, row.size, row.archived_at, row.server_size)
+    return RetainedMessage(
+        row.uidl,
+        row.path,
+        row.size,
+        row.archived_at,
+        row.server_size,
+        occurrence=row.occurrence,
+        hold_reason=row.hold_reason,
+    )
 
 
 @dataclass(slots=True)
@@ -137,12 +196,12 @@ class _ReconcilePlan:
 
     @classmethod
     def of(
-        cls, rows: Iterable[Row[int, str, datetime | None]], on_server: frozenset[str]
+        cls, rows: Iterable[Row[int, str, int, datetime | None]], on_server: frozenset[Pair]
     ) -> _ReconcilePlan:
         plan = cls([], [], [])
         for row in rows:
             requested = row.delete_requested_at is not None
-            if row.uidl in on_server:
+            if (row.uidl, row.occurrence) in on_server:
                 if requested:
                     plan.cleared.append(row.id)
             elif requested:
@@ -177,34 +236,44 @@ def _update_ids(connection: Connection, ids: list[int], **values: Any) -> int:
     return connection.execute(statement).rowcount
 
 
-def _revive_returned(connection: Connection, account: str, on_server: frozenset[str]) -> int:
+def _revive_returned(connection: Connection, account: str, on_server: frozenset[Pair]) -> int:
     """Clear gone_at of archived rows the server lists again; returns how many."""
-    gone = select(Message.id, Message.uidl).where(
+    gone = select(Message.id, Message.uidl, Message.occurrence).where(
         Message.account == account,
         Message.state == "archived",
         Message.deleted_at.is_(None),
         Message.gone_at.is_not(None),
     )
-    back = [row.id for row in connection.execute(gone) if row.uidl in on_server]
+    back = [row.id for row in connection.execute(gone) if (row.uidl, row.occurrence) in on_server]
     if not back:
         return 0
     statement = update(Message).where(among(Message.id, back, connection)).values(gone_at=None)
     return connection.execute(statement).rowcount
 
 
-def _drop_stale_failures(connection: Connection, account: str, on_server: frozenset[str]) -> None:
+def _drop_stale_failures(connection: Connection, account: str, on_server: frozenset[Pair]) -> None:
     """A failure record of a message the server no longer has can never clear."""
-    failed = select(Failure.id, Failure.uidl).where(Failure.account == account)
-    stale = [row.id for row in connection.execute(failed) if row.uidl not in on_server]
+    failed = select(Failure.id, Failure.uidl, Failure.occurrence).where(Failure.account == account)
+    stale = [
+        row.id for row in connection.execute(failed) if (row.uidl, row.occurrence) not in on_server
+    ]
     if stale:
         connection.execute(delete(Failure).where(among(Failure.id, stale, connection)))
 
 
-def _summary_query(cutoff: datetime) -> Select[int, int | None, datetime | None]:
-    due = case((Message.archived_at <= cutoff, 1), else_=0)
-    later = case((Message.archived_at > cutoff, Message.archived_at))
+def _held_count() -> Label[Any]:
+    held = case((Message.hold_reason.is_not(None), 1), else_=0)
+    return func.sum(held).label("held")
+
+
+def _summary_query(cutoff: datetime) -> Select[int, int | None, datetime | None, int | None]:
+    """Retained, due and held counts and the next due time; held rows are never due."""
+    free = Message.hold_reason.is_(None)
+    due = case((and_(free, Message.archived_at <= cutoff), 1), else_=0)
+    later = case((and_(free, Message.archived_at > cutoff), Message.archived_at))
     return select(
         func.count().label("retained"),
         func.sum(due).label("due"),
         func.min(later, type_=UTCDateTime()).label("next_due"),
+        _held_count(),
     )
