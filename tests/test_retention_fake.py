@@ -263,17 +263,17 @@ def test_status_shows_due_and_next_deletion(ws, server) -> None:
     assert timedelta(days=7, hours=23) < next_at - datetime.now(UTC) <= timedelta(days=8)
 
 
-def test_a_repeated_uidl_is_archived_once_and_never_deleted(ws) -> None:
+def test_messages_under_a_repeated_uidl_are_archived_and_deleted_each_once(ws) -> None:
     raws = sample_messages(3)
     uidls = ["u-1", "u-dup", "u-dup"]
     with FakePop3Server(raws, uidls=uidls, username="bob", password=PASSWORD) as srv:
         configure(ws, srv, retention="delete")
         result = run_at(ws, T0)
         assert result.ok, result.error
-        assert result.messages == 2
-        assert sorted(srv.deleted) == ["u-1"], "a message under a repeated UIDL is kept"
-        assert [uidl for uidl, _ in srv.mailbox] == ["u-dup", "u-dup"]
-        assert ws.ledger_rows("SELECT count(*) FROM messages WHERE uidl = 'u-dup'") == [(1,)]
+        assert result.messages == 3
+        assert sorted(srv.deleted) == ["u-1", "u-dup", "u-dup"]
+        assert srv.mailbox == []
+        assert ws.ledger_rows("SELECT count(*) FROM messages WHERE uidl = 'u-dup'") == [(2,)]
 
 
 def test_a_reused_uidl_with_another_size_is_not_deleted(ws, server) -> None:
@@ -292,6 +292,11 @@ def test_a_reused_uidl_with_another_size_is_not_deleted(ws, server) -> None:
         assert result.ok, result.error
         assert result.deleted == 5
         assert [u for u, _ in changed.mailbox] == [uidl]
+        # The message now under the reused UIDL has other content: it is archived too.
+        assert result.messages == 1
+        assert maildir_form(wire_form(changed.mailbox[0][1])) in {
+            path.read_bytes() for path in ws.archived_files("acct")
+        }
 
 
 def test_stop_ends_the_run_cleanly_between_messages(ws, server) -> None:

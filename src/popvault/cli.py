@@ -82,6 +82,27 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--json", action="store_true", help="print JSON for scripts")
     verify.set_defaults(func=cmd_verify)
 
+    held = commands.add_parser(
+        "held",
+        parents=[common],
+        help="list the server copies kept because the server sent something else than it "
+        "listed; --release lets retention delete them",
+    )
+    _add_account_option(held)
+    held.add_argument(
+        "--release",
+        action="store_true",
+        help="release the holds of the selected accounts (all, or those of --uidl)",
+    )
+    held.add_argument(
+        "--uidl",
+        action="append",
+        metavar="UIDL",
+        help="with --release: only the message(s) under this UIDL (repeat for several)",
+    )
+    held.add_argument("--json", action="store_true", help="print JSON for scripts")
+    held.set_defaults(func=cmd_held)
+
     daemon = commands.add_parser(
         "daemon",
         parents=[common],
@@ -224,6 +245,11 @@ def _print_summary(results: Sequence[RunResult], *, dry_run: bool) -> None:
             print(f"{result.account}: ok, {_counts(result)}")
         else:
             print(f"{result.account}: FAILED ({_counts(result)}): {result.error}")
+        if result.held:
+            print(
+                f"  {len(result.held)} message(s) archived as received but kept on the server: "
+                "the server sent other octets than it listed (`popvault held` shows why)"
+            )
         if result.set_aside:
             print(
                 f"  {len(result.set_aside)} message(s) set aside after {MAX_ATTEMPTS} failed "
@@ -237,7 +263,7 @@ def _counts(result: RunResult) -> str:
     parts = [
         f"{result.messages} new message(s)",
         human_size(result.octets),
-        f"{result.on_server} on server",
+        f"{_on_server(result)} on server",
     ]
     if result.deleted:
         parts.append(f"{result.deleted} deleted from server")
@@ -246,13 +272,18 @@ def _counts(result: RunResult) -> str:
     return ", ".join(parts)
 
 
+def _on_server(result: RunResult) -> str:
+    """The server's message count, or "unknown" when the run never got its listing."""
+    return "unknown" if result.on_server is None else str(result.on_server)
+
+
 def _print_dry_run(result: RunResult) -> None:
     if not result.ok:
         print(f"{result.account}: FAILED: {result.error}")
         return
     octets = sum(message.size for message in result.planned)
     print(
-        f"{result.account}: would download {len(result.planned)} of {result.on_server} "
+        f"{result.account}: would download {len(result.planned)} of {_on_server(result)} "
         f"message(s), {human_size(octets)}; would delete {len(result.due_for_deletion)}"
     )
     for message in result.planned:
@@ -331,7 +362,30 @@ def cmd_verify(args: argparse.Namespace) -> int:
             )
             for problem in report.problems:
                 print(f"  {problem.kind}: {problem.path}: {problem.detail}")
+            for held in report.held:
+                print(f"  held on the server: {held}")
     return EXIT_OK if all(report.ok for report in reports) else EXIT_FAILED
+
+
+def cmd_held(args: argparse.Namespace) -> int:
+    """``popvault held [--release]``: list or release the holds on server copies."""
+    from popvault import held
+
+    cfg = _load_config(args)
+    accounts = _selected_accounts(cfg, args)
+    if args.uidl and not args.release:
+        print("popvault: --uidl goes with --release", file=sys.stderr)
+        return EXIT_USAGE
+    if args.release:
+        with _open_ledger(cfg) as ledger:
+            for account in accounts:
+                count = held.release(ledger, account, args.uidl or [])
+                print(f"{account.name}: released {count} hold(s); retention applies to them")
+        return EXIT_OK
+    with _open_ledger(cfg, create=False) as ledger:
+        holds = held.list_holds(ledger, accounts)
+    print(held.render_json(holds) if args.json else held.render_text(holds))
+    return EXIT_OK
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:

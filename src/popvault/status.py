@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Final
 
 from popvault.config import Account, Config
+from popvault.held import describe as describe_hold
 from popvault.humanize import human_size
 from popvault.ledger import AccountStatus, Ledger, ScheduleEntry
 from popvault.retention import describe, due_cutoff, next_due
@@ -41,6 +42,14 @@ class StatusRow:
     # account, and how many runs in a row failed.
     next_run_at: datetime | None = None
     consecutive_failures: int | None = None
+    # Server copies retention will not delete until released (`popvault held`):
+    # how many, and the first few of them described.
+    held_messages: int = 0
+    held: tuple[str, ...] = ()
+
+
+# Held messages `status` names one by one; `popvault held` lists them all.
+SHOWN_HELD: Final = 5
 
 
 # A daemon refreshes its schedule rows every minute (daemon.main.HEARTBEAT_S);
@@ -106,12 +115,15 @@ def _configured(
 ) -> StatusRow:
     policy = account.retention
     summary = ledger.retention_summary(account.name, cutoff=due_cutoff(policy, now))
+    held = ledger.held(account.name) if summary.held else []
     return replace(
         _row(account.name, status),
         configured=True,
         retention=describe(policy),
         due_for_deletion=summary.due,
         next_deletion_at=next_due(policy, summary.next_due_archived_at),
+        held_messages=summary.held,
+        held=tuple(describe_hold(message) for message in held[:SHOWN_HELD]),
     )
 
 
@@ -185,6 +197,12 @@ def _notes(row: StatusRow) -> list[str]:
         )
     if row.next_deletion_at is not None:
         notes.append(f"{row.name}: next deletion due {_when(row.next_deletion_at)} UTC")
+    if row.held_messages:
+        notes.append(
+            f"{row.name}: {row.held_messages} server copy(ies) held, never deleted until "
+            "released: the server sent other octets than it listed (`popvault held`)"
+        )
+        notes += [f"{row.name}:   {held}" for held in row.held]
     if row.failed_messages:
         notes.append(
             f"{row.name}: {row.failed_messages} message(s) failing; "

@@ -23,12 +23,20 @@ interesting rules live here as comments next to the code that keeps them:
 * A message that fails on its own (the server refuses it, or hands out a
   truncated body) is counted; after :data:`MAX_ATTEMPTS` runs it is set aside
   so the rest of the mailbox keeps being archived, until ``--retry-failed``.
+* A message whose octets exceed its LIST size by more than the final CRLF a
+  server may add is archived as received and *held*: its server copy is never
+  deleted until the user releases it, since the server may have handed out a
+  stand-in (a server offering RFC 6856 UTF8 does that to clients that did not
+  enable it). ``trust_list_sizes = false`` turns the size checks off.
+* Messages are matched to ledger rows by :mod:`popvault.identity`: two
+  messages under one UIDL are two rows, and a server copy under a shared UIDL
+  is deleted only once its content was seen to be the archived one.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -43,10 +51,11 @@ from popvault.errors import (
     ServerError,
     StoreError,
 )
-from popvault.ledger import Ledger, RetainedMessage
+from popvault.identity import Listed, ServerView, identify
+from popvault.ledger import KnownRow, Ledger, MessageKey, RetainedMessage
 from popvault.pop3.client import Pop3Client
 from popvault.retention import is_due
-from popvault.store import Store, Writer, open_store
+from popvault.store import SealedMessage, Store, Writer, open_store
 
 log = logging.getLogger("popvault.sync")
 
@@ -54,6 +63,12 @@ log = logging.getLogger("popvault.sync")
 # to ride out a server that was still storing it, few enough that one broken
 # message does not fail every run for long.
 MAX_ATTEMPTS = 3
+# RFC 1939 section 11 counts LIST sizes with CRLF line ends; a server that adds
+# the final CRLF a message lacks (Dovecot does) sends exactly 2 octets more.
+FINAL_CRLF_OCTETS = 2
+# Held messages warned about one by one in a run; past this, one summary line
+# (a server whose every size is off would otherwise fill the log).
+MAX_HOLD_WARNINGS = 10
 
 Clock = Callable[[], datetime]
 
@@ -75,11 +90,25 @@ class Progress(Protocol):
 
 @dataclass(frozen=True)
 class PlannedMessage:
-    """A message the server has and the ledger does not."""
+    """A message to RETR: one the ledger does not have, or one whose content to check.
+
+    ``key`` is the ledger key it is archived under; ``candidates`` are
+    archived rows it may turn out to be by content (then it is not stored
+    again); ``verify`` marks a RETR made only to check, before a DELE, that
+    the server's message is the archived one.
+    """
 
     number: int
     uidl: str
     size: int
+    key: MessageKey | None = None
+    candidates: tuple[KnownRow, ...] = ()
+    verify: bool = False
+
+    @property
+    def ledger_key(self) -> MessageKey:
+        """The key this message is recorded under."""
+        return self.key if self.key is not None else MessageKey(self.uidl)
 
 
 @dataclass
@@ -89,7 +118,8 @@ class RunResult:
     account: str
     started_at: datetime
     ended_at: datetime | None = None
-    on_server: int = 0
+    # How many messages the server listed; None until it did (unknown, not 0).
+    on_server: int | None = None
     planned: list[PlannedMessage] = field(default_factory=list)
     messages: int = 0
     octets: int = 0
@@ -97,15 +127,21 @@ class RunResult:
     due_for_deletion: list[RetainedMessage] = field(default_factory=list)
     deleted: int = 0
     set_aside: list[str] = field(default_factory=list)
+    # Messages archived in this run whose server copies are held: "message N: why".
+    held: list[str] = field(default_factory=list)
     error: str | None = None
     message_errors: list[str] = field(default_factory=list)
-    listed: bool = False
     # The exception that failed the run (for the daemon's choice of backoff).
     exception: BaseException | None = None
     # The server's capabilities after login (RFC 2449: LOGIN-DELAY, EXPIRE, ...).
     capabilities: dict[str, list[str]] = field(default_factory=dict)
     # True when ``stop`` ended the run early; what was fetched is durable.
     interrupted: bool = False
+
+    @property
+    def listed(self) -> bool:
+        """Whether the run got as far as the server's listing."""
+        return self.on_server is not None
 
     @property
     def ok(self) -> bool:
@@ -166,7 +202,7 @@ def _finish_run(ledger: Ledger, run_id: int, result: RunResult, ended_at: dateti
             messages=result.messages,
             bytes=result.octets,
             error=result.error,
-            on_server=result.on_server if result.listed else None,
+            on_server=result.on_server,
         )
     except LedgerError as exc:
         log.error("account %r: could not record the run's outcome: %s", result.account, exc)
@@ -206,13 +242,17 @@ class _AccountRun:
         # Message numbers whose RETR succeeded but which are not (yet) durable:
         # while any is here, the session must not end with QUIT.
         self.undurable: set[int] = set()
-        # UIDLs whose DELE the server accepted; they go at QUIT.
-        self.deletions: list[str] = []
-        # This session's view of the server: UIDL -> first message number,
-        # message number -> LIST size, and UIDLs listed more than once.
-        self.numbers: dict[str, int] = {}
+        # Keys whose DELE the server accepted; they go at QUIT.
+        self.deletions: list[MessageKey] = []
+        # This session's view of the server: the listing matched to the ledger
+        # (popvault.identity), ledger key -> message number, number -> LIST size.
+        self.view = ServerView(messages=())
+        self.numbers: dict[MessageKey, int] = {}
         self.sizes: dict[int, int] = {}
-        self.repeated: set[str] = set()
+        # Messages whose content this session saw to be their key's row.
+        self.verified: set[int] = set()
+        # The next free occurrence per shared UIDL, for a message found new late.
+        self.spare: dict[str, int] = {}
         self.stop = stop or _never
 
     def recorded(self, *, dry_run: bool, retry_failed: bool) -> None:
@@ -255,8 +295,10 @@ class _AccountRun:
                 octets = sum(message.size for message in self.result.planned)
                 self.progress.planned(name, len(self.result.planned), octets)
             if not dry_run:
-                self._fetch_all(client)
+                self._fetch_all(client, self.result.planned)
             self._plan_deletions()
+            if not dry_run and not self.result.interrupted:
+                self._fetch_all(client, self._verifications())
             if not dry_run and not self.result.interrupted:
                 self._delete(client)
             self._end_session(client)
@@ -296,27 +338,26 @@ class _AccountRun:
     def _plan(
         self, client: Pop3Client, *, dry_run: bool, retry_failed: bool
     ) -> list[PlannedMessage]:
-        """UIDL + LIST, then bulk ledger queries for the UIDLs never archived."""
+        """UIDL + LIST, matched to the ledger's rows; the messages to fetch."""
         name = self.account.name
         listing = self._uidl_listing(client)
         self.sizes = sizes = dict(client.list())
         self.result.on_server = len(listing)
-        self.result.listed = True
-        self.numbers, self.repeated = _index_listing(listing, name)
-        uidls = list(self.numbers)
+        uidls = list(dict.fromkeys(uidl for _, uidl in listing))
+        rows = self.ledger.known_rows(name, uidls)
+        self.view = identify(listing, sizes, rows, trust_sizes=self.account.trust_list_sizes)
+        self.numbers = {message.key: message.number for message in self.view.messages}
+        self.spare = _spare_occurrences(self.view, rows)
         if not dry_run:
             # What vanished since the last session: deleted by us (a lost QUIT
             # reply) or taken by another client.
-            self.ledger.reconcile(name, uidls, now=self.result.started_at)
-        new_uidls = self.ledger.unarchived(
-            name, uidls, max_attempts=MAX_ATTEMPTS, retry_failed=retry_failed
+            self.ledger.reconcile(name, self.view.keys_on_server, now=self.result.started_at)
+        keys = [message.key for message in self.view.messages]
+        new = set(
+            self.ledger.unarchived(name, keys, max_attempts=MAX_ATTEMPTS, retry_failed=retry_failed)
         )
-        planned = [
-            PlannedMessage(self.numbers[u], u, sizes.get(self.numbers[u], 0)) for u in new_uidls
-        ]
-        # RETR in message order: servers read their mailbox front to back.
-        planned.sort(key=lambda message: message.number)
-        return planned
+        # RETR in message order (the listing's): servers read their mailbox front to back.
+        return [_planned(message, sizes) for message in self.view.messages if message.key in new]
 
     def _uidl_listing(self, client: Pop3Client) -> list[tuple[int, str]]:
         try:
@@ -328,9 +369,9 @@ class _AccountRun:
                 account=self.account.name,
             ) from exc
 
-    def _fetch_all(self, client: Pop3Client) -> None:
-        failing = {failure.uidl for failure in self.ledger.failures(self.account.name)}
-        for message in self.result.planned:
+    def _fetch_all(self, client: Pop3Client, planned: Sequence[PlannedMessage]) -> None:
+        failing = {failure.key for failure in self.ledger.failures(self.account.name)}
+        for message in planned:
             if self.stop():
                 log.info("account %r: stopping early on request", self.account.name)
                 self.result.interrupted = True
@@ -347,18 +388,24 @@ class _AccountRun:
             except Exception as exc:
                 self._count_failure(message, f"internal error: {type(exc).__name__}: {exc}")
                 raise
-            if message.uidl in failing:
-                self.ledger.clear_failure(self.account.name, message.uidl)
-            self.result.messages += 1
-            self.result.octets += octets
-            if self.progress is not None:
-                self.progress.fetched(self.account.name, octets)
+            if message.ledger_key in failing:
+                self.ledger.clear_failure(self.account.name, message.ledger_key)
+            if octets is not None:
+                self.result.messages += 1
+                self.result.octets += octets
+            if self.progress is not None and not message.verify:
+                self.progress.fetched(self.account.name, octets or 0)
+        self._summarise_holds()
 
     def _count_failure(self, message: PlannedMessage, error: str) -> None:
         name = self.account.name
         log.warning("account %r: message %d: %s", name, message.number, error)
         self.result.message_errors.append(f"message {message.number}: {error}")
-        attempts = self.ledger.record_failure(name, message.uidl, error=error, at=self.clock())
+        if message.verify:
+            return  # the archived copy is safe; only its DELE waits for another run
+        attempts = self.ledger.record_failure(
+            name, message.ledger_key, error=error, at=self.clock()
+        )
         if attempts >= MAX_ATTEMPTS:
             log.error(
                 "account %r: message %d failed %d times; set aside until "
@@ -369,8 +416,12 @@ class _AccountRun:
             )
             self.result.set_aside.append(message.uidl)
 
-    def _fetch_one(self, client: Pop3Client, message: PlannedMessage) -> int:
-        """RETR one message into the store and record it; returns its octets on the wire."""
+    def _fetch_one(self, client: Pop3Client, message: PlannedMessage) -> int | None:
+        """RETR one message into the store and record it.
+
+        Returns its octets on the wire, or None when its content turned out
+        to be a message already archived (nothing new is stored then).
+        """
         name = self.account.name
         writer = self.store.begin(received_at=self.clock())
         try:
@@ -378,43 +429,121 @@ class _AccountRun:
             client.retr_into(message.number, sink)
             # From here the server counts the message as retrieved.
             self.undurable.add(message.number)
-            wire_octets = _check_complete(name, message, sink)
+            hold = _check_sizes(name, message, sink, trust=self.account.trust_list_sizes)
             sealed = writer.seal()
+            if self._known_content(message, sealed):
+                writer.abort()
+                self.undurable.discard(message.number)
+                return None
+            key = self._key_for_new(message)
             self.ledger.record_pending(
                 name,
-                message.uidl,
+                key,
                 path=sealed.relpath,
                 size=sealed.size,
                 sha256=sealed.sha256,
                 server_size=message.size,
                 first_seen_at=self.result.started_at,
+                received_size=sink.as_crlf,
+                hold_reason=hold,
+                held_at=self.clock() if hold else None,
             )
-            self._publish(writer, message)
+            self._publish(writer, key)
         except BaseException:
             writer.abort()
             raise
-        self.ledger.mark_archived(name, message.uidl, archived_at=self.clock())
+        self.ledger.mark_archived(name, key, archived_at=self.clock())
         self.undurable.discard(message.number)
-        return wire_octets
+        self._archived(message, key, hold)
+        return sink.octets
 
-    def _publish(self, writer: Writer, message: PlannedMessage) -> None:
+    def _known_content(self, message: PlannedMessage, sealed: SealedMessage) -> bool:
+        """Whether the message is one of its candidate rows, by content (identity.py)."""
+        same = next((row for row in message.candidates if row.sha256 == sealed.sha256), None)
+        if same is None:
+            return False
+        key = MessageKey(same.uidl, same.occurrence)
+        if message.verify and key != message.key:
+            log.info(
+                "account %r: message %d is the archived copy %s, not %s; not deleting it "
+                "in this session",
+                self.account.name,
+                message.number,
+                same.path,
+                message.candidates[0].path,
+            )
+            return True
+        if not message.verify and same.server_size != message.size:
+            # The same content under a new LIST size: the server recounted it.
+            self.ledger.set_server_size(self.account.name, key, message.size)
+        self.numbers[key] = message.number
+        self.verified.add(message.number)
+        return True
+
+    def _key_for_new(self, message: PlannedMessage) -> MessageKey:
+        """The key a message is recorded under; a checked one found new gets a fresh one."""
+        if not message.verify:
+            return message.ledger_key
+        occurrence = self.spare.get(message.uidl, 1)
+        self.spare[message.uidl] = occurrence + 1
+        return MessageKey(message.uidl, occurrence)
+
+    def _archived(self, message: PlannedMessage, key: MessageKey, hold: str | None) -> None:
+        """Note what is worth saying about a message just archived (once: it is archived once)."""
+        name = self.account.name
+        if not message.verify:
+            self.numbers[key] = message.number
+            self.verified.add(message.number)
+        if message.uidl in self.view.shared or key.occurrence > 1:
+            log.warning(
+                "account %r: the server lists UIDL %r for more than one message (RFC 1939 "
+                "section 7 wants unique ids); archived message %d as its message #%d",
+                name,
+                message.uidl,
+                message.number,
+                key.occurrence,
+            )
+        if hold is not None:
+            self.result.held.append(f"message {message.number}: {hold}")
+            if len(self.result.held) <= MAX_HOLD_WARNINGS:
+                log.warning(
+                    "account %r: message %d (UIDL %r): %s; archived as received and kept on "
+                    "the server (see `popvault held`)",
+                    name,
+                    message.number,
+                    message.uidl,
+                    hold,
+                )
+
+    def _summarise_holds(self) -> None:
+        extra = len(self.result.held) - MAX_HOLD_WARNINGS
+        if extra > 0:
+            log.warning(
+                "account %r: %d more message(s) held on the server because their sizes differ "
+                "from LIST; if this server reports estimated sizes, set trust_list_sizes = false",
+                self.account.name,
+                extra,
+            )
+
+    def _publish(self, writer: Writer, key: MessageKey) -> None:
         """Move the sealed file into place; a failed publish takes its pending row back."""
         try:
             writer.commit()
         except StoreError:
-            self.ledger.drop_pending(self.account.name, message.uidl)
+            self.ledger.drop_pending(self.account.name, key)
             raise
 
     def _same_message_on_server(self, message: RetainedMessage) -> bool:
         """Guard against servers that reuse or repeat UIDLs (RFC 1939 section 7 forbids both).
 
-        If two messages share a UIDL, or the message under this UIDL now has
-        another size than the one we archived, the server copy may be a
-        message we never stored: keep it.
+        Under a shared UIDL, only a message whose content this session saw to
+        be the archived one may go; and a message whose size on the server
+        is not the size it had when archived may be a message never stored.
         """
-        number = self.numbers[message.uidl]
-        if message.uidl in self.repeated:
-            reason = "its UIDL is listed more than once"
+        number = self.numbers[message.key]
+        listed = self.view.by_number.get(number)
+        if listed is not None and not listed.certain and number not in self.verified:
+            reason = "its UIDL is shared and its content could not be checked in this session"
         elif message.server_size is not None and self.sizes.get(number) != message.server_size:
             reason = (
                 f"its size on the server ({self.sizes.get(number)}) differs from the size "
@@ -431,7 +560,11 @@ class _AccountRun:
         return False
 
     def _plan_deletions(self) -> None:
-        """Which archived messages on the server the retention policy lets go now."""
+        """Which archived messages on the server the retention policy lets go now.
+
+        A held message never goes (its hold is shown by status and
+        ``popvault held``, not warned about in every run).
+        """
         policy = self.account.retention
         if policy.mode == "keep":
             return
@@ -439,8 +572,20 @@ class _AccountRun:
         self.result.due_for_deletion = [
             message
             for message in retained
-            if is_due(policy, message.archived_at, self.result.started_at)
+            if message.hold_reason is None
+            and is_due(policy, message.archived_at, self.result.started_at)
         ]
+
+    def _verifications(self) -> list[PlannedMessage]:
+        """RETRs that check, before a DELE, the content of due messages under shared UIDLs."""
+        checks = []
+        for message in self.result.due_for_deletion:
+            number = self.numbers[message.key]
+            listed = self.view.by_number.get(number)
+            if listed is None or listed.certain or number in self.verified:
+                continue
+            checks.append(_verification(listed, self.view, self.sizes))
+        return checks
 
     def _delete(self, client: Pop3Client) -> None:
         """DELE each due message whose archived copy is in place; note them before QUIT."""
@@ -450,13 +595,14 @@ class _AccountRun:
         for message in self.result.due_for_deletion:
             if not self._copy_in_place(message):
                 continue
+            number = self.numbers[message.key]
             try:
-                client.dele(self.numbers[message.uidl])
+                client.dele(number)
             except ServerError as exc:
                 log.warning("account %r: DELE refused: %s", self.account.name, exc)
-                self.result.message_errors.append(f"DELE {self.numbers[message.uidl]}: {exc.text}")
+                self.result.message_errors.append(f"DELE {number}: {exc.text}")
                 continue
-            self.deletions.append(message.uidl)
+            self.deletions.append(message.key)
         if self.deletions:
             self.ledger.mark_delete_requested(self.account.name, self.deletions, at=self.clock())
 
@@ -467,19 +613,62 @@ class _AccountRun:
         size = self.store.stat(message.path)
         if size == message.size:
             return True
+        number = self.numbers[message.key]
         problem = "missing" if size is None else f"{size} octets, the ledger says {message.size}"
         log.error(
             "account %r: keeping message %d on the server: its archived copy %s is %s "
             "(run `popvault verify`)",
             self.account.name,
-            self.numbers[message.uidl],
+            number,
             message.path,
             problem,
         )
         self.result.message_errors.append(
-            f"message {self.numbers[message.uidl]} kept on the server: archived copy {problem}"
+            f"message {number} kept on the server: archived copy {problem}"
         )
         return False
+
+
+def _planned(message: Listed, sizes: dict[int, int]) -> PlannedMessage:
+    return PlannedMessage(
+        message.number,
+        message.uidl,
+        sizes.get(message.number, 0),
+        key=message.key,
+        candidates=message.candidates,
+    )
+
+
+def _verification(listed: Listed, view: ServerView, sizes: dict[int, int]) -> PlannedMessage:
+    """A content check of a message paired with its row by size and order only.
+
+    The paired row comes first among the candidates; the other archived rows
+    of its UIDL follow, so that a message that is another of them is known.
+    """
+    assert listed.row is not None  # noqa: S101 - only paired messages are uncertain
+    others = [
+        message.row
+        for message in view.messages
+        if message.uidl == listed.uidl and message.row is not None and message is not listed
+    ]
+    rows = tuple(row for row in (listed.row, *others) if row.state == "archived")
+    return PlannedMessage(
+        listed.number,
+        listed.uidl,
+        sizes.get(listed.number, 0),
+        key=listed.key,
+        candidates=rows,
+        verify=True,
+    )
+
+
+def _spare_occurrences(view: ServerView, rows: Mapping[str, Sequence[KnownRow]]) -> dict[str, int]:
+    """Per listed UIDL, the first occurrence that no row and no listed key uses."""
+    taken: dict[str, int] = {}
+    for message in view.messages:
+        known = (row.occurrence for row in rows.get(message.uidl, ()))
+        taken[message.uidl] = max(taken.get(message.uidl, 0), message.key.occurrence, *known)
+    return {uidl: highest + 1 for uidl, highest in taken.items()}
 
 
 def _never() -> bool:
@@ -489,31 +678,6 @@ def _never() -> bool:
 def _has_archived(ledger: Ledger, account: str) -> bool:
     messages, _ = ledger.archived_totals(account)
     return messages > 0
-
-
-def _index_listing(
-    listing: Sequence[tuple[int, str]], account: str
-) -> tuple[dict[str, int], set[str]]:
-    """Each UIDL's first message number, and the UIDLs listed more than once.
-
-    A UIDL listed twice is fetched once (the first message) and never deleted.
-    """
-    numbers: dict[str, int] = {}
-    repeated: set[str] = set()
-    for number, uidl in listing:
-        if uidl in numbers:
-            log.warning(
-                "account %r: the server lists UIDL %r twice (messages %d and %d); "
-                "archiving the first only and deleting neither",
-                account,
-                uidl,
-                numbers[uidl],
-                number,
-            )
-            repeated.add(uidl)
-            continue
-        numbers[uidl] = number
-    return numbers, repeated
 
 
 class IncompleteMessage(RemoteProtocolError):
@@ -537,28 +701,48 @@ class _CountingSink:
             self._last = chunk[-1:]
         return len(chunk)
 
+    @property
+    def as_crlf(self) -> int:
+        """The octets received, counting each line end as CRLF (as LIST does)."""
+        return self.octets + self.bare_lf
+
 
 class _Writable(Protocol):
     def write(self, chunk: bytes) -> None: ...
 
 
-def _check_complete(account: str, message: PlannedMessage, sink: _CountingSink) -> int:
-    """An empty or short RETR is a failure, never an archived message; returns the octets.
+def _check_sizes(
+    account: str, message: PlannedMessage, sink: _CountingSink, *, trust: bool
+) -> str | None:
+    """Refuse an empty or short RETR; return why to hold a long one, or None.
 
     Servers have been seen to hand out empty bodies for messages they had not
-    finished storing. LIST counts octets with CRLF line endings (RFC 1939
-    section 11); a server that sends bare LF line endings sends one octet less
-    per line, so those are counted back in. A server may add a final CRLF, so
-    only *fewer* octets than announced mean truncation.
+    finished storing: an empty body is never archived. LIST counts octets
+    with CRLF line endings (RFC 1939 section 11); a server that sends bare LF
+    line endings sends one octet less per line, so those are counted back in
+    before calling a body short. A body longer than LIST by more than a final
+    CRLF is archived but held: the server may have sent a stand-in (a server
+    offering UTF8, RFC 6856, serves clients that did not enable it a notice
+    instead of a message with UTF-8 headers). ``trust`` False: the sizes are
+    estimates, only emptiness counts.
     """
-    as_crlf = sink.octets + sink.bare_lf
-    if sink.octets == 0 or as_crlf < message.size:
+    if sink.octets == 0:
+        raise IncompleteMessage(
+            f"RETR {message.number} returned an empty message (LIST announced "
+            f"{message.size} octets): refusing to archive a truncated message",
+            account=account,
+        )
+    if not trust:
+        return None
+    if sink.as_crlf < message.size:
         raise IncompleteMessage(
             f"RETR {message.number} returned {sink.octets} octets but LIST announced "
             f"{message.size}: refusing to archive a truncated message",
             account=account,
         )
-    return sink.octets
+    if sink.octets > message.size + FINAL_CRLF_OCTETS:
+        return f"received {sink.octets} octets but the server's LIST said {message.size}"
+    return None
 
 
 def settle_pending(store: Store, ledger: Ledger, account: str, *, clock: Clock = utc_now) -> int:
@@ -577,11 +761,11 @@ def settle_pending(store: Store, ledger: Ledger, account: str, *, clock: Clock =
             # sync it before the ledger vouches for the file, since a DELE may
             # follow at once (found by tests/invariant, "linked" crash point).
             store.sync_published(pending.path)
-            ledger.mark_archived(account, pending.uidl, archived_at=clock())
+            ledger.mark_archived(account, pending.key, archived_at=clock())
             archived += 1
             log.info("account %r: recovered %s from an interrupted run", account, pending.path)
         else:
-            ledger.drop_pending(account, pending.uidl)
+            ledger.drop_pending(account, pending.key)
     return archived
 
 

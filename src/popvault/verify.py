@@ -13,6 +13,7 @@ from typing import Literal
 
 from popvault.config import Account, Config
 from popvault.errors import StoreError
+from popvault.held import describe as describe_hold
 from popvault.ledger import Ledger
 from popvault.store import Store, open_store
 
@@ -39,6 +40,10 @@ class AccountReport:
     checked: int = 0
     checked_bytes: int = 0
     problems: list[Problem] = field(default_factory=list)
+    # Archived messages whose server copies are held (`popvault held`): the file
+    # is what the server sent, which may not be the message it listed. Not a
+    # problem of the archive, so they do not fail verify, but they are named.
+    held: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -63,6 +68,7 @@ def verify_account(config: Config, account: Account, ledger: Ledger) -> AccountR
         Problem("unknown", path, "in the account's folder but not in the ledger")
         for path in _unknown(store, known)
     ]
+    report.held = [describe_hold(message) for message in ledger.held(account.name)]
     return report
 
 
@@ -105,4 +111,5 @@ def report_dict(report: AccountReport) -> dict[str, object]:
         "checked": report.checked,
         "checked_bytes": report.checked_bytes,
         "problems": [asdict(problem) for problem in report.problems],
+        "held": report.held,
     }

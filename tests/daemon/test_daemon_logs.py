@@ -48,7 +48,6 @@ def test_json_lines_carry_a_traceback_on_one_line():
 
 def test_a_run_line_names_counts_next_run_and_error_once():
     result = RunResult(account="a", started_at=T0, messages=3, octets=2048, on_server=7)
-    result.listed = True
     result.error = "account 'a': server said -ERR [AUTH] invalid login"
     result.exception = AuthError("invalid login", code="AUTH")
     line = RunLine("a", result, "failed", 1.25)

@@ -72,6 +72,12 @@ class WitnessServer(FakePop3Server):
         super().__init__(messages, **kwargs)
         self.witnesses: list[DeleWitness] = []
         self._watched: tuple[Workspace, str] | None = None
+        self.on_command("DELE", self._witness)
+
+    def clear_faults(self) -> None:
+        """Forget faults (see :meth:`FakePop3Server.clear_faults`), but keep witnessing."""
+        super().clear_faults()
+        self.on_command("DELE", self._witness)
 
     def start(self) -> WitnessServer:
         """Start serving (see :meth:`FakePop3Server.start`); typed for this class."""
@@ -85,30 +91,42 @@ class WitnessServer(FakePop3Server):
         """Check ``account``'s ledger and archive in ``ws`` at each DELE."""
         self._watched = (ws, account)
 
-    def _record(self, line: str) -> None:
-        super()._record(line)
-        verb, _, arg = line.partition(" ")
-        if verb.upper() != "DELE" or self._watched is None or not arg.strip().isdigit():
+    def _witness(self, _session: int, arg: str) -> None:
+        if self._watched is None or not arg.strip().isdigit():
             return
         mailbox = self.mailbox
         number = int(arg.strip())
         if not 1 <= number <= len(mailbox):
             return  # the server refuses it; nothing is deleted
-        uidl = mailbox[number - 1][0]
+        uidl, raw = mailbox[number - 1]
         ws, account = self._watched
-        self.witnesses.append(DeleWitness(uidl, durable_copy_problem(ws, account, uidl)))
+        self.witnesses.append(DeleWitness(uidl, durable_copy_problem(ws, account, uidl, raw)))
 
 
-def durable_copy_problem(ws: Workspace, account: str, uidl: str) -> str | None:
-    """Why the archived copy of ``uidl`` is not durable now, or None if it is."""
+def durable_copy_problem(
+    ws: Workspace, account: str, uidl: str, raw: bytes | None = None
+) -> str | None:
+    """Why no durable archived copy of the message ``raw`` under ``uidl`` exists, or None.
+
+    A UIDL may have several rows (a server listing two messages under one
+    UIDL): one of them must be archived, match its file, and — when ``raw``
+    is given — hold that very message (in either store's form).
+    """
     rows = ws.ledger_rows(
         "SELECT state, path, size, sha256 FROM messages WHERE account = ? AND uidl = ?",
         account,
         uidl,
     )
-    if len(rows) != 1:
-        return f"{len(rows)} ledger rows"
-    state, path, size, sha256 = rows[0]
+    if not rows:
+        return "0 ledger rows"
+    problems = [_row_problem(ws, row, raw) for row in rows]
+    if None in problems:
+        return None
+    return "; ".join(problem for problem in problems if problem)
+
+
+def _row_problem(ws: Workspace, row: tuple[Any, ...], raw: bytes | None) -> str | None:
+    state, path, size, sha256 = row
     if state != "archived":
         return f"ledger state {state!r}"
     file = ws.archive / path
@@ -117,6 +135,8 @@ def durable_copy_problem(ws: Workspace, account: str, uidl: str) -> str | None:
     data = file.read_bytes()
     if len(data) != size or hashlib.sha256(data).hexdigest() != sha256:
         return f"file {path} differs from its ledger row"
+    if raw is not None and data not in (maildir_form(wire_form(raw)), wire_form(raw)):
+        return f"file {path} holds another message"
     return None
 
 
@@ -172,7 +192,7 @@ def wait_until_idle(srv: FakePop3Server, timeout: float = 5.0) -> None:
     releases the lock would be refused with [IN-USE] (RFC 2449 section 8.1.1).
     """
     deadline = time.monotonic() + timeout
-    while srv._holder is not None:
+    while srv.holds_lock:
         if time.monotonic() > deadline:
             raise AssertionError("the fake server's maildrop is still locked")
         time.sleep(0.005)

@@ -20,11 +20,11 @@ from scripted_server import ScriptedServer, login_prelude, read_line
 from dovecot import TlsCerts
 from popvault.errors import (
     AuthError,
-    LoginRefused,
     ConnectError,
     InUseError,
     LocalProtocolError,
     LoginDelayError,
+    LoginRefused,
     Pop3Error,
     Pop3Timeout,
     ReadError,
@@ -569,6 +569,7 @@ def test_utf8_is_not_sent_to_a_server_that_does_not_offer_it(server: FakePop3Ser
 
 
 def test_a_refused_utf8_is_not_fatal(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="popvault.pop3")
     with FakePop3Server(capabilities=("USER", "UIDL", "UTF8 USER")) as srv:
         srv.fail_command("UTF8", "-ERR not today")
         client = plain_client(srv.host, srv.port)

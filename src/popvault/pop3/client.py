@@ -91,9 +91,7 @@ class SupportsWrite(Protocol[T_contra]):
         ...
 
 
-def error_for(
-    err: Err, *, secret: str | None = None, announces_codes: bool = False
-) -> ServerError:
+def error_for(err: Err, *, secret: str | None = None, announces_codes: bool = False) -> ServerError:
     """The :class:`ServerError` subclass for a ``-ERR`` event.
 
     A refused USER, PASS or APOP is about the credentials when the server
@@ -243,7 +241,9 @@ class Pop3Client:
         try:
             self._ok(Command("UTF8"))
         except ServerError as exc:
-            log.warning(
+            # info, not warning: it would repeat in every run; a message it alters
+            # is held, and that is said once, when it is archived.
+            log.info(
                 "%s: the server offers UTF8 but refused it (%s); messages with UTF-8 "
                 "headers may be served altered, and are then kept on the server",
                 self._where,
