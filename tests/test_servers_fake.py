@@ -372,3 +372,34 @@ def test_a_message_another_client_deletes_mid_run_loses_nothing(
     (gone,) = taken
     rest = [raw for raw in messages if raw != gone[1]]
     assert stored(ws) == sorted(maildir_form(wire_form(raw)) for raw in rest)
+
+
+def test_held_lists_json_and_releases_only_the_named_uidl(ws: Workspace) -> None:
+    def padded(served: Served) -> bytes:
+        return served.raw + b"X-Padding: " + b"p" * 40 + b"\r\n"  # every message too long
+
+    with FakePop3Server(
+        sample_messages(3), username="alice", password=PASSWORD, serve=padded
+    ) as srv:
+        configure(ws, srv, retention="delete")
+        first = run_at(ws)
+        assert first.ok, first.error
+        assert len(first.held) == 3
+        uidls = [uidl for uidl, _ in srv.mailbox]
+        assert len(uidls) == 3, "held: nothing deleted"
+
+        listed = ws.cli("held", "--json")
+        assert listed.code == 0, listed.output
+        (entry,) = json.loads(listed.out)
+        assert [m["uidl"] for m in entry["held"]] == uidls
+        assert all(m["received_size"] > m["server_size"] for m in entry["held"])
+
+        assert ws.cli("held", "--uidl", uidls[0]).code == 2, "--uidl goes with --release"
+        released = ws.cli("held", "--release", "--uidl", uidls[1])
+        assert released.code == 0, released.output
+        assert "released 1" in released.out
+        second = run_at(ws, T0 + timedelta(minutes=5))
+        assert second.ok, second.error
+        assert second.deleted == 1
+        assert [uidl for uidl, _ in srv.mailbox] == [uidls[0], uidls[2]]
+        assert json.loads(ws.cli("status", "--json").out)[0]["held_messages"] == 2

@@ -12,6 +12,7 @@ from popvault.daemon import backoff
 from popvault.daemon.backoff import (
     BUSY,
     CREDENTIALS,
+    UNSURE_LOGIN,
     LOCAL,
     LOCKED,
     NETWORK,
@@ -20,9 +21,11 @@ from popvault.daemon.backoff import (
     login_delay,
     plan_next,
     policy_for,
+    waits_for_login_fix,
 )
 from popvault.errors import (
     AuthError,
+    LoginRefused,
     ConfigError,
     ConnectError,
     DatabaseUnavailable,
@@ -46,6 +49,10 @@ HOUR = timedelta(hours=1)
     ("error", "policy"),
     [
         (AuthError("invalid login", code="AUTH"), CREDENTIALS),
+        # A plain -ERR from a server without response codes: just as slow, not as sure.
+        (AuthError("invalid login", certain=False), UNSURE_LOGIN),
+        # The server announced codes and did not say [AUTH]: the ordinary backoff.
+        (LoginRefused("message is damaged", command="PASS ***"), NETWORK),
         (InUseError("locked", code="IN-USE"), BUSY),
         (TemporaryError("later", code="SYS/TEMP"), BUSY),
         (LoginDelayError("too soon", code="LOGIN-DELAY"), BUSY),
@@ -155,3 +162,11 @@ def test_capabilities_are_read_per_rfc_2449():
     assert not expires_at_once({"EXPIRE": ["30"]})
     assert not expires_at_once({})
     assert backoff.HOUR == 3600
+
+
+def test_only_the_login_policies_wait_for_a_person():
+    assert waits_for_login_fix(CREDENTIALS.reason)
+    assert waits_for_login_fix(UNSURE_LOGIN.reason + "; the server's LOGIN-DELAY")
+    assert not waits_for_login_fix(NETWORK.reason)
+    assert not waits_for_login_fix(None)
+    assert UNSURE_LOGIN.delay(1) == CREDENTIALS.delay(1)

@@ -15,9 +15,10 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from popvault import config as config_module
-from popvault.daemon.backoff import policy_for
+from popvault.daemon.backoff import NETWORK, policy_for
 from popvault.daemon.core import ArchiveDaemon
 from popvault.daemon.metrics import Metrics, MetricsServer
+from popvault.errors import LoginRefused
 from popvault.ledger import Ledger
 from popvault.sync import utc_now
 from popvault.testing import FakePop3Server, sample_messages
@@ -109,6 +110,24 @@ def test_a_refused_password_backs_off_while_another_account_is_archived(ws, serv
     assert "will not log in to this account again for 30m" in refused[-1]
     assert PASSWORD not in caplog.text
     assert "not-this" not in caplog.text
+
+
+def test_a_login_refused_for_a_damaged_mailbox_is_retried_soon_and_not_blamed_on_the_password(
+    ws, server, caplog
+):
+    # The fake server announces RESP-CODES and AUTH-RESP-CODE; without [AUTH] the
+    # refusal is the server's trouble (RFC 3206 section 6), not a wrong password.
+    caplog.set_level(logging.INFO, logger="popvault.daemon")
+    server.fail_command("PASS", "-ERR message is damaged", times=1)
+    ws.write_config([account("acct", server, every="1h")])
+    with Running(ws, backoff=fast):
+        wait_for(lambda: len(ws.archived_files("acct")) == 3, what="archiving after the refusal")
+    outcomes = run_rows(ws, "acct")
+    assert [outcome for outcome, _ in outcomes] == ["failed", "ok"]
+    assert "'-ERR message is damaged'" in (outcomes[0][1] or "")
+    assert "refused the credentials" not in caplog.text
+    assert "Fix the password" not in caplog.text
+    assert policy_for(LoginRefused("message is damaged")).reason == NETWORK.reason
 
 
 def test_in_use_is_retried(ws, server):
