@@ -267,6 +267,35 @@ class DovecotMailbox:
                 path.unlink()
 
 
+class DovecotMboxMailbox:
+    """A Dovecot user whose INBOX is an mbox file and whose UIDLs are ``%m``.
+
+    ``pop3_uidl_format = %m`` is the MD5 of the message's headers (mbox
+    only), so two messages with the same headers get the same UIDL: Dovecot's
+    default ``pop3_uidl_duplicates = allow`` lists both under it, as
+    content-derived UIDL schemes do on other servers.
+    """
+
+    def __init__(self, username: str, password: str, mbox: Path, uid: int, gid: int) -> None:
+        self.username = username
+        self.password = password
+        self.mbox = mbox
+        self._uid, self._gid = uid, gid
+
+    def deliver(self, raw: bytes) -> None:
+        """Append one message (CRLF stored as LF, after a ``From`` separator line).
+
+        No line of ``raw`` may start with ``From `` (mboxo quoting is left
+        out on purpose: the tests compare with what Dovecot serves).
+        """
+        body = raw.replace(b"\r\n", b"\n")
+        if not body.endswith(b"\n"):
+            body += b"\n"
+        with self.mbox.open("ab") as stream:
+            stream.write(b"From sender@example.org Mon Jan  5 10:00:00 2026\n" + body + b"\n")
+        os.chown(self.mbox, self._uid, self._gid)
+
+
 class DovecotServer:
     """A private Dovecot POP3 server: plain with STLS on ``port``, implicit TLS on ``tls_port``."""
 
@@ -342,13 +371,34 @@ class DovecotServer:
             raise ValueError(f"user {name!r} exists already")
         maildir = self._make_maildir(self.root / "home" / name)
         line = f"{name}:{{PLAIN}}{password}:{self._uid}:{self._gid}::{maildir.parent}::\n"
+        self._write_user(name, line)
+        return DovecotMailbox(name, password, maildir, self._uid, self._gid)
+
+    def add_mbox_user(self, password: str = DEFAULT_PASSWORD) -> DovecotMboxMailbox:
+        """A new user with an empty mbox INBOX and header-MD5 UIDLs (see DovecotMboxMailbox)."""
+        name = f"mbox{next(self._serial)}-{secrets.token_hex(3)}"
+        home = self.root / "home" / name
+        (home / "mail").mkdir(parents=True)
+        mbox = home / "mbox"
+        mbox.touch()
+        for path in (home, home / "mail", mbox):
+            os.chown(path, self._uid, self._gid)
+            path.chmod(0o700 if path.is_dir() else 0o600)
+        # userdb extra fields override settings per user; "%%" because Dovecot
+        # expands variables in them, and the setting itself must keep "%m".
+        extra = "userdb_mail=mbox:~/mail:INBOX=~/mbox userdb_pop3_uidl_format=%%m"
+        line = f"{name}:{{PLAIN}}{password}:{self._uid}:{self._gid}::{home}::{extra}\n"
+        self._write_user(name, line)
+        return DovecotMboxMailbox(name, password, mbox, self._uid, self._gid)
+
+    def _write_user(self, name: str, line: str) -> None:
         # Written to the side and renamed, so the auth process never sees half
         # a line; readable by it (it runs as the dovecot user).
+        entry = self.root / "users" / name
         side = entry.with_suffix(".new")
         side.write_text(line)
         side.chmod(0o644)
         side.replace(entry)
-        return DovecotMailbox(name, password, maildir, self._uid, self._gid)
 
     def _make_maildir(self, home: Path) -> Path:
         maildir = home / "Maildir"

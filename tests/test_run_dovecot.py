@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import poplib
 from pathlib import Path
 from typing import Any
 
@@ -160,3 +161,52 @@ def test_apop_login_when_asked_for(
     assert dovecot_mailbox.password not in result.output
     assert "APOP" in caplog.text, "the debug log shows the (redacted) commands"
     assert dovecot_mailbox.password not in caplog.text
+
+
+def served(dovecot, mailbox) -> list[tuple[str, bytes]]:
+    """(UIDL, message) as Dovecot serves them now, via poplib (an independent client)."""
+    client = poplib.POP3(dovecot.host, dovecot.port, timeout=10)
+    try:
+        client.user(mailbox.username)
+        client.pass_(mailbox.password)
+        uidls = [line.split()[1].decode() for line in client.uidl()[1]]
+        bodies = [b"\r\n".join(client.retr(n)[1]) + b"\r\n" for n in range(1, len(uidls) + 1)]
+    finally:
+        client.quit()
+    return list(zip(uidls, bodies, strict=True))
+
+
+def test_dovecot_header_md5_uidls_repeat_and_each_message_is_still_archived_once(
+    dovecot, ws: Workspace, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Dovecot with mbox and pop3_uidl_format = %m gives two messages one UIDL."""
+    mailbox = dovecot.add_mbox_user()
+    twin = b"From: twin@example.org\r\nSubject: twice\r\nMessage-ID: <twin@x>\r\n\r\nsame\r\n"
+    raws = [twin, *sample_messages(2, seed=8), twin]
+    for raw in raws:
+        mailbox.deliver(raw)
+    before = served(dovecot, mailbox)
+    uidls = [uidl for uidl, _ in before]
+    assert uidls[0] == uidls[3], "Dovecot lists both twins under one UIDL"
+    monkeypatch.setenv("PW_MBOX", mailbox.password)
+    entry = account(dovecot, mailbox, "mbox", retention="keep")
+    ws.write_config([entry])
+    caplog.set_level(logging.WARNING)
+    first = ws.cli("run")
+    assert first.code == 0, first.output
+    assert sorted(p.read_bytes() for p in ws.archived_files("mbox")) == sorted(
+        maildir_form(body) for _, body in before
+    )
+    caplog.clear()
+    second = ws.cli("run")
+    assert second.code == 0, second.output
+    assert "0 new message" in second.out
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+    ws.write_config([{**entry, "retention": "delete"}])
+    third = ws.cli("run")
+    assert third.code == 0, third.output
+    assert f"{len(raws)} deleted from server" in third.out
+    assert served(dovecot, mailbox) == []
+    assert len(ws.archived_files("mbox")) == len(raws), "nothing archived twice"
+    assert ws.cli("verify").code == 0
