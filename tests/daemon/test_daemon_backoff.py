@@ -12,10 +12,10 @@ from popvault.daemon import backoff
 from popvault.daemon.backoff import (
     BUSY,
     CREDENTIALS,
-    UNSURE_LOGIN,
     LOCAL,
     LOCKED,
     NETWORK,
+    UNSURE_LOGIN,
     Policy,
     expires_at_once,
     login_delay,
@@ -25,12 +25,12 @@ from popvault.daemon.backoff import (
 )
 from popvault.errors import (
     AuthError,
-    LoginRefused,
     ConfigError,
     ConnectError,
     DatabaseUnavailable,
     InUseError,
     LoginDelayError,
+    LoginRefused,
     Pop3Timeout,
     RemoteProtocolError,
     SecurityPolicyError,
