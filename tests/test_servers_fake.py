@@ -420,3 +420,39 @@ def test_held_lists_json_and_releases_only_the_named_uidl(ws: Workspace) -> None
         assert second.deleted == 1
         assert [uidl for uidl, _ in srv.mailbox] == [uidls[0], uidls[2]]
         assert json.loads(ws.cli("status", "--json").out)[0]["held_messages"] == 2
+
+
+def test_a_size_that_changed_since_archiving_holds_the_copy_once_until_released(
+    ws: Workspace, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Estimated sizes, paired by order (trust_list_sizes = false), that then change.
+    estimate = {"extra": 0}
+
+    def drifting(raw: bytes) -> int:
+        return len(raw) + estimate["extra"]
+
+    with FakePop3Server(
+        sample_messages(2), username="alice", password=PASSWORD, list_size=drifting
+    ) as srv:
+        configure(ws, srv, retention="1d", trust_list_sizes=False)
+        assert run_at(ws).messages == 2
+        estimate["extra"] = 100
+        caplog.set_level(logging.WARNING)
+        later = run_at(ws, T0 + timedelta(days=2))
+        assert later.ok, later.error
+        assert later.deleted == 0
+        assert len([r for r in caplog.records if "held until" in r.getMessage()]) == 2
+        caplog.clear()
+        again = run_at(ws, T0 + timedelta(days=3))
+        assert again.ok, again.error
+        assert again.deleted == 0
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+        now = datetime.now(UTC)
+        assert run_at(ws, now).deleted == 0
+        status = json.loads(ws.cli("status", "--json").out)[0]
+        assert (status["held_messages"], status["due_for_deletion"]) == (2, 0)
+        assert ws.cli("held", "--release").code == 0
+        released = run_at(ws, now + timedelta(minutes=1))
+        assert released.ok, released.error
+        assert released.deleted == 2
+        assert srv.mailbox == []

@@ -537,22 +537,31 @@ class _AccountRun:
         """Guard against servers that reuse or repeat UIDLs (RFC 1939 section 7 forbids both).
 
         Under a shared UIDL, only a message whose content this session saw to
-        be the archived one may go; and a message whose size on the server
-        is not the size it had when archived may be a message never stored.
+        be the archived one may go. A message whose size on the server is not
+        the size it had when archived may be a message never stored: it is
+        held (said once, shown by status, never due again) until released.
         """
         number = self.numbers[message.key]
         listed = self.view.by_number.get(number)
         if listed is not None and not listed.certain and number not in self.verified:
-            reason = "its UIDL is shared and its content could not be checked in this session"
-        elif message.server_size is not None and self.sizes.get(number) != message.server_size:
-            reason = (
-                f"its size on the server ({self.sizes.get(number)}) differs from the size "
-                f"when it was archived ({message.server_size})"
+            log.warning(
+                "account %r: not deleting message %d from the server: its UIDL is shared and "
+                "its content could not be checked in this session",
+                self.account.name,
+                number,
             )
-        else:
+            return False
+        size = self.sizes.get(number)
+        if message.server_size is None or size == message.server_size:
             return True
+        reason = (
+            f"its size on the server ({size}) differs from its size when it was archived "
+            f"({message.server_size})"
+        )
+        self.ledger.hold(self.account.name, message.key, reason=reason, at=self.clock())
         log.warning(
-            "account %r: not deleting message %d from the server: %s",
+            "account %r: not deleting message %d from the server: %s; held until "
+            "`popvault held --release`",
             self.account.name,
             number,
             reason,

@@ -116,6 +116,19 @@ def test_release_holds_by_key(ledger: Ledger) -> None:
     assert len(ledger.held("bob")) == 1
 
 
+def test_release_forgets_the_list_size_of_released_rows_only(ledger: Ledger) -> None:
+    for key in ("held", "kept"):
+        archive(ledger, key)
+    ledger.hold("alice", "held", reason="size changed", at=HELD_AT)
+    before = by_key(ledger, "server_size")
+    assert before[("held", 1)] is not None
+    assert ledger.release_holds("alice", ["held"]) == 1
+    after = by_key(ledger, "server_size")
+    # The user vouched for it: a later size the server reports differently is no reason.
+    assert after[("held", 1)] is None
+    assert after[("kept", 1)] == before[("kept", 1)]
+
+
 def test_release_every_hold_of_an_account(ledger: Ledger) -> None:
     for key in ("a", "b", "gone"):
         archive(ledger, key)

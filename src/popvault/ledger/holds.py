@@ -58,12 +58,15 @@ class HoldsMixin(LedgerCore):
         """Release the holds of ``keys`` (None: every hold of the account).
 
         Retention may then delete those server copies again. Returns how
-        many holds were released; keys without a hold are skipped.
+        many holds were released; keys without a hold are skipped. The LIST
+        size recorded when the message was archived is forgotten too: the
+        user vouched for the archived copy, so a size the server reports
+        differently (the cause of many holds) no longer holds it back.
         """
         statement = (
             update(Message)
             .where(Message.account == account, Message.hold_reason.is_not(None))
-            .values(hold_reason=None, held_at=None)
+            .values(hold_reason=None, held_at=None, server_size=None)
         )
         with self._writing() as connection:
             if keys is not None:
