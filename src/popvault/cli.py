@@ -8,7 +8,10 @@ inside the command functions so that ``popvault --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -26,6 +29,10 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+# Standard output closed early (`popvault run --dry-run | head`): the status a shell
+# reports for a process killed by SIGPIPE, as `yes | head` gives it, so that
+# `set -o pipefail` scripts see what they already handle, and never "an account failed".
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 
 log = logging.getLogger("popvault")
 
@@ -163,6 +170,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         status: int = args.func(args)
+        # Flushed here, not at exit: a reader that went away must be noticed inside the try.
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except ConfigError as exc:
         print(f"popvault: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -176,6 +188,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("popvault: interrupted", file=sys.stderr)
         return 130
     return status
+
+
+def _silence_stdout() -> None:
+    """Point standard output at /dev/null, so that the flush at exit cannot fail again.
+
+    Python's documented recipe for SIGPIPE (the ``signal`` module's notes): the
+    reader is gone, whatever is still buffered has nowhere to go.
+    """
+    # OSError/ValueError: stdout is no real file (redirected in-process, or closed).
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def _setup_logging(level: str) -> None:
