@@ -19,31 +19,16 @@ from typing import Any
 
 import pytest
 
+from corpus import corpus
 from popvault import config as config_module
 from popvault.ledger import Ledger
 from popvault.sync import RunResult, sync_account
-from popvault.testing import FakePop3Server, sample_messages
+from popvault.testing import FakePop3Server
 from popvault.testing.profiles import PROFILES, ServerProfile
 from workspace import Workspace, fake_account, maildir_form, wire_form
 
 PASSWORD = "profiles-Secret-31"
 T0 = datetime(2026, 4, 1, 8, 0, tzinfo=UTC)
-
-
-def corpus() -> list[bytes]:
-    """Awkward messages, as a server stores them (CRLF line ends)."""
-    twin = b"From: twin@example.org\r\nSubject: twice\r\nMessage-ID: <t@x>\r\n\r\nsame\r\n"
-    return [
-        *sample_messages(3, seed=2),
-        "From: Jörg <j@example.org>\r\nSubject: Grüße\r\n\r\nÄpfel.\r\n".encode(),
-        b"From: a@example.org\r\nSubject: no final newline\r\n\r\nlast line, no end",
-        b"From: a@example.org\r\nSubject: bare CR\r\n\r\none\rline\r\n",
-        b"From: a@example.org\r\nSubject: long line\r\n\r\n" + b"x" * 5000 + b"\r\n",
-        b"From: a@example.org\r\nSubject: many lines\r\n\r\n"
-        + b"".join(b"line %d\r\n" % i for i in range(20_000)),
-        twin,
-        twin,
-    ]
 
 
 def stored_form(raw: bytes) -> bytes:
