@@ -81,3 +81,49 @@ def test_a_pipe_to_head_reads_the_first_line(ws: Workspace, server: FakePop3Serv
     assert "Traceback" not in done.stderr
     assert done.stderr == ""
     assert done.stdout.rstrip().rsplit("status=", 1)[1] in ("0", "141")
+
+
+# -- a password that cannot be read is a configuration error: exit 2 ---------------------
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        ({"password_env": "POPVAULT_TEST_UNSET_PASSWORD"}, "password_env", "is not set"),
+        ({"password_file": "no-such-secret"}, "password_file", "No such file"),
+        ({"password_command": "no-such-password-tool --get"}, "password_command", "status 127"),
+    ],
+    ids=["env", "file", "command"],
+)
+def test_a_password_that_cannot_be_read_exits_2_naming_file_account_and_key(
+    ws: Workspace,
+    server: FakePop3Server,
+    monkeypatch: pytest.MonkeyPatch,
+    case: tuple[dict[str, str], str, str],
+) -> None:
+    source, key, detail = case
+    monkeypatch.delenv("POPVAULT_TEST_UNSET_PASSWORD", raising=False)
+    broken = account(server, "broken", path="broken", **{"password_file": None, **source})
+    ws.write_config([broken, account(server, "good")])
+    result = ws.cli("run")
+    assert result.code == 2, result.output
+    [line] = [line for line in result.out.splitlines() if line.startswith("broken:")]
+    assert "configuration error" in line
+    assert str(ws.config) in line
+    assert "account 'broken'" in line
+    assert f"key {key!r}" in line
+    assert detail in line
+    # The other accounts still ran.
+    assert len(ws.archived_files("good")) == len(server.mailbox)
+    assert dict(ws.ledger_rows("SELECT account, outcome FROM runs")) == {
+        "broken": "failed",
+        "good": "ok",
+    }
+
+
+def test_a_failed_account_without_a_config_problem_still_exits_1(
+    ws: Workspace, server: FakePop3Server
+) -> None:
+    ws.write_secret("wrong-password", "wrong")
+    ws.write_config([account(server, "bad", password_file="wrong", path="bad")])
+    assert ws.cli("run").code == 1

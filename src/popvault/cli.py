@@ -257,14 +257,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     if progress is not None:
         progress.close()
     _print_summary(results, dry_run=args.dry_run)
+    return _run_status(results)
+
+
+def _run_status(results: Sequence[RunResult]) -> int:
+    """2 when an account's configuration failed it (a password that cannot be read: the
+    other accounts still ran), else 1 when any account failed, else 0."""
+    from popvault.errors import ConfigError
+
+    if any(isinstance(result.exception, ConfigError) for result in results):
+        return EXIT_USAGE
     return EXIT_OK if all(result.ok for result in results) else EXIT_FAILED
 
 
 def _print_summary(results: Sequence[RunResult], *, dry_run: bool) -> None:
+    from popvault.errors import ConfigError
     from popvault.sync import MAX_ATTEMPTS
 
     for result in results:
-        if dry_run:
+        if isinstance(result.exception, ConfigError):
+            # Nothing was fetched: the run stopped before connecting; say what to fix.
+            print(f"{result.account}: FAILED: configuration error: {result.error}")
+        elif dry_run:
             _print_dry_run(result)
         elif result.ok:
             print(f"{result.account}: ok, {_counts(result)}")

@@ -7,7 +7,7 @@ they arise, into one of these; callers never see the foreign type.
 ::
 
     PopvaultError
-     +-- ConfigError(file, account, key)              exit status 2
+     +-- ConfigError(file, account, key, variable)    exit status 2
      +-- Pop3Error(account)
      |    +-- TransportError
      |    |    +-- ConnectError
@@ -45,7 +45,9 @@ class ConfigError(PopvaultError):
     """The configuration is unreadable or invalid.
 
     ``file``, ``account`` and ``key`` say where, as far as they are known, so
-    that the message points the user at the line to fix.
+    that the message points the user at the line to fix. ``variable`` names
+    the ``POPVAULT_*`` environment variable a bad value came from instead:
+    then the file is not to blame.
     """
 
     def __init__(
@@ -55,15 +57,19 @@ class ConfigError(PopvaultError):
         file: str | None = None,
         account: str | None = None,
         key: str | None = None,
+        variable: str | None = None,
     ) -> None:
         self.message = message
         self.file = file
         self.account = account
         self.key = key
+        self.variable = variable
         super().__init__(self._render())
 
     def _render(self) -> str:
         where = []
+        if self.variable is not None:
+            where.append(f"environment variable {self.variable}")
         if self.file is not None:
             where.append(str(self.file))
         if self.account is not None:

@@ -82,7 +82,8 @@ def test_environment_can_supply_a_whole_default(write_config):
 def test_unknown_nested_environment_key_is_an_error(write_config):
     with pytest.raises(ConfigError) as info:
         load(write_config(FILE), environ={"POPVAULT_LEDGER__URI": "x"})
-    assert info.value.key == "ledger.uri"
+    assert info.value.variable == "POPVAULT_LEDGER__URI"
+    assert "did you mean POPVAULT_LEDGER__URL?" in str(info.value)
 
 
 def test_os_environ_is_the_default(write_config, monkeypatch):

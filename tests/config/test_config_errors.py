@@ -263,9 +263,15 @@ def test_plain_without_allow_plaintext_is_refused_at_load(write_config):
     assert "allow_plaintext = true" in error.message
 
 
-def test_bad_environment_value_is_reported_like_a_file_value(write_config):
+def test_bad_environment_value_names_the_variable_not_the_file(write_config):
     error = load_error(write_config(ACCOUNT), {"POPVAULT_DEFAULTS__TIMEOUT": "sixty"})
-    assert (error.account, error.key) == ("[defaults]", "timeout")
+    assert (error.variable, error.file, error.account, error.key) == (
+        "POPVAULT_DEFAULTS__TIMEOUT",
+        None,
+        None,
+        None,
+    )
+    assert "invalid duration 'sixty'" in error.message
 
 
 def test_unparsable_environment_json(write_config):

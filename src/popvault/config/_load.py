@@ -11,6 +11,7 @@ from typing import Any, Final
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_settings import SettingsError
 
+from popvault.config._environment import warn_about_unknown
 from popvault.config._messages import translate
 from popvault.config._model import (
     DEFAULT_PORTS,
@@ -74,6 +75,7 @@ def load(
     file = given.absolute().parent.resolve() / given.name
     _check_is_file(file)
     context = LoadContext(file=file, environ=env)
+    warn_about_unknown(env)
     settings = _read_settings(context, overrides or {})
     config = _build(settings, file)
     _warn_about_inline_passwords(context)

@@ -8,6 +8,7 @@ from typing import Any, Final
 
 from pydantic import ValidationError as PydanticValidationError
 
+from popvault.config._environment import closest_variable, variable_for
 from popvault.config._schema import (
     AccountEntry,
     AccountKeys,
@@ -30,16 +31,46 @@ _SECTION_KEYS: Final[Mapping[str, tuple[str, ...]]] = {
 
 
 def translate(exc: PydanticValidationError, context: LoadContext) -> ConfigError:
-    """The first problem as the error; any others appended, one a line."""
-    problems = [_locate(error, context.toml_data) for error in exc.errors(include_url=False)]
-    account, key, message = problems[0]
+    """The first problem as the error; any others appended, one a line.
+
+    A value that came from a ``POPVAULT_*`` variable is blamed on the
+    variable, not on the file (the environment beats the file).
+    """
+    problems = [_problem(error, context) for error in exc.errors(include_url=False)]
+    variable, account, key, message = problems[0]
     for other in problems[1:]:
         message += f"\n  also {_where(*other)}"
-    return ConfigError(message, file=str(context.file), account=account, key=key)
+    file = None if variable else str(context.file)
+    return ConfigError(message, file=file, account=account, key=key, variable=variable)
 
 
-def _where(account: str | None, key: str | None, message: str) -> str:
-    parts = [f"account {account!r}" if account else "", f"key {key!r}" if key else ""]
+def _problem(error: Any, context: LoadContext) -> tuple[str | None, str | None, str | None, str]:
+    """(variable, account, key, message): where one problem is, and what it is."""
+    variable = variable_for(tuple(error["loc"]), context.environ)
+    if variable is None:
+        return (None, *_locate(error, context.toml_data))
+    return variable, None, None, _describe_variable(error, variable)
+
+
+def _describe_variable(error: Any, variable: str) -> str:
+    if error["type"] == "extra_forbidden":
+        close = closest_variable(variable)
+        hint = f"did you mean {close}?" if close else "see the README's Configuration section"
+        return f"matches no setting ({hint})"
+    if str(error["loc"][0]) == "accounts" and error["type"] in ("tuple_type", "list_type"):
+        return (
+            "accounts cannot be set key by key from the environment; POPVAULT_ACCOUNTS "
+            "takes a JSON array of account tables"
+        )
+    return _describe(error, ())
+
+
+def _where(variable: str | None, account: str | None, key: str | None, message: str) -> str:
+    parts = [
+        f"environment variable {variable}" if variable else "",
+        f"account {account!r}" if account else "",
+        f"key {key!r}" if key else "",
+    ]
     return f"{', '.join(part for part in parts if part)}: {message}"
 
 
