@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from hypothesis import given
 from hypothesis import strategies as st
 
-from popvault.identity import identify, row_key
+from popvault.identity import StatusBlindDigest, identify, row_key
 from popvault.ledger import KnownRow, MessageKey
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -87,14 +87,25 @@ def test_after_one_of_two_was_deleted_the_other_is_still_paired() -> None:
     assert message.row.occurrence == 2
 
 
-def test_a_size_that_matches_no_row_makes_the_leftover_rows_candidates() -> None:
+def test_a_lone_uidl_keeps_its_row_when_its_size_changed_but_is_no_longer_certain() -> None:
+    # RFC 1939 section 7: the UIDL is the identity; servers rewrite status fields.
     view = identify([(1, "a")], {1: 123}, rows_of(row("a", server_size=100)))
     (message,) = view.messages
+    assert message.key == MessageKey("a", 1)
+    assert message.row == row("a", server_size=100)
+    assert not message.certain
+    assert message.candidates == ()
+
+
+def test_under_a_shared_uidl_a_size_that_matches_no_row_makes_leftovers_candidates() -> None:
+    rows = rows_of(row("a", 1, server_size=100), row("a", 2, server_size=200))
+    view = identify([(1, "a")], {1: 123}, rows)
+    (message,) = view.messages
     assert message.row is None
-    assert message.key == MessageKey("a", 2)
-    assert [c.occurrence for c in message.candidates] == [1]
-    # The candidate is counted as possibly still on the server (not marked gone yet).
-    assert MessageKey("a", 1) in view.keys_on_server
+    assert message.key == MessageKey("a", 3)
+    assert [c.occurrence for c in message.candidates] == [1, 2]
+    # The candidates count as possibly still on the server (not marked gone yet).
+    assert {MessageKey("a", 1), MessageKey("a", 2)} <= set(view.keys_on_server)
 
 
 def test_untrusted_sizes_pair_by_order() -> None:
@@ -154,8 +165,52 @@ def test_every_listed_message_gets_its_own_key_and_no_row_is_claimed_twice(
             assert message.key not in existing
         else:
             assert not message.row.deleted
-            assert message.row.server_size == sizes[message.number]
             assert row_key(message.row) == message.key
+            if message.row.server_size != sizes[message.number]:
+                # Only a lone UIDL keeps its row through a size change, and is then
+                # checked by content before any DELE.
+                assert message.uidl not in view.shared
+                assert not message.certain
         if message.uidl in view.shared and message.row is not None:
             # A pairing under a shared UIDL is checked by content before any DELE.
             assert not message.certain
+
+
+# -- StatusBlindDigest -------------------------------------------------------------------
+
+MESSAGE = b"From: a@example.org\r\nSubject: hello\r\n\r\nbody line\r\n.\r\nlast\r\n"
+REWRITTEN = (
+    b"From: a@example.org\nX-UIDL: abc\nStatus: OR\nX-Keywords: $Seen\n  folded more\n"
+    b"Subject: hello\nX-UID: 7\n\nbody line\n.\nlast\n"
+)
+
+
+def blind(*chunks: bytes) -> str:
+    digest = StatusBlindDigest()
+    for chunk in chunks:
+        digest.write(chunk)
+    return digest.hexdigest()
+
+
+def test_status_fields_and_line_ends_do_not_change_the_digest() -> None:
+    assert blind(MESSAGE) == blind(REWRITTEN)
+
+
+def test_the_body_and_other_fields_do_change_it() -> None:
+    assert blind(MESSAGE) != blind(MESSAGE.replace(b"last", b"LAST"))
+    assert blind(MESSAGE) != blind(MESSAGE.replace(b"hello", b"hullo"))
+    # A status field name inside the body is body text, not a field.
+    assert blind(MESSAGE + b"Status: RO\r\n") != blind(MESSAGE)
+
+
+def test_a_message_without_body_or_without_header() -> None:
+    assert blind(b"Subject: x\r\nStatus: O\r\n") == blind(b"Subject: x\n")
+    assert blind(b"\r\nonly a body\r\n") == blind(b"\nonly a body\n")
+
+
+@given(st.data())
+def test_any_chunking_gives_the_same_digest(data: st.DataObject) -> None:
+    message = data.draw(st.sampled_from([MESSAGE, REWRITTEN, b"a\r\r\n\r\nb\r"]))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(message)), max_size=8)))
+    pieces = [message[a:b] for a, b in zip([0, *cuts], [*cuts, len(message)], strict=True)]
+    assert blind(*pieces) == blind(message)

@@ -422,10 +422,10 @@ def test_held_lists_json_and_releases_only_the_named_uidl(ws: Workspace) -> None
         assert json.loads(ws.cli("status", "--json").out)[0]["held_messages"] == 2
 
 
-def test_a_size_that_changed_since_archiving_holds_the_copy_once_until_released(
+def test_a_size_that_changed_since_archiving_is_checked_by_content_before_dele(
     ws: Workspace, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # Estimated sizes, paired by order (trust_list_sizes = false), that then change.
+    # LIST sizes that drift between sessions while the messages stay the same.
     estimate = {"extra": 0}
 
     def drifting(raw: bytes) -> int:
@@ -440,19 +440,40 @@ def test_a_size_that_changed_since_archiving_holds_the_copy_once_until_released(
         caplog.set_level(logging.WARNING)
         later = run_at(ws, T0 + timedelta(days=2))
         assert later.ok, later.error
-        assert later.deleted == 0
-        assert len([r for r in caplog.records if "held until" in r.getMessage()]) == 2
-        caplog.clear()
-        again = run_at(ws, T0 + timedelta(days=3))
-        assert again.ok, again.error
-        assert again.deleted == 0
-        assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
-        now = datetime.now(UTC)
-        assert run_at(ws, now).deleted == 0
-        status = json.loads(ws.cli("status", "--json").out)[0]
-        assert (status["held_messages"], status["due_for_deletion"]) == (2, 0)
-        assert ws.cli("held", "--release").code == 0
-        released = run_at(ws, now + timedelta(minutes=1))
-        assert released.ok, released.error
-        assert released.deleted == 2
+        assert later.messages == 0, "the same messages: nothing archived twice"
+        assert later.deleted == 2
         assert srv.mailbox == []
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+        retrs = [c for c in srv.commands if c.startswith("RETR")]
+        assert len(retrs) == 2 + 2, "each copy fetched once more, to compare its content"
+
+
+def test_a_message_that_changed_under_its_uidl_is_archived_again_and_not_lost(
+    ws: Workspace,
+) -> None:
+    original, replacement = sample_messages(2, seed=31)
+    changed = {"on": False}
+
+    def serve(served: Served) -> bytes:
+        return replacement if changed["on"] else served.raw
+
+    with FakePop3Server(
+        [original],
+        uidls=["kept"],
+        username="alice",
+        password=PASSWORD,
+        serve=serve,
+        list_size=lambda raw: len(replacement if changed["on"] else raw),
+    ) as srv:
+        configure(ws, srv, retention="1d")
+        assert run_at(ws).messages == 1
+        changed["on"] = True  # the server now has another message under the same UIDL
+        later = run_at(ws, T0 + timedelta(days=2))
+        assert later.ok, later.error
+        assert later.messages == 1, "the new content is archived"
+        assert later.deleted == 0, "not deleted in the session that found it"
+        last = run_at(ws, T0 + timedelta(days=4))
+        assert last.ok, last.error
+        assert last.deleted == 1
+        assert srv.mailbox == []
+    assert stored(ws) == sorted(maildir_form(wire_form(r)) for r in (original, replacement))
