@@ -165,6 +165,9 @@ def _selected_accounts(cfg: Config, args: argparse.Namespace) -> list[Account]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``popvault`` console script."""
     args = build_parser().parse_args(argv)
+    from popvault.redaction import install_log_redaction, redact
+
+    install_log_redaction()
     _setup_logging(getattr(args, "log_level", "warning"))
     from popvault.errors import ConfigError, LedgerError, PopvaultError
 
@@ -176,13 +179,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         _silence_stdout()
         return EXIT_BROKEN_PIPE
     except ConfigError as exc:
-        print(f"popvault: configuration error: {exc}", file=sys.stderr)
+        print(f"popvault: configuration error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except LedgerError as exc:
-        print(f"popvault: ledger error: {exc}", file=sys.stderr)
+        print(f"popvault: ledger error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
     except PopvaultError as exc:
-        print(f"popvault: {exc}", file=sys.stderr)
+        print(f"popvault: {redact(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("popvault: interrupted", file=sys.stderr)

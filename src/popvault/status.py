@@ -18,6 +18,7 @@ from popvault.config import Account, Config
 from popvault.held import describe as describe_hold
 from popvault.humanize import human_size
 from popvault.ledger import AccountStatus, Ledger, ScheduleEntry
+from popvault.redaction import redact
 from popvault.retention import describe, due_cutoff, next_due
 
 
@@ -138,7 +139,9 @@ def _row(name: str, status: AccountStatus | None) -> StatusRow:
         archived_bytes=status.archived_bytes,
         last_run_at=status.last_run_at,
         last_outcome=status.last_outcome,
-        last_error=status.last_error,
+        # Redacted when the run was recorded; again here for rows an older
+        # popvault wrote raw (server text with escape sequences, an echoed secret).
+        last_error=None if status.last_error is None else redact(status.last_error),
         last_success_at=status.last_success_at,
         retention=None,
         on_server=status.on_server,

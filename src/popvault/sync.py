@@ -51,9 +51,10 @@ from popvault.errors import (
     ServerError,
     StoreError,
 )
-from popvault.identity import Listed, ServerView, identify
+from popvault.identity import Listed, ServerView, StatusBlindDigest, identify
 from popvault.ledger import KnownRow, Ledger, MessageKey, RetainedMessage
 from popvault.pop3.client import Pop3Client
+from popvault.redaction import install_log_redaction, redact
 from popvault.retention import is_due
 from popvault.store import SealedMessage, Store, Writer, open_store
 
@@ -69,6 +70,9 @@ FINAL_CRLF_OCTETS = 2
 # Held messages warned about one by one in a run; past this, one summary line
 # (a server whose every size is off would otherwise fill the log).
 MAX_HOLD_WARNINGS = 10
+# Reads of an archived file when comparing it: large enough for speed, small
+# enough for flat memory.
+_READ_BLOCK = 1 << 20
 
 Clock = Callable[[], datetime]
 
@@ -170,6 +174,7 @@ def sync_account(
     message: once it answers True the run fetches nothing more, deletes nothing,
     and ends the session cleanly with QUIT (a daemon shutting down).
     """
+    install_log_redaction()
     result = RunResult(account=account.name, started_at=clock())
     try:
         # The lock comes first: a run refused because another process is
@@ -188,7 +193,10 @@ def sync_account(
 def _fail(result: RunResult, account: Account, exc: BaseException, text: str) -> None:
     """Record what failed the run; the error text names the account exactly once."""
     result.exception = exc
-    # Pop3Error and ConfigError usually name the account already.
+    # Pop3Error and ConfigError usually name the account already. The text may
+    # quote a server or a secret source: it passes the redaction point before it
+    # reaches the ledger, a log or any output.
+    text = redact(text)
     named = repr(account.name) in text
     result.error = text if named else f"account {account.name!r}: {text}"
 
@@ -201,7 +209,7 @@ def _finish_run(ledger: Ledger, run_id: int, result: RunResult, ended_at: dateti
             outcome="ok" if result.ok else "failed",
             messages=result.messages,
             bytes=result.octets,
-            error=result.error,
+            error=None if result.error is None else redact(result.error),
             on_server=result.on_server,
         )
     except LedgerError as exc:
@@ -399,6 +407,7 @@ class _AccountRun:
 
     def _count_failure(self, message: PlannedMessage, error: str) -> None:
         name = self.account.name
+        error = redact(error)  # it may quote the server; it goes to the ledger
         log.warning("account %r: message %d: %s", name, message.number, error)
         self.result.message_errors.append(f"message {message.number}: {error}")
         if message.verify:
@@ -424,14 +433,17 @@ class _AccountRun:
         """
         name = self.account.name
         writer = self.store.begin(received_at=self.clock())
+        # A check before a DELE also hashes the message blind to status fields,
+        # in case the server rewrote them (identity.StatusBlindDigest).
+        blind = StatusBlindDigest() if message.verify else None
         try:
-            sink = _CountingSink(writer)
+            sink = _CountingSink(writer if blind is None else _Tee(writer, blind))
             client.retr_into(message.number, sink)
             # From here the server counts the message as retrieved.
             self.undurable.add(message.number)
             hold = _check_sizes(name, message, sink, trust=self.account.trust_list_sizes)
             sealed = writer.seal()
-            if self._known_content(message, sealed):
+            if self._known_content(message, sealed) or self._same_but_status(message, blind):
                 writer.abort()
                 self.undurable.discard(message.number)
                 return None
@@ -480,6 +492,34 @@ class _AccountRun:
         self.verified.add(message.number)
         return True
 
+    def _same_but_status(self, message: PlannedMessage, blind: StatusBlindDigest | None) -> bool:
+        """Whether a checked message is its archived row but for rewritten status fields.
+
+        Mailbox servers rewrite "Status", "X-UID" and the like in a stored
+        message (GNU pop3d at every QUIT): the size changes, the message does
+        not. The archived file is hashed the same way and compared.
+        """
+        if blind is None or not message.candidates:
+            return False
+        row = message.candidates[0]
+        archived = StatusBlindDigest()
+        with self.store.open(row.path) as stream:
+            while block := stream.read(_READ_BLOCK):
+                archived.write(block)
+        if archived.hexdigest() != blind.hexdigest():
+            return False
+        key = MessageKey(row.uidl, row.occurrence)
+        self.ledger.set_server_size(self.account.name, key, message.size)
+        self.verified.add(message.number)
+        log.info(
+            "account %r: message %d is the archived %s with its status fields rewritten "
+            "by the server",
+            self.account.name,
+            message.number,
+            row.path,
+        )
+        return True
+
     def _key_for_new(self, message: PlannedMessage) -> MessageKey:
         """The key a message is recorded under; a checked one found new gets a fresh one."""
         if not message.verify:
@@ -494,7 +534,17 @@ class _AccountRun:
         if not message.verify:
             self.numbers[key] = message.number
             self.verified.add(message.number)
-        if message.uidl in self.view.shared or key.occurrence > 1:
+        if message.verify or message.candidates:
+            log.warning(
+                "account %r: message %d under UIDL %r is not the message archived under it "
+                "(the server changed it or reused the UIDL, which RFC 1939 section 7 forbids); "
+                "archived it too, as message #%d of that UIDL",
+                name,
+                message.number,
+                message.uidl,
+                key.occurrence,
+            )
+        elif message.uidl in self.view.shared or key.occurrence > 1:
             log.warning(
                 "account %r: the server lists UIDL %r for more than one message (RFC 1939 "
                 "section 7 wants unique ids); archived message %d as its message #%d",
@@ -542,11 +592,13 @@ class _AccountRun:
         held (said once, shown by status, never due again) until released.
         """
         number = self.numbers[message.key]
+        if number in self.verified:
+            return True  # this session saw its content to be the archived one
         listed = self.view.by_number.get(number)
-        if listed is not None and not listed.certain and number not in self.verified:
+        if listed is not None and not listed.certain:
             log.warning(
-                "account %r: not deleting message %d from the server: its UIDL is shared and "
-                "its content could not be checked in this session",
+                "account %r: not deleting message %d from the server: its content could not "
+                "be checked against the archived copy in this session",
                 self.account.name,
                 number,
             )
@@ -609,7 +661,7 @@ class _AccountRun:
                 client.dele(number)
             except ServerError as exc:
                 log.warning("account %r: DELE refused: %s", self.account.name, exc)
-                self.result.message_errors.append(f"DELE {number}: {exc.text}")
+                self.result.message_errors.append(f"DELE {number}: {redact(exc.text)}")
                 continue
             self.deletions.append(message.key)
         if self.deletions:
@@ -718,6 +770,17 @@ class _CountingSink:
 
 class _Writable(Protocol):
     def write(self, chunk: bytes) -> None: ...
+
+
+class _Tee:
+    """Writes each chunk to two sinks."""
+
+    def __init__(self, first: _Writable, second: _Writable) -> None:
+        self._first, self._second = first, second
+
+    def write(self, chunk: bytes) -> None:
+        self._first.write(chunk)
+        self._second.write(chunk)
 
 
 def _check_sizes(

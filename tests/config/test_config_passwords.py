@@ -141,14 +141,23 @@ def test_password_command_gets_the_given_environment(write_config):
     assert read_password(config, account, environ={"FROM_ENV": SECRET}) == SECRET
 
 
-def test_password_command_failure_shows_status_and_stderr_not_stdout(write_config):
-    command = f"echo {SECRET}; echo 'vault is locked' >&2; echo more >&2; exit 3"
+@pytest.mark.parametrize(
+    "command",
+    [
+        f"echo {SECRET}; echo 'vault is locked' >&2; exit 3",
+        # `set -x` echoes every line the script runs, the password with it.
+        f"set -x; PW={SECRET}; echo $PW >&2; exit 3",
+        f"echo 'cannot unlock {SECRET[::-1]}{SECRET}' >&2; exit 3",
+    ],
+)
+def test_password_command_failure_shows_the_status_and_neither_stream(write_config, command):
     config, account = load_one(write_config, f'password_command = "{command}"')
     error = password_error(config, account)
     assert error.key == "password_command"
-    assert "exited with status 3: vault is locked" in error.message
-    assert "more" not in error.message
+    assert "exited with status 3" in error.message
+    assert "run the command yourself" in error.message
     assert SECRET not in str(error)
+    assert "vault is locked" not in error.message
 
 
 def test_password_command_that_prints_nothing(write_config):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any, Final
@@ -34,6 +35,7 @@ from popvault.config._schema import (
 )
 from popvault.config._secrets import warn_if_readable_by_others
 from popvault.errors import ConfigError
+from popvault.redaction import register
 
 # The two ways to give the daemon's schedule; an account's own one replaces [defaults]'.
 _SCHEDULE_KEYS: Final = ("every", "cron")
@@ -115,6 +117,7 @@ def _build(settings: Settings, file: Path) -> Config:
         for entry in settings.accounts
     )
     _check_unique(accounts, str(file))
+    _register_url_password(settings.ledger.url)
     return Config(
         file=file,
         ledger_url=_absolute_sqlite_url(settings.ledger.url, folder),
@@ -122,6 +125,21 @@ def _build(settings: Settings, file: Path) -> Config:
         accounts=accounts,
         daemon=_daemon(settings.daemon),
     )
+
+
+def _register_url_password(url: str) -> None:
+    """A password in the ledger URL is a secret like the accounts' (redaction.py).
+
+    Registered as written (percent-encoded, as it appears in the URL) and
+    decoded (as a driver's error message may show it).
+    """
+    try:
+        password = urllib.parse.urlsplit(url).password
+    except ValueError:  # a malformed URL: the ledger refuses it later, with its own error
+        return
+    if password:
+        register(password)
+        register(urllib.parse.unquote(password))
 
 
 def _daemon(section: DaemonSection) -> DaemonSettings:

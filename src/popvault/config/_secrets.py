@@ -13,6 +13,7 @@ from pathlib import Path
 
 from popvault.config._model import Account, Config
 from popvault.errors import ConfigError
+from popvault.redaction import register
 
 # Long enough for a password manager to unlock its store; short enough that a hung
 # command cannot stall a run forever.
@@ -64,6 +65,9 @@ def read_password(
         secret = _from_command(account, account.password_command, config.file, env)
     else:
         raise ConfigError("no password source", file=file, account=account.name)
+    # Registered before anything else can fail: from now on every text that
+    # reaches a log, an error, the ledger or output has it masked.
+    register(secret)
     if not secret or any(char in secret for char in "\r\n\0"):
         # RFC 1939 section 7: PASS takes one line; an empty one is never right.
         message = "the password is empty or contains a line break or NUL"
@@ -123,9 +127,14 @@ def _from_command(
             f"password_command did not finish within {PASSWORD_COMMAND_TIMEOUT:g} s"
         ) from None
     if process.returncode != 0:
-        # stderr only: stdout may hold the password even when the command fails.
-        first = next(iter(stderr.decode("utf-8", "replace").strip().splitlines()), "")
-        raise fail(f"password_command exited with status {process.returncode}: {first[:200]}")
+        # Neither stream is shown: stdout may hold the password even when the
+        # command fails, and stderr may too (a `set -x` in a script echoes every
+        # line it runs), in a form nothing can recognise as the password.
+        del stdout, stderr
+        raise fail(
+            f"password_command exited with status {process.returncode} (its output is not "
+            "shown, since it may contain the password: run the command yourself to see why)"
+        )
     try:
         return stdout.split(b"\n", 1)[0].removesuffix(b"\r").decode("utf-8")
     except UnicodeDecodeError:
