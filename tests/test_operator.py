@@ -127,3 +127,115 @@ def test_a_failed_account_without_a_config_problem_still_exits_1(
     ws.write_secret("wrong-password", "wrong")
     ws.write_config([account(server, "bad", password_file="wrong", path="bad")])
     assert ws.cli("run").code == 1
+
+
+# -- a lost ledger: the archive folder holds files the ledger does not know --------------
+
+
+@pytest.mark.parametrize("fmt", ["maildir", "eml"])
+def test_a_deleted_ledger_is_noticed_before_anything_is_fetched(
+    ws: Workspace, server: FakePop3Server, fmt: str
+) -> None:
+    with FakePop3Server(sample_messages(3, seed=9), username="bob", password=PASSWORD) as other:
+        ws.write_config([account(server, format=fmt), account(other, "other", format=fmt)])
+        assert ws.cli("run").code == 0
+        files = ws.archived_files("acct")
+        assert len(files) == len(server.mailbox)
+        ws.ledger_file.unlink()
+        seen = len(server.commands)
+        other.add_message(b"From: x@example.org\r\nSubject: new\r\n\r\nnew\r\n")
+
+        result = ws.cli("run")
+
+        assert result.code == 1, result.output
+        assert server.commands[seen:] == []  # refused before connecting
+        assert ws.archived_files("acct") == files
+        [line] = [line for line in result.out.splitlines() if line.startswith("acct:")]
+        assert "FAILED" in line
+        assert f"{ws.archive / 'acct'} already holds {len(files)} message file(s)" in line
+        assert "knows no message of this account" in line
+        assert f"{ws.ledger_file}.bak-<revision>-<UTC time>" in line
+        assert "popvault run --archive-again" in line
+        assert "popvault import maildir" in line
+        assert "planned" in line
+        # The other account still ran: its ledger rows were lost too, and it is refused as well.
+        assert "other:" in result.out
+    assert dict(ws.ledger_rows("SELECT account, outcome FROM runs")) == {
+        "acct": "failed",
+        "other": "failed",
+    }
+    status = ws.cli("status")
+    assert "knows no message of this account" in status.out
+
+
+def test_other_accounts_still_run_when_one_folder_is_unknown(
+    ws: Workspace, server: FakePop3Server
+) -> None:
+    # An account renamed in the config keeps its folder, but the ledger knows the old name.
+    ws.write_config([account(server, "old", path="mail")])
+    assert ws.cli("run").code == 0
+    with FakePop3Server(sample_messages(2, seed=4), username="bob", password=PASSWORD) as other:
+        ws.write_config([account(server, "new", path="mail"), account(other, "other")])
+        seen = len(server.commands)
+        result = ws.cli("run")
+        assert result.code == 1
+        assert server.commands[seen:] == []
+        assert "new: FAILED" in result.out
+        assert "or the account was renamed" in result.out
+        assert "other: ok, 2 new message(s)" in result.out
+        assert len(ws.archived_files("other")) == 2
+
+
+def test_a_ledger_pointed_elsewhere_is_noticed(ws: Workspace, server: FakePop3Server) -> None:
+    ws.write_config([account(server)])
+    assert ws.cli("run").code == 0
+    ws.write_config([account(server)], ledger_url="sqlite:///elsewhere.sqlite3")
+    seen = len(server.commands)
+    result = ws.cli("run")
+    assert result.code == 1
+    assert f"the ledger {ws.folder / 'elsewhere.sqlite3'} knows no message" in result.out
+    assert server.commands[seen:] == []
+
+
+def test_a_dry_run_on_a_lost_ledger_says_so_and_creates_no_file(
+    ws: Workspace, server: FakePop3Server
+) -> None:
+    ws.write_config([account(server)])
+    assert ws.cli("run").code == 0
+    ws.ledger_file.unlink()
+    result = ws.cli("run", "--dry-run")
+    assert result.code == 1
+    assert f"its file {ws.ledger_file} does not exist" in result.out
+    assert not ws.ledger_file.exists()
+
+
+def test_archive_again_archives_anyway_accepting_duplicates(
+    ws: Workspace, server: FakePop3Server
+) -> None:
+    ws.write_config([account(server)])
+    assert ws.cli("run").code == 0
+    ws.ledger_file.unlink()
+    assert ws.cli("run").code == 1
+
+    again = ws.cli("run", "--archive-again")
+
+    assert again.code == 0, again.output
+    assert f"{len(server.mailbox)} new message(s)" in again.out
+    assert len(ws.archived_files("acct")) == 2 * len(server.mailbox)
+    # From now on the ledger knows the account: later runs are not refused.
+    later = ws.cli("run")
+    assert later.code == 0, later.output
+    assert "0 new message(s)" in later.out
+
+
+def test_temp_files_alone_do_not_count_as_archived_messages(
+    ws: Workspace, server: FakePop3Server
+) -> None:
+    # A first run killed before it recorded anything leaves at most a temp file.
+    tmp = ws.archive / "acct" / "tmp"
+    tmp.mkdir(parents=True)
+    (tmp / "1.M1P1Q1.host").write_bytes(b"half a message")
+    ws.write_config([account(server)])
+    result = ws.cli("run")
+    assert result.code == 0, result.output
+    assert len(ws.archived_files("acct")) == len(server.mailbox)

@@ -74,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="try again the messages set aside after failing repeatedly",
     )
+    run.add_argument(
+        "--archive-again",
+        action="store_true",
+        help="archive even when an account's folder holds files the ledger does not know "
+        "(a lost ledger): every message still on the server is stored a second time",
+    )
     run.set_defaults(func=cmd_run)
 
     status = commands.add_parser("status", parents=[common], help="show each account's state")
@@ -256,6 +262,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             dry_run=args.dry_run,
             retry_failed=args.retry_failed,
             progress=progress,
+            archive_again=args.archive_again,
         )
     if progress is not None:
         progress.close()

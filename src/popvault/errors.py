@@ -29,6 +29,7 @@ they arise, into one of these; callers never see the foreign type.
      +-- LedgerError
           +-- DatabaseUnavailable
           +-- SchemaMismatch
+          +-- ArchiveNotInLedger                      message files the ledger does not know
 
 This module imports nothing from popvault, so that every other module may
 import it.
@@ -249,4 +250,13 @@ class SchemaMismatch(LedgerError):
     """The ledger's schema is not the one this popvault expects.
 
     The message names the command to run (``popvault db upgrade``).
+    """
+
+
+class ArchiveNotInLedger(LedgerError):
+    """An account's archive folder holds message files while the ledger knows none of them.
+
+    The ledger was deleted, replaced or pointed elsewhere, or the account
+    renamed: archiving now would store every message a second time, so the
+    run refuses before it fetches anything. The message names the ways out.
     """

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
+from popvault.archive_check import refuse_unknown_archive
 from popvault.config import Account, Config, read_password
 from popvault.errors import (
     ConfigError,
@@ -163,6 +164,7 @@ def sync_account(
     clock: Clock = utc_now,
     progress: Progress | None = None,
     stop: Callable[[], bool] | None = None,
+    archive_again: bool = False,
 ) -> RunResult:
     """Archive one account's new messages; never raises for a failure of the account.
 
@@ -173,6 +175,8 @@ def sync_account(
     tries the messages that were set aside again. ``stop`` is asked before each
     message: once it answers True the run fetches nothing more, deletes nothing,
     and ends the session cleanly with QUIT (a daemon shutting down).
+    ``archive_again`` archives even into an account folder whose files the
+    ledger does not know (:mod:`popvault.archive_check`), accepting duplicates.
     """
     install_log_redaction()
     result = RunResult(account=account.name, started_at=clock())
@@ -183,6 +187,7 @@ def sync_account(
             run = _AccountRun(
                 config, account, ledger, result, clock=clock, progress=progress, stop=stop
             )
+            run.archive_again = archive_again
             run.recorded(dry_run=dry_run, retry_failed=retry_failed)
     except (Pop3Error, StoreError, LedgerError, ConfigError) as exc:
         _fail(result, account, exc, str(exc))
@@ -262,6 +267,8 @@ class _AccountRun:
         # The next free occurrence per shared UIDL, for a message found new late.
         self.spare: dict[str, int] = {}
         self.stop = stop or _never
+        # --archive-again: archive even into a folder the ledger does not know.
+        self.archive_again = False
 
     def recorded(self, *, dry_run: bool, retry_failed: bool) -> None:
         """:meth:`run` between ``start_run`` and ``finish_run`` (no run row for a dry run)."""
@@ -287,6 +294,7 @@ class _AccountRun:
         if not dry_run:
             self.result.recovered = settle_pending(self.store, self.ledger, name, clock=self.clock)
             self.store.cleanup_tmp()
+        self._refuse_unknown_archive()
         password = read_password(self.config, self.account)
         with self._client() as client:
             client.connect()
@@ -310,6 +318,12 @@ class _AccountRun:
             if not dry_run and not self.result.interrupted:
                 self._delete(client)
             self._end_session(client)
+
+    def _refuse_unknown_archive(self) -> None:
+        """Before any fetch: a ledger that knows none of the folder's files fails the run
+        (a lost ledger would archive everything again), unless ``--archive-again``."""
+        if not self.archive_again:
+            refuse_unknown_archive(self.config, self.account, self.ledger, self.store)
 
     def _client(self) -> Pop3Client:
         return Pop3Client(
@@ -851,6 +865,7 @@ def sync_accounts(
     clock: Clock = utc_now,
     progress: Progress | None = None,
     stop: Callable[[], bool] | None = None,
+    archive_again: bool = False,
 ) -> list[RunResult]:
     """Run each account in turn; one account's failure never stops the others."""
     return [
@@ -863,6 +878,7 @@ def sync_accounts(
             clock=clock,
             progress=progress,
             stop=stop,
+            archive_again=archive_again,
         )
         for account in accounts
     ]

@@ -8,6 +8,7 @@ nothing of the configuration, POP3 or the store; the rest of popvault sees the
 
 from __future__ import annotations
 
+from popvault.ledger.engine import BACKUP_INFIX
 from popvault.ledger.facade import Ledger
 from popvault.ledger.migrate import UPGRADE_COMMAND, check, current, upgrade
 from popvault.ledger.records import (
@@ -30,6 +31,7 @@ from popvault.ledger.records import (
 from popvault.ledger.schedules import ScheduleEntry
 
 __all__ = [
+    "BACKUP_INFIX",
     "UPGRADE_COMMAND",
     "AccountBusy",
     "AccountStatus",

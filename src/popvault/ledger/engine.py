@@ -47,6 +47,10 @@ WRITE_INTENT = "popvault_write_intent"
 
 _POSTGRES_NAMES = frozenset({"postgres", "postgresql"})
 
+# A SQLite ledger's copy before a schema upgrade is <file>.bak-<revision>-<UTC stamp>
+# (migrate.backup_sqlite); a damaged ledger's error names them.
+BACKUP_INFIX = ".bak-"
+
 
 def parse_url(url: str) -> URL:
     """Parse a ledger URL, mapping bare PostgreSQL schemes to psycopg 3.
@@ -227,6 +231,7 @@ def scrub(text: str, url: URL) -> str:
 
 
 __all__ = [
+    "BACKUP_INFIX",
     "SQLITE_BUSY_TIMEOUT_MS",
     "WRITE_INTENT",
     "create_ledger_engine",

@@ -26,6 +26,7 @@ from sqlalchemy import Connection, Engine, text
 
 from popvault.errors import LedgerError, SchemaMismatch
 from popvault.ledger.engine import (
+    BACKUP_INFIX,
     WRITE_INTENT,
     create_ledger_engine,
     parse_url,
@@ -175,7 +176,7 @@ def backup_sqlite(path: Path, from_revision: str, *, now: datetime | None = None
     another connection (here: the upgrading one) holds the write lock in WAL mode.
     """
     stamp = (now or datetime.now(UTC)).astimezone(UTC).strftime(_BACKUP_STAMP)
-    target = _claim_backup_path(path, f"{path.name}.bak-{from_revision}-{stamp}")
+    target = _claim_backup_path(path, f"{path.name}{BACKUP_INFIX}{from_revision}-{stamp}")
     try:
         _copy_database(path, target)
     except sqlite3.Error as exc:
