@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Final, Protocol
 
 from popvault.archive_check import refuse_unknown_archive
 from popvault.config import Account, Config, read_password
@@ -393,23 +393,41 @@ class _AccountRun:
 
     def _fetch_all(self, client: Pop3Client, planned: Sequence[PlannedMessage]) -> None:
         failing = {failure.key for failure in self.ledger.failures(self.account.name)}
-        for message in planned:
+        # Messages that failed before go last, so that one that kills the session
+        # (a body that never ends) cannot keep the ones after it from being archived.
+        ordered = sorted(planned, key=lambda message: message.ledger_key in failing)
+        succeeded = attempted = 0
+        for message in ordered:
             if self.stop():
                 log.info("account %r: stopping early on request", self.account.name)
                 self.result.interrupted = True
                 return
+            attempted += 1
             try:
                 octets = self._fetch_one(client, message)
-            except (ServerError, IncompleteMessage) as exc:
+            except (ServerError, IncompleteMessage, TooLargeToFetch) as exc:
                 # The server refused or botched this one message (it may have
                 # vanished since UIDL); the session is still usable, so go on.
                 self._count_failure(message, exc.message)
                 continue
-            except (Pop3Error, StoreError, LedgerError):
-                raise  # the connection, the disk or the ledger: not this message's fault
+            except OversizedMessage as exc:
+                self._count_failure(message, exc.message)  # its own fault, whatever came before
+                raise
+            except Pop3Error as exc:
+                # The session died during this message. It is charged when the
+                # session worked until then (an earlier message of it archived, or
+                # it was the first): a message that always kills the session is set
+                # aside after MAX_ATTEMPTS runs; a line that drops at random
+                # places charges different messages, none of them for long.
+                if succeeded or attempted == 1:
+                    self._count_failure(message, f"the session failed during it: {exc.message}")
+                raise
+            except (StoreError, LedgerError):
+                raise  # the disk or the ledger: not this message's fault
             except Exception as exc:
                 self._count_failure(message, f"internal error: {type(exc).__name__}: {exc}")
                 raise
+            succeeded += 1
             if message.ledger_key in failing:
                 self.ledger.clear_failure(self.account.name, message.ledger_key)
             if octets is not None:
@@ -446,12 +464,18 @@ class _AccountRun:
         to be a message already archived (nothing new is stored then).
         """
         name = self.account.name
+        _check_allowed_size(name, message, self.account.max_message_size)
         writer = self.store.begin(received_at=self.clock())
         # A check before a DELE also hashes the message blind to status fields,
         # in case the server rewrote them (identity.StatusBlindDigest).
         blind = StatusBlindDigest() if message.verify else None
         try:
-            sink = _CountingSink(writer if blind is None else _Tee(writer, blind))
+            sink = _CountingSink(
+                writer if blind is None else _Tee(writer, blind),
+                limit=_octets_allowed(message.size, self.account.max_message_size),
+                account=name,
+                number=message.number,
+            )
             client.retr_into(message.number, sink)
             # From here the server counts the message as retrieved.
             self.undurable.add(message.number)
@@ -759,17 +783,71 @@ class IncompleteMessage(RemoteProtocolError):
     """RETR gave fewer octets than LIST announced: a truncated or empty body."""
 
 
-class _CountingSink:
-    """Passes RETR chunks on, counting octets and line feeds without a CR before them."""
+class TooLargeToFetch(Pop3Error):
+    """A message whose LIST size is over the account's ``max_message_size``: not fetched.
 
-    def __init__(self, writer: _Writable) -> None:
+    Nothing was sent for it, so the session goes on with the next message.
+    """
+
+
+class OversizedMessage(RemoteProtocolError):
+    """RETR sent far more octets than LIST announced, or more than max_message_size.
+
+    The RETR is abandoned and the session dropped: a body that never ends
+    must not fill the disk (on a shared disk, the ledger's too).
+    """
+
+
+# How far a body may run past its LIST size before the RETR is abandoned. Servers
+# that count LF line ends send up to twice the octets they list (a message of
+# empty lines: 1 octet listed, 2 sent per line), and estimates can be off by
+# much more for small messages: twice the listed size plus 16 MiB covers both,
+# and still bounds what one message can write per attempt.
+OVERRUN_FACTOR: Final = 2
+OVERRUN_FLOOR: Final = 16 << 20
+
+
+def _octets_allowed(listed: int, max_message_size: int | None) -> int:
+    allowed = OVERRUN_FACTOR * listed + OVERRUN_FLOOR
+    return allowed if max_message_size is None else min(allowed, max_message_size)
+
+
+def _check_allowed_size(
+    account: str, message: PlannedMessage, max_message_size: int | None
+) -> None:
+    if max_message_size is not None and message.size > max_message_size:
+        raise TooLargeToFetch(
+            f"message {message.number} is {message.size} octets, over max_message_size "
+            f"({max_message_size}): not archived, kept on the server",
+            account=account,
+        )
+
+
+class _CountingSink:
+    """Passes RETR chunks on, counting octets and line feeds without a CR before them.
+
+    More than ``limit`` octets abandon the RETR (:class:`OversizedMessage`).
+    """
+
+    def __init__(
+        self, writer: _Writable, *, limit: int | None = None, account: str = "", number: int = 0
+    ) -> None:
         self._writer = writer
+        self._limit = limit
+        self._account = account
+        self._number = number
         self.octets = 0
         self.bare_lf = 0
         self._last = b""
 
     def write(self, chunk: bytes) -> int:
         if chunk:
+            if self._limit is not None and self.octets + len(chunk) > self._limit:
+                raise OversizedMessage(
+                    f"RETR {self._number} went past {self._limit} octets (far more than its "
+                    "LIST size, or over max_message_size): abandoned, nothing of it kept",
+                    account=self._account,
+                )
             self._writer.write(chunk)
             self.octets += len(chunk)
             self.bare_lf += chunk.count(b"\n") - (self._last + chunk).count(b"\r\n")

@@ -214,6 +214,7 @@ def _resolve_account(raw: Mapping[str, Any], folder: Path, file: str) -> Account
         retention=raw.get("retention", Retention(mode="keep")),
         schedule=_schedule(raw),
         trust_list_sizes=raw.get("trust_list_sizes", True),
+        max_message_size=raw.get("max_message_size"),
         **_password_fields(raw, folder, file, name),
     )
 

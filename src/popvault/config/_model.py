@@ -25,6 +25,11 @@ PASSWORD_KEYS: Final = ("password", "password_env", "password_file", "password_c
 _MAX_TIMEOUT: Final = 86_400.0
 _UNIT_SECONDS: Final[Mapping[str, int]] = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _TIMEOUT_RE: Final = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([smhdw]?)")
+# "50M", "1.5 GiB", "800k", "123456" (octets): binary units, as mail sizes go.
+_SIZE_RE: Final = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(?:([kmgt])(?:i?b)?|b?)", re.IGNORECASE)
+_SIZE_UNITS: Final = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+# Smaller than any real message with headers: a limit below it is a typo.
+_MIN_MESSAGE_SIZE: Final = 1 << 10
 _RETENTION_RE: Final = re.compile(r"(-?[0-9]+)([smhdw])")
 # The daemon's schedule: every 15 minutes unless an account says otherwise.
 DEFAULT_EVERY: Final = 900.0
@@ -117,6 +122,8 @@ class Account:
     # False: the server's LIST sizes are estimates, so a message whose octets
     # differ from its LIST size is not held on the server for that reason.
     trust_list_sizes: bool = True
+    # Octets above which a message is not archived (None: no such limit).
+    max_message_size: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)
@@ -160,6 +167,20 @@ def parse_timeout(value: object) -> float:
     if not math.isfinite(seconds) or not 0 < seconds <= _MAX_TIMEOUT:
         raise ValueError(f"invalid duration {value!r}: must be more than 0 and at most 1 day")
     return seconds
+
+
+def parse_size(value: object) -> int:
+    """Octets from ``52428800``, ``"50M"``, ``"50MiB"``, ``"1.5G"`` (binary units k m g t)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        octets = value
+    elif isinstance(value, str) and (match := _SIZE_RE.fullmatch(value.strip())):
+        unit = _SIZE_UNITS[match[2].lower()] if match[2] else 1
+        octets = int(float(match[1]) * unit)
+    else:
+        raise ValueError(f"invalid size {value!r} (use e.g. 50M, 1G, or a number of octets)")
+    if octets < _MIN_MESSAGE_SIZE:
+        raise ValueError(f"invalid size {value!r}: must be at least 1K")
+    return octets
 
 
 def parse_every(value: object) -> float:

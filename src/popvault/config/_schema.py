@@ -31,6 +31,7 @@ from popvault.config._model import (
     Security,
     parse_every,
     parse_retention,
+    parse_size,
     parse_timeout,
 )
 from popvault.errors import ConfigError
@@ -185,6 +186,7 @@ class AccountKeys(_Section):
     ca_file: OneLine | None = None
     allow_plaintext: bool | None = None
     trust_list_sizes: bool | None = None
+    max_message_size: Annotated[int, PlainValidator(parse_size)] | None = None
     timeout: Timeout | None = None
     format: ArchiveFormat | None = None
     retention: RetentionValue | None = None
