@@ -4,6 +4,8 @@ missing secrets, unknown environment variables, a damaged ledger file."""
 from __future__ import annotations
 
 import os
+import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from popvault.ledger.migrate import backup_sqlite
 from popvault.testing import FakePop3Server, sample_messages
 from workspace import Workspace, fake_account
 
@@ -239,3 +242,63 @@ def test_temp_files_alone_do_not_count_as_archived_messages(
     result = ws.cli("run")
     assert result.code == 0, result.output
     assert len(ws.archived_files("acct")) == len(server.mailbox)
+
+
+# -- a damaged ledger file -------------------------------------------------------------
+
+
+def damage(path: Path) -> None:
+    """Garble every page after the first: the header stays, the tables are gone."""
+    data = bytearray(path.read_bytes())
+    data[4096:] = b"\xab" * (len(data) - 4096)
+    path.write_bytes(bytes(data))
+
+
+def test_a_ledger_of_garbage_bytes_is_named_damaged_with_what_to_do(ws: Workspace) -> None:
+    ws.write_config([])
+    ws.ledger_file.write_bytes(os.urandom(8192))
+    for command in (["status"], ["verify"], ["db", "upgrade"], ["held"]):
+        result = ws.cli(*command)
+        assert result.code == 1, (command, result.output)
+        assert result.out == ""
+        err = result.err
+        assert f"the ledger file {ws.ledger_file} is damaged (file is not a database)" in err
+        assert "before each schema upgrade, as ledger.sqlite3.bak-<revision>-<UTC time>" in err
+        assert f"there is none in {ws.folder}" in err
+        assert "stop `popvault daemon`" in err
+        assert f"mv {ws.ledger_file} {ws.ledger_file}.damaged" in err
+        assert f"{ws.ledger_file}-wal" in err
+
+
+def test_a_malformed_ledger_names_its_newest_backup_and_how_to_restore_it(
+    ws: Workspace, server: FakePop3Server
+) -> None:
+    ws.write_config([account(server)])
+    assert ws.cli("run").code == 0
+    old = backup_sqlite(ws.ledger_file, "0001")
+    os.utime(old, (1_000_000_000, 1_000_000_000))
+    newest = backup_sqlite(ws.ledger_file, "0002")
+    with sqlite3.connect(ws.ledger_file) as db:  # one file, so that damage() reaches the tables
+        db.execute("PRAGMA journal_mode = DELETE")
+    db.close()
+    damage(ws.ledger_file)
+
+    result = ws.cli("status")
+
+    assert result.code == 1
+    assert f"the ledger file {ws.ledger_file} is damaged (database disk image is malformed)" in (
+        result.err
+    )
+    assert f"the newest is {newest} (2 in all)" in result.err
+    assert f"cp -p {newest} {ws.ledger_file}" in result.err
+    assert "popvault verify" in result.err
+
+    # Following the steps brings the ledger back.
+    for suffix in ("", "-wal", "-shm"):
+        damaged = Path(f"{ws.ledger_file}{suffix}")
+        if damaged.exists():
+            damaged.rename(f"{damaged}.damaged")
+    shutil.copy2(newest, ws.ledger_file)
+    restored = ws.cli("run")
+    assert restored.code == 0, restored.output
+    assert "0 new message(s)" in restored.out

@@ -29,6 +29,7 @@ they arise, into one of these; callers never see the foreign type.
      +-- LedgerError
           +-- DatabaseUnavailable
           +-- SchemaMismatch
+          +-- LedgerDamaged                           a SQLite file that is not a sound database
           +-- ArchiveNotInLedger                      message files the ledger does not know
 
 This module imports nothing from popvault, so that every other module may
@@ -250,6 +251,14 @@ class SchemaMismatch(LedgerError):
     """The ledger's schema is not the one this popvault expects.
 
     The message names the command to run (``popvault db upgrade``).
+    """
+
+
+class LedgerDamaged(LedgerError):
+    """The ledger's SQLite file is damaged (not a database, or a malformed one).
+
+    The message names the file, the backups popvault made before schema
+    upgrades, and how to put one back.
     """
 
 

@@ -9,6 +9,7 @@ database password.
 
 from __future__ import annotations
 
+import glob
 import os
 import sqlite3
 import time
@@ -28,7 +29,7 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.pool import StaticPool
 
-from popvault.errors import DatabaseUnavailable, LedgerError
+from popvault.errors import DatabaseUnavailable, LedgerDamaged, LedgerError
 
 # How long a SQLite writer waits for another process's lock before we call the
 # database unavailable. A sync run commits in milliseconds; 30 s covers a
@@ -203,13 +204,74 @@ def translate_errors(url: URL) -> Iterator[None]:
     """
     try:
         yield
-    except (OperationalError, InterfaceError) as exc:
-        # No chaining: a driver's connect error is not ours to vet for secrets.
-        raise DatabaseUnavailable(
-            f"ledger database {redact(url)} unavailable: {driver_reason(exc, url)}"
-        ) from None
     except SQLAlchemyError as exc:
+        damaged = _damaged(exc, url)
+        if damaged is not None:
+            raise damaged from None
+        if isinstance(exc, OperationalError | InterfaceError):
+            # No chaining: a driver's connect error is not ours to vet for secrets.
+            raise DatabaseUnavailable(
+                f"ledger database {redact(url)} unavailable: {driver_reason(exc, url)}"
+            ) from None
         raise LedgerError(f"ledger database {redact(url)}: {driver_reason(exc, url)}") from exc
+
+
+def _damaged(exc: SQLAlchemyError, url: URL) -> LedgerDamaged | None:
+    """A :class:`LedgerDamaged` when SQLite says its file is no sound database, else None.
+
+    SQLITE_NOTADB: not a database at all (garbage, or another file); SQLITE_CORRUPT:
+    "database disk image is malformed". Extended codes keep the primary one in the
+    low byte (sqlite.org/rescode.html).
+    """
+    path = sqlite_file(url)
+    code = getattr(getattr(exc, "orig", None), "sqlite_errorcode", None)
+    if path is None or not isinstance(code, int):
+        return None
+    if code & 0xFF not in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        return None
+    return LedgerDamaged(damaged_message(path.absolute(), driver_reason(exc, url)))
+
+
+def damaged_message(path: Path, reason: str) -> str:
+    """What to tell the user about a damaged ledger file: what, which backups, how to restore.
+
+    One line, in numbered steps: error texts pass a redaction point that
+    escapes line breaks.
+    """
+    backups = sorted(
+        path.parent.glob(glob.escape(path.name) + BACKUP_INFIX + "*"),
+        key=lambda backup: backup.stat().st_mtime,
+        reverse=True,
+    )
+    copies = (
+        f"popvault copies the ledger next to itself before each schema upgrade, as "
+        f"{path.name}{BACKUP_INFIX}<revision>-<UTC time>"
+    )
+    # SQLite's own companions: a stale -wal next to a restored copy would be replayed into it.
+    steps = [
+        "stop `popvault daemon` if one runs",
+        f"move the damaged file and its -wal and -shm files (where they exist) aside: "
+        f"mv {path} {path}.damaged; mv {path}-wal {path}-wal.damaged; "
+        f"mv {path}-shm {path}-shm.damaged",
+    ]
+    if backups:
+        more = f" ({len(backups)} in all)" if len(backups) > 1 else ""
+        intro = f"{copies}; the newest is {backups[0]}{more}. To restore it:"
+        steps += [
+            f"cp -p {backups[0]} {path}",
+            "popvault verify: it names the messages archived after the copy was made as "
+            "unknown files; those still on the server are fetched again by the next run "
+            "(a second copy)",
+        ]
+    else:
+        intro = f"{copies}, but there is none in {path.parent}. To start again:"
+        steps.append(
+            "restore the file from your own backups, or let the next `popvault run` start a "
+            "new ledger: it refuses an account whose archive folder holds files the new "
+            "ledger does not know (README, 'A lost ledger')"
+        )
+    numbered = " ".join(f"({number}) {step}." for number, step in enumerate(steps, 1))
+    return f"the ledger file {path} is damaged ({reason}). {intro} {numbered}"
 
 
 def driver_reason(exc: BaseException, url: URL) -> str:
@@ -235,6 +297,7 @@ __all__ = [
     "SQLITE_BUSY_TIMEOUT_MS",
     "WRITE_INTENT",
     "create_ledger_engine",
+    "damaged_message",
     "driver_reason",
     "parse_url",
     "redact",
