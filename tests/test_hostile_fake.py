@@ -16,9 +16,7 @@ from typing import Any
 
 import pytest
 
-from popvault import config as config_module
-from popvault.ledger import Ledger
-from popvault.sync import MAX_ATTEMPTS, OVERRUN_FLOOR, RunResult, sync_account
+from popvault.sync import MAX_ATTEMPTS, OVERRUN_FLOOR
 from popvault.testing import FakePop3Server, sample_messages
 from workspace import Workspace, fake_account, maildir_form, wire_form
 
@@ -33,16 +31,6 @@ def ws(tmp_path: Path) -> Workspace:
 
 def configure(ws: Workspace, srv: FakePop3Server, **extra: Any) -> None:
     ws.write_config([fake_account(srv, "acct", **extra)])
-
-
-def run_at(ws: Workspace, when: datetime, **options: Any) -> RunResult:
-    cfg = config_module.load(ws.config)
-    with Ledger.open(cfg.ledger_url) as ledger:
-        return sync_account(cfg, cfg.accounts[0], ledger, clock=lambda: when, **options)
-
-
-def stored(ws: Workspace) -> list[bytes]:
-    return sorted(path.read_bytes() for path in ws.archived_files("acct"))
 
 
 def tmp_bytes(ws: Workspace) -> int:
@@ -62,7 +50,7 @@ def test_a_retr_that_never_ends_is_abandoned_and_the_rest_archived(ws: Workspace
         uidls = [uidl for uidl, _ in srv.mailbox]
         srv.stream_reply("RETR", endless_body, arg="2")
         configure(ws, srv, retention="delete")
-        first = run_at(ws, T0)
+        first = ws.run_at(T0)
         # Message 1 archived, then message 2 ran past 2 x LIST + the floor: abandoned.
         assert first.messages == 1
         assert "abandoned" in (first.error or "")
@@ -70,17 +58,17 @@ def test_a_retr_that_never_ends_is_abandoned_and_the_rest_archived(ws: Workspace
         assert tmp_bytes(ws) == 0, "the partial file is removed"
         assert srv.commands[-1].startswith("RETR 2"), "no QUIT after the abandoned RETR"
         # The failing message goes last: 3, 4 and 5 are archived before it kills the session.
-        second = run_at(ws, T0 + timedelta(hours=1))
+        second = ws.run_at(T0 + timedelta(hours=1))
         assert second.messages == 3
-        third = run_at(ws, T0 + timedelta(hours=2))
+        third = ws.run_at(T0 + timedelta(hours=2))
         assert third.set_aside == [uidls[1]]
         # Set aside: the next run is clean, and deletes what it archived.
-        fourth = run_at(ws, T0 + timedelta(hours=3))
+        fourth = ws.run_at(T0 + timedelta(hours=3))
         assert fourth.ok, fourth.error
         assert fourth.deleted == 4
         assert [uidl for uidl, _ in srv.mailbox] == [uidls[1]]
     kept = [raw for i, raw in enumerate(messages) if i != 1]
-    assert stored(ws) == sorted(maildir_form(wire_form(raw)) for raw in kept)
+    assert ws.stored() == sorted(maildir_form(wire_form(raw)) for raw in kept)
 
 
 def test_max_message_size_leaves_a_large_message_on_the_server(ws: Workspace) -> None:
@@ -88,7 +76,7 @@ def test_max_message_size_leaves_a_large_message_on_the_server(ws: Workspace) ->
     messages = [*sample_messages(2, seed=14), big]
     with FakePop3Server(messages, username="alice", password=PASSWORD) as srv:
         configure(ws, srv, retention="delete", max_message_size="32K")
-        result = run_at(ws, T0)
+        result = ws.run_at(T0)
         assert result.messages == 2
         assert "over max_message_size (32768)" in (result.error or "")
         assert not any(c == "RETR 3" for c in srv.commands), "never fetched"
@@ -103,7 +91,7 @@ def test_a_server_that_lies_about_a_small_size_still_gets_the_floor(ws: Workspac
         [large], username="alice", password=PASSWORD, list_size=lambda raw: 10
     ) as srv:
         configure(ws, srv, trust_list_sizes=False)
-        result = run_at(ws, T0)
+        result = ws.run_at(T0)
         assert result.ok, result.error
         assert result.messages == 1
 
@@ -115,7 +103,7 @@ def test_a_session_that_dies_during_one_message_charges_that_message(ws: Workspa
         # Message 3's RETR: +OK and the start of the body, then nothing: the read times out.
         srv.stream_reply("RETR", lambda: iter([b"+OK\r\nFrom: x@example.org\r\n"]), arg="3")
         configure(ws, srv, timeout="1s")
-        results = [run_at(ws, T0 + timedelta(hours=h)) for h in range(MAX_ATTEMPTS + 1)]
+        results = [ws.run_at(T0 + timedelta(hours=h)) for h in range(MAX_ATTEMPTS + 1)]
         rows = ws.ledger_rows("SELECT uidl, attempts FROM failures")
         assert rows == [(third, MAX_ATTEMPTS)]
         assert results[MAX_ATTEMPTS - 1].set_aside == [third]
@@ -139,9 +127,9 @@ def test_a_line_that_drops_at_random_places_is_not_blamed_on_a_message(ws: Works
         srv.on_command("RETR", count)
         srv.stream_reply("RETR", lambda: iter([b"+OK\r\n"]), times=1, arg="2")
         configure(ws, srv, timeout="1s")
-        first = run_at(ws, T0)
+        first = ws.run_at(T0)
         assert first.messages == 1
-        second = run_at(ws, T0 + timedelta(hours=1))
+        second = ws.run_at(T0 + timedelta(hours=1))
         assert second.ok, second.error
         assert second.messages == 3
     assert ws.ledger_rows("SELECT count(*) FROM failures") == [(0,)], "cleared once archived"

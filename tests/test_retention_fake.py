@@ -19,7 +19,7 @@ from popvault import config as config_module
 from popvault.errors import ReadError
 from popvault.ledger import Ledger
 from popvault.pop3.client import Pop3Client
-from popvault.sync import MAX_ATTEMPTS, RunResult, sync_account
+from popvault.sync import MAX_ATTEMPTS, sync_account
 from popvault.testing import FakePop3Server, sample_messages
 from workspace import Workspace, fake_account, maildir_form, wire_form
 
@@ -40,13 +40,6 @@ def server() -> Iterator[FakePop3Server]:
 
 def configure(ws: Workspace, srv: FakePop3Server, **extra: Any) -> None:
     ws.write_config([fake_account(srv, "acct", **extra)])
-
-
-def run_at(ws: Workspace, when: datetime, **options: Any) -> RunResult:
-    """One run with the clock frozen at ``when``."""
-    cfg = config_module.load(ws.config)
-    with Ledger.open(cfg.ledger_url) as ledger:
-        return sync_account(cfg, cfg.accounts[0], ledger, clock=lambda: when, **options)
 
 
 def ledger_times(ws: Workspace) -> dict[str, tuple[Any, Any, Any]]:
@@ -77,23 +70,23 @@ def test_delete_empties_the_server_after_archiving_everything_once(ws, server) -
 
 def test_duration_deletes_only_what_was_archived_long_enough_ago(ws, server) -> None:
     configure(ws, server, retention="14d")
-    first = run_at(ws, T0)
+    first = ws.run_at(T0)
     assert first.ok, first.error
     assert first.deleted == 0
     early = server.add_message(b"From: a@x\r\nSubject: later\r\n\r\nlater\r\n")
-    assert run_at(ws, T0 + timedelta(days=7)).messages == 1
+    assert ws.run_at(T0 + timedelta(days=7)).messages == 1
 
     # Just before the first messages' 14 days: nothing goes.
-    almost = run_at(ws, T0 + timedelta(days=14) - timedelta(seconds=1))
+    almost = ws.run_at(T0 + timedelta(days=14) - timedelta(seconds=1))
     assert almost.deleted == 0
     assert len(server.mailbox) == 7
 
-    due = run_at(ws, T0 + timedelta(days=14))
+    due = ws.run_at(T0 + timedelta(days=14))
     assert due.ok, due.error
     assert due.deleted == 6
     assert [uidl for uidl, _ in server.mailbox] == [early]
 
-    last = run_at(ws, T0 + timedelta(days=21))
+    last = ws.run_at(T0 + timedelta(days=21))
     assert last.deleted == 1
     assert server.mailbox == []
     assert len(ws.archived_files("acct")) == 7
@@ -101,23 +94,23 @@ def test_duration_deletes_only_what_was_archived_long_enough_ago(ws, server) -> 
 
 def test_switching_from_keep_to_a_duration_counts_from_archiving(ws, server) -> None:
     configure(ws, server, retention="keep")
-    assert run_at(ws, T0).ok
-    assert run_at(ws, T0 + timedelta(days=30)).deleted == 0
+    assert ws.run_at(T0).ok
+    assert ws.run_at(T0 + timedelta(days=30)).deleted == 0
     configure(ws, server, retention="30d")
-    result = run_at(ws, T0 + timedelta(days=30))
+    result = ws.run_at(T0 + timedelta(days=30))
     assert result.deleted == 6
     assert server.mailbox == []
 
 
 def test_dry_run_lists_deletions_and_changes_nothing(ws, server) -> None:
     configure(ws, server, retention="1d")
-    assert run_at(ws, T0).ok
+    assert ws.run_at(T0).ok
     before = ws.ledger_dump()
     files = ws.archived_files("acct")
     server.add_message(b"From: a@x\r\nSubject: new\r\n\r\nnew\r\n")
     seen = len(server.commands)
 
-    plan = run_at(ws, T0 + timedelta(days=2), dry_run=True)
+    plan = ws.run_at(T0 + timedelta(days=2), dry_run=True)
     assert plan.ok, plan.error
     assert len(plan.planned) == 1
     assert len(plan.due_for_deletion) == 6
@@ -134,10 +127,10 @@ def test_dry_run_lists_deletions_and_changes_nothing(ws, server) -> None:
 
 def test_a_missing_archive_file_keeps_the_server_copy(ws, server) -> None:
     configure(ws, server, retention="1h")
-    assert run_at(ws, T0).ok
+    assert ws.run_at(T0).ok
     victim = ws.archived_files("acct")[0]
     victim.unlink()
-    result = run_at(ws, T0 + timedelta(hours=2))
+    result = ws.run_at(T0 + timedelta(hours=2))
     assert not result.ok
     assert "kept on the server" in (result.error or "")
     assert result.deleted == 5
@@ -154,13 +147,13 @@ def test_a_session_cut_before_quit_deletes_nothing_and_the_next_run_finishes(
         raise ReadError("connection lost before QUIT", account=self.account)
 
     monkeypatch.setattr(Pop3Client, "quit", drop_instead_of_quit)
-    first = run_at(ws, T0)
+    first = ws.run_at(T0)
     assert not first.ok
     assert len(server.mailbox) == 6, "no QUIT, so the server deleted nothing"
     assert all(req is not None for _, _, req in ledger_times(ws).values())
 
     monkeypatch.undo()
-    second = run_at(ws, T0 + timedelta(minutes=5))
+    second = ws.run_at(T0 + timedelta(minutes=5))
     assert second.ok, second.error
     assert second.messages == 0
     assert second.deleted == 6
@@ -180,10 +173,10 @@ def test_a_lost_quit_reply_is_recorded_as_our_deletion(
         raise ReadError("connection lost reading the QUIT reply", account=self.account)
 
     monkeypatch.setattr(Pop3Client, "quit", quit_then_lose_the_reply)
-    assert not run_at(ws, T0).ok
+    assert not ws.run_at(T0).ok
     assert server.mailbox == []
     monkeypatch.undo()
-    assert run_at(ws, T0 + timedelta(minutes=1)).ok
+    assert ws.run_at(T0 + timedelta(minutes=1)).ok
     times = ledger_times(ws)
     # Deleted by us (the request time), not "gone" as if another client took them.
     assert all(d == r_at for d, g, r_at in _with_request_time(times) if g is None)
@@ -196,14 +189,14 @@ def _with_request_time(times: dict[str, tuple[Any, Any, Any]]) -> list[tuple[Any
 
 def test_messages_taken_by_another_client_are_marked_gone(ws, server) -> None:
     configure(ws, server)
-    assert run_at(ws, T0).ok
+    assert ws.run_at(T0).ok
     # Another mail client takes message 1 (stdlib poplib: an independent peer).
     client = poplib.POP3(server.host, server.port, timeout=5)
     client.user("bob")
     client.pass_(PASSWORD)
     client.dele(1)
     client.quit()
-    assert run_at(ws, T0 + timedelta(hours=1)).ok
+    assert ws.run_at(T0 + timedelta(hours=1)).ok
     times = ledger_times(ws)
     gone = [uidl for uidl, (_, g, _) in times.items() if g is not None]
     assert len(gone) == 1
@@ -215,12 +208,12 @@ def test_a_poison_message_is_set_aside_after_max_attempts(ws, server) -> None:
     server.fail_command("RETR", "-ERR [SYS/PERM] cannot read message", arg="2")
     configure(ws, server)
     for attempt in range(1, MAX_ATTEMPTS + 1):
-        result = run_at(ws, T0 + timedelta(minutes=attempt))
+        result = ws.run_at(T0 + timedelta(minutes=attempt))
         assert not result.ok
         assert "cannot read message" in (result.error or "")
     assert len(result.set_aside) == 1
     retrs_before = server.commands.count("RETR 2")
-    calm = run_at(ws, T0 + timedelta(hours=1))
+    calm = ws.run_at(T0 + timedelta(hours=1))
     assert calm.ok, calm.error
     assert server.commands.count("RETR 2") == retrs_before, "set aside: not tried again"
     status = json.loads(ws.cli("status", "--json").out)
@@ -249,10 +242,10 @@ def test_a_second_process_on_the_same_account_is_refused(ws, server) -> None:
 
 def test_status_shows_due_and_next_deletion(ws, server) -> None:
     configure(ws, server, retention="10d")
-    assert run_at(ws, datetime.now(UTC) - timedelta(days=11)).ok
+    assert ws.run_at(datetime.now(UTC) - timedelta(days=11)).ok
     server.add_message(b"From: a@x\r\nSubject: new\r\n\r\nnew\r\n")
     # Ten days after the first six were archived is one day ago: not yet due then.
-    second = run_at(ws, datetime.now(UTC) - timedelta(days=2))
+    second = ws.run_at(datetime.now(UTC) - timedelta(days=2))
     assert second.ok
     assert second.deleted == 0
     (row,) = json.loads(ws.cli("status", "--json").out)
@@ -268,7 +261,7 @@ def test_messages_under_a_repeated_uidl_are_archived_and_deleted_each_once(ws) -
     uidls = ["u-1", "u-dup", "u-dup"]
     with FakePop3Server(raws, uidls=uidls, username="bob", password=PASSWORD) as srv:
         configure(ws, srv, retention="delete")
-        result = run_at(ws, T0)
+        result = ws.run_at(T0)
         assert result.ok, result.error
         assert result.messages == 3
         assert sorted(srv.deleted) == ["u-1", "u-dup", "u-dup"]
@@ -278,7 +271,7 @@ def test_messages_under_a_repeated_uidl_are_archived_and_deleted_each_once(ws) -
 
 def test_a_reused_uidl_with_another_size_is_not_deleted(ws, server) -> None:
     configure(ws, server, retention="1d")
-    assert run_at(ws, T0).ok
+    assert ws.run_at(T0).ok
     # The server now shows a different message under the first UIDL (a reused id).
     uidl, raw = server.mailbox[0]
     with FakePop3Server(
@@ -288,7 +281,7 @@ def test_a_reused_uidl_with_another_size_is_not_deleted(ws, server) -> None:
         password=PASSWORD,
     ) as changed:
         configure(ws, changed, retention="1d")
-        result = run_at(ws, T0 + timedelta(days=2))
+        result = ws.run_at(T0 + timedelta(days=2))
         assert result.ok, result.error
         assert result.deleted == 5
         assert [u for u, _ in changed.mailbox] == [uidl]
@@ -321,14 +314,14 @@ def test_stop_ends_the_run_cleanly_between_messages(ws, server) -> None:
 
 def test_messages_a_mail_reader_moved_to_cur_verify_and_are_deleted(ws, server) -> None:
     configure(ws, server, retention="1d")
-    assert run_at(ws, T0).ok
+    assert ws.run_at(T0).ok
     cur = ws.archive / "acct" / "cur"
     for path in ws.archived_files("acct"):
         path.rename(cur / f"{path.name}:2,S")  # read in a mail client
     report = ws.cli("verify", "--json")
     assert report.code == 0, report.output
     assert json.loads(report.out)[0]["checked"] == 6
-    later = run_at(ws, T0 + timedelta(days=2))
+    later = ws.run_at(T0 + timedelta(days=2))
     assert later.ok, later.error
     assert later.deleted == 6
     assert server.mailbox == []

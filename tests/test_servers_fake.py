@@ -19,9 +19,7 @@ from typing import Any
 
 import pytest
 
-from popvault import config as config_module
-from popvault.ledger import Ledger
-from popvault.sync import RunResult, sync_account
+from popvault.sync import RunResult
 from popvault.testing import FakePop3Server, Served, Vanished, sample_messages
 from workspace import Workspace, fake_account, maildir_form, wire_form
 
@@ -48,14 +46,7 @@ def configure(ws: Workspace, srv: FakePop3Server, **extra: Any) -> None:
 
 
 def run_at(ws: Workspace, when: datetime = T0, **options: Any) -> RunResult:
-    """One run with the clock frozen at ``when``."""
-    cfg = config_module.load(ws.config)
-    with Ledger.open(cfg.ledger_url) as ledger:
-        return sync_account(cfg, cfg.accounts[0], ledger, clock=lambda: when, **options)
-
-
-def stored(ws: Workspace) -> list[bytes]:
-    return sorted(path.read_bytes() for path in ws.archived_files("acct"))
+    return ws.run_at(when, **options)
 
 
 def has_raw_utf8_header(raw: bytes) -> bool:
@@ -111,7 +102,7 @@ def test_utf8_is_enabled_so_the_real_message_is_archived_and_deleted(ws: Workspa
         assert result.ok, result.error
         assert srv.mailbox == []
         assert any(line.upper() == "UTF8" for line in srv.commands)
-    assert stored(ws) == sorted(maildir_form(wire_form(raw)) for raw in messages)
+    assert ws.stored() == sorted(maildir_form(wire_form(raw)) for raw in messages)
     assert result.held == []
 
 
@@ -256,7 +247,7 @@ def test_byte_identical_messages_under_one_uidl_are_archived_once_each_and_delet
         # The two copies under the shared UIDL were checked by content before DELE.
         retrs = [c for c in srv.commands if c.startswith("RETR")]
         assert len(retrs) == 3 + 2
-    assert stored(ws) == sorted(maildir_form(wire_form(raw)) for raw in messages)
+    assert ws.stored() == sorted(maildir_form(wire_form(raw)) for raw in messages)
 
 
 def test_different_messages_under_one_uidl_are_both_archived_and_not_confused(
@@ -272,7 +263,7 @@ def test_different_messages_under_one_uidl_are_both_archived_and_not_confused(
         assert result.ok, result.error
         assert result.messages == 3
         assert srv.mailbox == []
-    assert stored(ws) == sorted(maildir_form(wire_form(r)) for r in (first_raw, second_raw, plain))
+    assert ws.stored() == sorted(maildir_form(wire_form(r)) for r in (first_raw, second_raw, plain))
     rows = ws.ledger_rows("SELECT occurrence FROM messages WHERE uidl = 'same' ORDER BY 1")
     assert rows == [(1,), (2,)]
 
@@ -295,7 +286,7 @@ def test_when_one_of_two_shared_uidl_messages_goes_the_other_is_still_known(
     assert third.messages in (0, 1)
     # a came back with the same content: it is the archived one, or a new copy; the
     # archive never lacks anything the server lists.
-    assert set(stored(ws)) >= {maildir_form(wire_form(a)), maildir_form(wire_form(b))}
+    assert set(ws.stored()) >= {maildir_form(wire_form(a)), maildir_form(wire_form(b))}
 
 
 def test_a_uidl_the_server_reuses_after_popvault_deleted_its_message_is_a_new_message(
@@ -310,7 +301,7 @@ def test_a_uidl_the_server_reuses_after_popvault_deleted_its_message_is_a_new_me
         assert result.ok, result.error
         assert result.messages == 1
         assert srv.mailbox == []
-    assert stored(ws) == sorted(maildir_form(wire_form(r)) for r in (first, second))
+    assert ws.stored() == sorted(maildir_form(wire_form(r)) for r in (first, second))
 
 
 # -- 3. a login refused for another reason than the password -----------------------------
@@ -388,7 +379,7 @@ def test_a_message_another_session_deletes_mid_run_loses_nothing(
         third = run_at(ws, T0 + timedelta(hours=2))
         assert third.ok, third.error
         assert (third.messages, third.on_server) == (0, 0)
-    assert stored(ws) == sorted(maildir_form(wire_form(raw)) for raw in messages[1:])
+    assert ws.stored() == sorted(maildir_form(wire_form(raw)) for raw in messages[1:])
 
 
 def test_held_lists_json_and_releases_only_the_named_uidl(ws: Workspace) -> None:
@@ -476,4 +467,4 @@ def test_a_message_that_changed_under_its_uidl_is_archived_again_and_not_lost(
         assert last.ok, last.error
         assert last.deleted == 1
         assert srv.mailbox == []
-    assert stored(ws) == sorted(maildir_form(wire_form(r)) for r in (original, replacement))
+    assert ws.stored() == sorted(maildir_form(wire_form(r)) for r in (original, replacement))

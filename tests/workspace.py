@@ -11,9 +11,15 @@ import io
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from popvault import config as config_module
 from popvault.cli import main
+from popvault.ledger import Ledger
+from popvault.sync import RunResult, sync_account
+
+if TYPE_CHECKING:
+    from datetime import datetime
 
 
 @dataclass
@@ -88,6 +94,16 @@ class Workspace:
         files = list((base / "new").glob("*")) + list((base / "cur").glob("*"))
         files += list(base.glob("[0-9][0-9][0-9][0-9]/[0-9][0-9]/*.eml"))
         return sorted(path for path in files if path.is_file())
+
+    def run_at(self, when: datetime, **options: Any) -> RunResult:
+        """One run of the config's first account with the clock frozen at ``when``."""
+        cfg = config_module.load(self.config)
+        with Ledger.open(cfg.ledger_url) as ledger:
+            return sync_account(cfg, cfg.accounts[0], ledger, clock=lambda: when, **options)
+
+    def stored(self, folder: str = "acct") -> list[bytes]:
+        """The contents of one account's archived files, sorted."""
+        return sorted(path.read_bytes() for path in self.archived_files(folder))
 
     def ledger_rows(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         with contextlib.closing(sqlite3.connect(self.ledger_file)) as db:
