@@ -3,16 +3,22 @@ missing secrets, unknown environment variables, a damaged ledger file."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
+import threading
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from popvault.ledger import Ledger
 from popvault.ledger.migrate import backup_sqlite
 from popvault.testing import FakePop3Server, sample_messages
 from workspace import Workspace, fake_account
@@ -302,3 +308,76 @@ def test_a_malformed_ledger_names_its_newest_backup_and_how_to_restore_it(
     restored = ws.cli("run")
     assert restored.code == 0, restored.output
     assert "0 new message(s)" in restored.out
+
+
+# -- a run killed by SIGKILL or SIGTERM ------------------------------------------------
+
+
+def kill_run_mid_retr(ws: Workspace, server: FakePop3Server, signum: int) -> None:
+    """Start `popvault run` in a child, and kill it with ``signum`` while RETR 1 hangs."""
+    arrived = threading.Event()
+    server.hang_on("RETR")
+    server.on_command("RETR", lambda _session, _arg: arrived.set(), times=1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POPVAULT_")}
+    child = subprocess.Popen(
+        [sys.executable, "-c", CLI, "--config", str(ws.config), "run"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert arrived.wait(30), "the run never reached RETR"
+        assert ws.ledger_rows("SELECT outcome FROM runs") == [("running",)]
+        child.send_signal(signum)
+        assert child.wait(30) == -signum
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    server.clear_faults()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_status_shows_a_killed_run_as_interrupted(
+    ws: Workspace, server: FakePop3Server, signum: int
+) -> None:
+    ws.write_config([account(server, timeout="30s")])
+    kill_run_mid_retr(ws, server, signum)
+    assert ws.ledger_rows("SELECT outcome FROM runs") == [("running",)]
+
+    status = ws.cli("status", "--json")
+
+    assert status.code == 0, status.output
+    [row] = json.loads(status.out)
+    assert row["last_outcome"] == "interrupted"
+    assert "killed or crashed" in row["last_error"]
+    assert ws.ledger_rows("SELECT outcome FROM runs") == [("interrupted",)]
+    table = ws.cli("status")
+    assert "interrupted" in table.out
+
+
+def test_the_next_run_marks_a_killed_run_interrupted(
+    ws: Workspace, server: FakePop3Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    ws.write_config([account(server, timeout="30s")])
+    kill_run_mid_retr(ws, server, signal.SIGKILL)
+    caplog.set_level(logging.WARNING)
+
+    result = ws.cli("run")
+
+    assert result.code == 0, result.output
+    assert ws.ledger_rows("SELECT outcome FROM runs ORDER BY id") == [("interrupted",), ("ok",)]
+    assert any("never recorded an outcome" in r.getMessage() for r in caplog.records)
+    assert len(ws.archived_files("acct")) == len(server.mailbox)
+
+
+def test_status_leaves_a_live_run_running(ws: Workspace, server: FakePop3Server) -> None:
+    ws.write_config([account(server)])
+    assert ws.cli("db", "upgrade").code == 0
+    with Ledger.open(f"sqlite:///{ws.ledger_file}") as ledger, ledger.account_lock("acct"):
+        ledger.start_run("acct", started_at=datetime.now(UTC))  # a run in progress, alive
+        [row] = json.loads(ws.cli("status", "--json").out)
+        assert row["last_outcome"] == "running"
+    # Its holder gone, the same row is stale.
+    [row] = json.loads(ws.cli("status", "--json").out)
+    assert row["last_outcome"] == "interrupted"

@@ -6,7 +6,9 @@ available, and prints none.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import platform
 from collections.abc import Callable
@@ -15,9 +17,10 @@ from datetime import datetime, timedelta
 from typing import Final
 
 from popvault.config import Account, Config
+from popvault.errors import LedgerError
 from popvault.held import describe as describe_hold
 from popvault.humanize import human_size
-from popvault.ledger import AccountStatus, Ledger, ScheduleEntry
+from popvault.ledger import AccountBusy, AccountStatus, Ledger, ScheduleEntry
 from popvault.redaction import redact
 from popvault.retention import describe, due_cutoff, next_due
 
@@ -49,6 +52,8 @@ class StatusRow:
     held: tuple[str, ...] = ()
 
 
+log = logging.getLogger("popvault.status")
+
 # Held messages `status` names one by one; `popvault held` lists them all.
 SHOWN_HELD: Final = 5
 
@@ -59,7 +64,12 @@ STALE_AFTER: Final = timedelta(minutes=10)
 
 
 def account_statuses(config: Config, ledger: Ledger, *, now: datetime) -> list[StatusRow]:
-    """Configured accounts in config order, then accounts only the ledger knows."""
+    """Configured accounts in config order, then accounts only the ledger knows.
+
+    Runs left ``running`` by a process that is gone are marked interrupted first
+    (:func:`interrupt_dead_runs`).
+    """
+    interrupt_dead_runs(ledger)
     known = {status.name: status for status in ledger.status()}
     plans = live_schedules(ledger.schedules(), now=now)
     rows = [
@@ -68,6 +78,24 @@ def account_statuses(config: Config, ledger: Ledger, *, now: datetime) -> list[S
     ]
     rows += [_row(name, status) for name, status in sorted(known.items())]
     return [_with_plan(row, plans.get(row.name)) for row in rows]
+
+
+def interrupt_dead_runs(ledger: Ledger) -> None:
+    """Mark interrupted the ``running`` runs whose account lock is free.
+
+    A live run holds its account's lock for its whole length, and the lock
+    dies with its holder (even by SIGKILL): a free lock means the process that
+    wrote the row is gone. The lock is taken only for accounts with such a
+    row, and only for the instant of the update; a run being started in that
+    instant is refused like any overlapping run (the daemon retries). A
+    ledger that cannot be written (read-only) is simply shown as it is.
+    """
+    try:
+        for name in ledger.running_accounts():
+            with contextlib.suppress(AccountBusy), ledger.account_lock(name):
+                ledger.interrupt_runs(name, noticed="by `popvault status`: no process held it")
+    except LedgerError as exc:
+        log.debug("not marking dead runs interrupted: %s", exc)
 
 
 def live_schedules(

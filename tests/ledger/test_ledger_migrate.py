@@ -21,18 +21,18 @@ from popvault.ledger.engine import create_ledger_engine, parse_url
 from popvault.ledger.migrate import backup_sqlite, migrations_dir
 from popvault.ledger.models import Base
 
-HEAD = "0002"
+HEAD = "0003"
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
-NEXT = "0003"
+NEXT = "0004"
 
 DUMMY_NEXT = '''"""A later schema, for tests: runs get a note column."""
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003"
-down_revision = "0002"
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
@@ -50,10 +50,10 @@ def downgrade() -> None:
 
 @pytest.fixture
 def newer_scripts(tmp_path: Path) -> Path:
-    """Our migrations plus a dummy 0003: a popvault one release ahead."""
+    """Our migrations plus a dummy next one: a popvault one release ahead."""
     folder = tmp_path / "migrations-next"
     shutil.copytree(migrations_dir(), folder, ignore=shutil.ignore_patterns("__pycache__"))
-    (folder / "versions" / "0003_dummy.py").write_text(DUMMY_NEXT)
+    (folder / "versions" / f"{NEXT}_dummy.py").write_text(DUMMY_NEXT)
     return folder
 
 

@@ -38,7 +38,9 @@ NAMING_CONVENTION: dict[str, str] = {
 # A message that keeps failing is no state of its own: it has no file, so it
 # lives in `failures`, and every messages row keeps honest NOT NULL columns.
 MESSAGE_STATES = ("pending", "archived")
-RUN_OUTCOMES = ("running", "ok", "failed")
+# interrupted: the run's process died before it recorded an outcome (found by the
+# account's next run, or by `status` seeing the account's lock free).
+RUN_OUTCOMES = ("running", "ok", "failed", "interrupted")
 
 
 def binary_string() -> String:

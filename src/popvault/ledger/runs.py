@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 
-from sqlalchemy import insert, update
+from sqlalchemy import Update, insert, select, update
 
 from popvault.errors import LedgerError
 from popvault.ledger.core import LedgerCore, require_aware
@@ -12,18 +13,34 @@ from popvault.ledger.models import Run
 
 _FINAL_OUTCOMES = frozenset({"ok", "failed"})
 
+log = logging.getLogger("popvault.ledger")
+
 
 class RunsMixin(LedgerCore):
     """The Ledger's record of sync runs."""
 
     def start_run(self, account: str, *, started_at: datetime) -> int:
-        """Record the start of a sync run and return its id."""
+        """Record the start of a sync run and return its id.
+
+        The caller holds the account's lock (:meth:`account_lock`), so no other
+        run of the account is alive: a row of it still ``running`` is a run
+        whose process died (SIGKILL, a power cut). It is marked
+        ``interrupted`` in the same transaction.
+        """
         require_aware(started_at, "started_at")
         statement = insert(Run).values(
             account=account, started_at=started_at, outcome="running", messages=0, bytes=0
         )
         with self._writing() as connection:
+            stale = connection.execute(_interrupt(account, "by the account's next run")).rowcount
             key = connection.execute(statement).inserted_primary_key
+        if stale:
+            log.warning(
+                "account %r: %d earlier run(s) never recorded an outcome (the process was "
+                "killed or crashed); marked interrupted",
+                account,
+                stale,
+            )
         if key is None:  # pragma: no cover - every backend we support returns it
             raise LedgerError(f"account {account!r}: the new run got no id")
         run_id: int = key[0]
@@ -59,6 +76,34 @@ class RunsMixin(LedgerCore):
         with self._writing() as connection:
             if connection.execute(statement).rowcount != 1:
                 raise LedgerError(f"run {run_id} does not exist or has already finished")
+
+    def running_accounts(self) -> list[str]:
+        """The accounts that have a run marked ``running``, sorted."""
+        query = select(Run.account).where(Run.outcome == "running").distinct()
+        with self._reading() as connection:
+            return sorted(connection.scalars(query))
+
+    def interrupt_runs(self, account: str, *, noticed: str) -> int:
+        """Mark every ``running`` run of ``account`` interrupted; returns how many.
+
+        Only for a caller that holds the account's lock (then no run of the
+        account is alive). ``noticed`` says who found them, for the error text.
+        """
+        with self._writing() as connection:
+            count: int = connection.execute(_interrupt(account, noticed)).rowcount
+        return count
+
+
+def _interrupt(account: str, noticed: str) -> Update:
+    """The runs of ``account`` still marked running become interrupted (no end time: unknown)."""
+    error = (
+        f"the run never recorded an outcome: its process was killed or crashed (noticed {noticed})"
+    )
+    return (
+        update(Run)
+        .where(Run.account == account, Run.outcome == "running")
+        .values(outcome="interrupted", error=error)
+    )
 
 
 def _check_run_end(*, outcome: str, messages: int, octets: int, on_server: int | None) -> None:
