@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -133,3 +133,52 @@ def test_a_line_that_drops_at_random_places_is_not_blamed_on_a_message(ws: Works
         assert second.ok, second.error
         assert second.messages == 3
     assert ws.ledger_rows("SELECT count(*) FROM failures") == [(0,)], "cleared once archived"
+
+
+def drop_listing_line(verb: str, number: int) -> Callable[[str, bytes], bytes]:
+    """A rewrite_reply hook: the listing of ``verb`` leaves out message ``number``."""
+
+    def rewrite(replied: str, reply: bytes) -> bytes:
+        if replied != verb or not reply.startswith(b"+OK"):
+            return reply
+        lines = reply.split(b"\r\n")
+        return b"\r\n".join(line for line in lines if not line.startswith(b"%d " % number))
+
+    return rewrite
+
+
+def test_a_message_uidl_leaves_out_is_reported_and_never_silently_skipped(
+    ws: Workspace,
+) -> None:
+    messages = sample_messages(3, seed=16)
+    with FakePop3Server(
+        messages,
+        username="alice",
+        password=PASSWORD,
+        rewrite_reply=drop_listing_line("UIDL", 2),
+    ) as srv:
+        configure(ws, srv, retention="delete")
+        result = ws.run_at(T0)
+        assert result.messages == 2
+        assert not result.ok, "a listed message was not archived: the run is not ok"
+        assert "message 2: in the server's LIST but not in its UIDL listing" in (
+            result.error or ""
+        )
+        assert [raw for _, raw in srv.mailbox] == [messages[1]], "never deleted"
+
+
+def test_a_message_list_leaves_out_is_archived_and_its_copy_held(ws: Workspace) -> None:
+    messages = sample_messages(3, seed=17)
+    with FakePop3Server(
+        messages,
+        username="alice",
+        password=PASSWORD,
+        rewrite_reply=drop_listing_line("LIST", 3),
+    ) as srv:
+        configure(ws, srv, retention="delete")
+        result = ws.run_at(T0)
+        assert result.ok, result.error
+        assert result.messages == 3
+        (held,) = result.held
+        assert "LIST did not name it" in held
+        assert [raw for _, raw in srv.mailbox] == [messages[2]]

@@ -109,6 +109,8 @@ class PlannedMessage:
     key: MessageKey | None = None
     candidates: tuple[KnownRow, ...] = ()
     verify: bool = False
+    # False when LIST did not name the message (its size is then unknown).
+    size_listed: bool = True
 
     @property
     def ledger_key(self) -> MessageKey:
@@ -152,6 +154,15 @@ class RunResult:
     def ok(self) -> bool:
         """True when the run archived everything it set out to."""
         return self.error is None
+
+    @property
+    def left_on_server(self) -> int | None:
+        """Messages on the server once the run's deletions took effect (None: unknown).
+
+        What the ledger records and ``status`` shows: a run that deleted all 200
+        leaves 0, not the 200 it listed.
+        """
+        return None if self.on_server is None else max(0, self.on_server - self.deleted)
 
 
 def sync_account(
@@ -215,7 +226,7 @@ def _finish_run(ledger: Ledger, run_id: int, result: RunResult, ended_at: dateti
             messages=result.messages,
             bytes=result.octets,
             error=None if result.error is None else redact(result.error),
-            on_server=result.on_server,
+            on_server=result.left_on_server,
         )
     except LedgerError as exc:
         log.error("account %r: could not record the run's outcome: %s", result.account, exc)
@@ -364,6 +375,7 @@ class _AccountRun:
         name = self.account.name
         listing = self._uidl_listing(client)
         self.sizes = sizes = dict(client.list())
+        self._check_listings_agree(listing, sizes)
         self.result.on_server = len(listing)
         uidls = list(dict.fromkeys(uidl for _, uidl in listing))
         rows = self.ledger.known_rows(name, uidls)
@@ -380,6 +392,25 @@ class _AccountRun:
         )
         # RETR in message order (the listing's): servers read their mailbox front to back.
         return [_planned(message, sizes) for message in self.view.messages if message.key in new]
+
+    def _check_listings_agree(
+        self, listing: Sequence[tuple[int, str]], sizes: dict[int, int]
+    ) -> None:
+        """UIDL and LIST must name the same message numbers (RFC 1939 sections 5 and 7).
+
+        A message LIST names and UIDL does not cannot be archived (nothing
+        would recognise it next time): it is a problem of the run, never a
+        silent skip. A message UIDL names and LIST does not is archived, but
+        its size cannot be checked, so its server copy is held.
+        """
+        numbered = {number for number, _ in listing}
+        for number in sorted(set(sizes) - numbered):
+            problem = (
+                f"message {number}: in the server's LIST but not in its UIDL listing; "
+                "not archived (the server's listings disagree)"
+            )
+            log.warning("account %r: %s", self.account.name, problem)
+            self.result.message_errors.append(problem)
 
     def _uidl_listing(self, client: Pop3Client) -> list[tuple[int, str]]:
         try:
@@ -735,6 +766,7 @@ def _planned(message: Listed, sizes: dict[int, int]) -> PlannedMessage:
         sizes.get(message.number, 0),
         key=message.key,
         candidates=message.candidates,
+        size_listed=message.number in sizes,
     )
 
 
@@ -890,6 +922,13 @@ def _check_sizes(
     instead of a message with UTF-8 headers). ``trust`` False: the sizes are
     estimates, only emptiness counts.
     """
+    if not message.size_listed:
+        if sink.octets == 0:
+            raise IncompleteMessage(
+                f"RETR {message.number} returned an empty message: refusing to archive it",
+                account=account,
+            )
+        return "the server's LIST did not name it, so its size could not be checked"
     if sink.octets == 0:
         raise IncompleteMessage(
             f"RETR {message.number} returned an empty message (LIST announced "
