@@ -309,10 +309,13 @@ def _print_summary(results: Sequence[RunResult], *, dry_run: bool) -> None:
 
 
 def _counts(result: RunResult) -> str:
+    # Downloaded: octets on the wire (CRLF line ends); `status` shows stored octets,
+    # which a Maildir keeps with LF line ends: the two are labelled, not equal.
+    left = "unknown" if result.left_on_server is None else str(result.left_on_server)
     parts = [
         f"{result.messages} new message(s)",
-        human_size(result.octets),
-        f"{_on_server(result)} on server",
+        f"{human_size(result.octets)} downloaded",
+        f"{left} on server",
     ]
     if result.deleted:
         parts.append(f"{result.deleted} deleted from server")

@@ -46,15 +46,20 @@ def next_due(policy: Retention, next_archived_at: datetime | None) -> datetime |
 
 
 def describe(policy: Retention) -> str:
-    """``keep``, ``delete``, or ``after 14d`` — for summaries."""
+    """``keep``, ``delete``, or ``after 14d`` — for summaries.
+
+    The duration as the config wrote it (``retention = "14d"`` is ``after 14d``,
+    never ``after 2w``); a policy built in code is shown in days at most.
+    """
     if policy.after is None:
         return policy.mode
-    return f"after {_duration(policy.after)}"
+    return f"after {policy.written or _duration(policy.after)}"
 
 
 def _duration(value: timedelta) -> str:
     seconds = int(value.total_seconds())
-    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+    # No weeks: "14d" reads as the "leave on the server for N days" it usually is.
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds % size == 0:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"

@@ -194,7 +194,17 @@ def render_table(rows: list[StatusRow]) -> str:
     """A plain-text table for people; errors and failures go on lines of their own."""
     if not rows:
         return "no accounts configured and none in the ledger"
-    header = ("ACCOUNT", "ARCHIVED", "SIZE", "ON SERVER", "RETENTION", "LAST RUN (UTC)", "OUTCOME")
+    # STORED: the archived files' octets (Maildir keeps LF line ends), not the
+    # octets `run` reports as downloaded.
+    header = (
+        "ACCOUNT",
+        "ARCHIVED",
+        "STORED",
+        "ON SERVER",
+        "RETENTION",
+        "LAST RUN (UTC)",
+        "OUTCOME",
+    )
     lines = [header] + [_cells(row) for row in rows]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     out = [

@@ -57,6 +57,9 @@ class Retention:
 
     mode: Literal["keep", "delete", "after"]
     after: timedelta | None = None
+    # The duration as the config wrote it ("14d", not "2w"), for summaries; two
+    # policies of one duration are equal however they were written.
+    written: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if (self.mode == "after") != (self.after is not None):
@@ -221,7 +224,11 @@ def parse_retention(value: object) -> Retention:
     if count <= 0:
         raise ValueError(f"invalid retention {value!r}: the duration must be more than zero")
     try:
-        return Retention(mode="after", after=timedelta(seconds=count * _UNIT_SECONDS[match[2]]))
+        return Retention(
+            mode="after",
+            after=timedelta(seconds=count * _UNIT_SECONDS[match[2]]),
+            written=f"{count}{match[2]}",
+        )
     except OverflowError:
         raise ValueError(f"invalid retention {value!r}: too long") from None
 

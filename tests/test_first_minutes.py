@@ -1,0 +1,79 @@
+"""The first five minutes of a new user (issue 8): labels that agree, defaults out of the config
+folder, a config written by `popvault init`."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from popvault.testing import FakePop3Server, sample_messages
+from workspace import Workspace, fake_account, maildir_form, wire_form
+
+PASSWORD = "first-Minutes-pw-4"
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Workspace:
+    return Workspace(tmp_path, password=PASSWORD)
+
+
+@pytest.fixture
+def server():
+    with FakePop3Server(sample_messages(200, seed=3), username="amy", password=PASSWORD) as srv:
+        yield srv
+
+
+def account(srv: FakePop3Server, name: str = "acct", **extra: Any) -> dict[str, Any]:
+    return fake_account(srv, name, **extra)
+
+
+# -- labels -------------------------------------------------------------------------------
+
+
+def test_run_labels_bytes_downloaded_and_status_labels_bytes_stored(
+    ws: Workspace, server: FakePop3Server
+) -> None:
+    ws.write_config([account(server)])
+    run = ws.cli("run")
+    assert run.code == 0, run.output
+    wire = sum(len(wire_form(raw)) for _, raw in server.mailbox)
+    stored = sum(len(maildir_form(wire_form(raw))) for _, raw in server.mailbox)
+    assert wire != stored  # Maildir keeps LF line ends: the two numbers differ
+    assert re.search(r"200 new message\(s\), \d+\.\d [KM]iB downloaded, 200 on server", run.out)
+    table = ws.cli("status").out
+    header = table.splitlines()[0].split()
+    assert "STORED" in header
+    assert "SIZE" not in header
+    [row] = json.loads(ws.cli("status", "--json").out)
+    assert row["archived_bytes"] == stored
+
+
+@pytest.mark.parametrize(
+    ("written", "shown"),
+    [("14d", "after 14d"), ("2w", "after 2w"), ("36h", "after 36h"), ("90m", "after 90m")],
+)
+def test_retention_is_shown_as_written(
+    ws: Workspace, server: FakePop3Server, written: str, shown: str
+) -> None:
+    ws.write_config([account(server, retention=written)])
+    [row] = json.loads(ws.cli("status", "--json").out)
+    assert row["retention"] == shown
+    assert shown in ws.cli("status").out
+
+
+def test_status_shows_what_is_left_on_the_server_after_a_run_that_deleted_everything(
+    ws: Workspace, server: FakePop3Server
+) -> None:
+    ws.write_config([account(server, retention="delete")])
+    run = ws.cli("run")
+    assert run.code == 0, run.output
+    assert server.mailbox == []
+    assert "0 on server, 200 deleted from server" in run.out
+    [row] = json.loads(ws.cli("status", "--json").out)
+    assert row["on_server"] == 0
+    line = next(line for line in ws.cli("status").out.splitlines() if line.startswith("acct"))
+    assert line.split()[1:5] == ["200", *line.split()[2:4], "0"]  # ARCHIVED, STORED, ON SERVER
