@@ -14,6 +14,7 @@ what it saw in :attr:`WitnessServer.witnesses`.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import json
@@ -161,6 +162,8 @@ def _ledger_template() -> Path:
     with _TEMPLATE_LOCK:
         if _template is None:
             folder = Path(tempfile.mkdtemp(prefix="popvault-ledger-template-"))
+            # Gone when the test process ends, however it ends short of a kill.
+            atexit.register(shutil.rmtree, folder, ignore_errors=True)
             path = folder / "ledger.sqlite3"
             Ledger.open(f"sqlite:///{path}").close()
             _template = path
