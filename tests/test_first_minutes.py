@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from popvault.config import load
+from popvault.status import render_locations
 from popvault.testing import FakePop3Server, sample_messages
 from workspace import Workspace, fake_account, maildir_form, wire_form
 
@@ -45,7 +47,7 @@ def test_run_labels_bytes_downloaded_and_status_labels_bytes_stored(
     assert wire != stored  # Maildir keeps LF line ends: the two numbers differ
     assert re.search(r"200 new message\(s\), \d+\.\d [KM]iB downloaded, 200 on server", run.out)
     table = ws.cli("status").out
-    header = table.splitlines()[0].split()
+    header = next(line for line in table.splitlines() if line.startswith("ACCOUNT")).split()
     assert "STORED" in header
     assert "SIZE" not in header
     [row] = json.loads(ws.cli("status", "--json").out)
@@ -77,3 +79,55 @@ def test_status_shows_what_is_left_on_the_server_after_a_run_that_deleted_everyt
     assert row["on_server"] == 0
     line = next(line for line in ws.cli("status").out.splitlines() if line.startswith("acct"))
     assert line.split()[1:5] == ["200", *line.split()[2:4], "0"]  # ARCHIVED, STORED, ON SERVER
+
+
+# -- defaults: the XDG data and state folders ------------------------------------------
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "home"
+    folder.mkdir()
+    monkeypatch.setenv("HOME", str(folder))
+    for variable in ("XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CONFIG_HOME", "POPVAULT_CONFIG"):
+        monkeypatch.delenv(variable, raising=False)
+    return folder
+
+
+def test_a_config_without_paths_archives_into_the_xdg_folders_shown_by_status(
+    home: Path, server: FakePop3Server
+) -> None:
+    config_dir = home / ".config" / "popvault"
+    config_dir.mkdir(parents=True)
+    ws = Workspace(config_dir, password=PASSWORD)
+    entry = account(server)
+    ws.config.write_text(
+        "[[accounts]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in entry.items()),
+        encoding="utf-8",
+    )
+    archive = home / ".local" / "share" / "popvault" / "archive"
+    ledger = home / ".local" / "state" / "popvault" / "popvault.sqlite3"
+
+    before = ws.cli("status")
+    assert before.code == 0, before.output
+    assert f"archive: {archive} (not created yet" in before.out
+    assert f"ledger:  {ledger} (not created yet)" in before.out
+    assert not ledger.exists()
+
+    run = ws.cli("run")
+    assert run.code == 0, run.output
+    assert len(list((archive / "acct" / "new").iterdir())) == len(server.mailbox)
+    assert ledger.is_file()
+    # Nothing but the config and its secret in the config folder: no mail, no ledger.
+    assert sorted(path.name for path in config_dir.iterdir()) == ["config.toml", "secret"]
+    after = ws.cli("status").out.splitlines()
+    assert after[:2] == [f"archive: {archive}", f"ledger:  {ledger}"]
+    # --json stays a list of accounts.
+    assert isinstance(json.loads(ws.cli("status", "--json").out), list)
+
+
+def test_status_names_a_postgresql_ledger_without_its_password(ws: Workspace) -> None:
+    ws.write_config([], ledger_url="postgresql://popvault:Secret-pg-9@127.0.0.1:1/none")
+    text = render_locations(load(ws.config, environ={}))
+    assert "ledger:  postgresql://popvault:***@127.0.0.1:1/none" in text
+    assert "Secret-pg-9" not in text

@@ -214,7 +214,7 @@ def test_a_dry_run_on_a_lost_ledger_says_so_and_creates_no_file(
     ws.ledger_file.unlink()
     result = ws.cli("run", "--dry-run")
     assert result.code == 1
-    assert f"its file {ws.ledger_file} does not exist" in result.out
+    assert f"its file {ws.ledger_file} is missing" in result.out
     assert not ws.ledger_file.exists()
 
 

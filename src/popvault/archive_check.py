@@ -17,9 +17,7 @@ messages (restored from an older copy) is not second-guessed here:
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from popvault.config import Account, Config
+from popvault.config import Account, Config, sqlite_path
 from popvault.errors import ArchiveNotInLedger
 from popvault.ledger import BACKUP_INFIX, Ledger
 from popvault.store import Store
@@ -56,26 +54,17 @@ def _message(config: Config, account: Account, count: int, examples: list[str]) 
     )
 
 
-def _sqlite_path(url: str) -> Path | None:
-    """The file of a ``sqlite:///PATH`` URL (absolute once loaded), else None."""
-    scheme, _, rest = url.partition(":///")
-    if not scheme.startswith("sqlite") or not rest:
-        return None
-    path = rest.split("?", 1)[0]
-    return None if path in ("", ":memory:") else Path(path)
-
-
 def _ledger_words(url: str) -> str:
-    path = _sqlite_path(url)
+    path = sqlite_path(url)
     if path is None:
         return "the ledger"
     if not path.exists():
-        return f"the ledger (its file {path} does not exist)"
+        return f"the ledger (its file {path} is missing)"
     return f"the ledger {path}"
 
 
 def _restore_hint(url: str) -> str:
-    path = _sqlite_path(url)
+    path = sqlite_path(url)
     if path is None:
         return "restore the ledger database from its backup"
     return (

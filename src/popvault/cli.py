@@ -384,12 +384,15 @@ class _TerminalProgress:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """``popvault status``: per account, what is archived and how the last run went."""
-    from popvault.status import account_statuses, render_json, render_table
+    from popvault.status import account_statuses, render_json, render_locations, render_table
 
     cfg = _load_config(args)
     with _open_ledger(cfg, create=False) as ledger:
         rows = account_statuses(cfg, ledger, now=datetime.now(UTC))
-    print(render_json(rows) if args.json else render_table(rows))
+    if args.json:
+        print(render_json(rows))
+    else:
+        print(f"{render_locations(cfg)}\n\n{render_table(rows)}")
     return EXIT_OK
 
 

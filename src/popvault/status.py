@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from typing import Final
 
-from popvault.config import Account, Config
+from popvault.config import Account, Config, redact_url, sqlite_path
 from popvault.errors import LedgerError
 from popvault.held import describe as describe_hold
 from popvault.humanize import human_size
@@ -188,6 +188,22 @@ def _iso(value: object) -> str:
     if isinstance(value, datetime):
         return value.isoformat()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def render_locations(config: Config) -> str:
+    """Where the archive and the ledger are: the lines above the status table.
+
+    Not in ``--json``, which stays a list of accounts.
+    """
+    archive = str(config.archive_root)
+    if not config.archive_root.exists():
+        archive += " (not created yet: the first run creates it)"
+    ledger = sqlite_path(config.ledger_url)
+    if ledger is None:
+        place = redact_url(config.ledger_url)
+    else:
+        place = str(ledger) + ("" if ledger.exists() else " (not created yet)")
+    return f"archive: {archive}\nledger:  {place}"
 
 
 def render_table(rows: list[StatusRow]) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from popvault.config import load, read_password
+from popvault.config import default_archive_root, default_ledger_path, load, read_password
 from popvault.config._schema import AccountEntry, Settings
 from popvault.errors import ConfigError
 
@@ -22,7 +22,9 @@ def test_example_loads_without_any_secret(elsewhere):
     assert (work.name, work.security, work.port) == ("work", "starttls", 110)
     assert work.password_command is not None
     assert work.format == "eml"
-    assert config.archive_root == EXAMPLE.parent / "archive"
+    # The example leaves the paths to their XDG defaults, out of the config folder.
+    assert config.archive_root == default_archive_root({})
+    assert config.ledger_url == f"sqlite:///{default_ledger_path({})}"
 
 
 def test_example_secrets_are_read_only_when_asked(elsewhere):

@@ -14,11 +14,12 @@ from popvault.errors import ConfigError
 
 
 def test_minimal_account_gets_every_default(write_config, config_dir):
-    config = load(write_config(ACCOUNT), environ={})
+    config = load(write_config(ACCOUNT), environ={"HOME": "/home/alice"})
     account = config.account("personal")
     assert config.file == config_dir / "config.toml"
-    assert config.ledger_url == f"sqlite:///{config_dir}/popvault.sqlite3"
-    assert config.archive_root == config_dir / "archive"
+    # The XDG state and data folders, not the config folder (see test_config_defaults.py).
+    assert config.ledger_url == "sqlite:////home/alice/.local/state/popvault/popvault.sqlite3"
+    assert config.archive_root == Path("/home/alice/.local/share/popvault/archive")
     assert (account.host, account.port, account.security) == ("pop.example.org", 995, "tls")
     assert (account.username, account.auth, account.format) == (
         "alice@example.org",
@@ -188,9 +189,9 @@ def test_zero_accounts_is_a_valid_config(write_config):
     assert config.accounts == ()
 
 
-def test_empty_file_is_valid_with_defaults(write_config, config_dir):
-    config = load(write_config(""), environ={})
-    assert config.archive_root == config_dir / "archive"
+def test_empty_file_is_valid_with_defaults(write_config):
+    config = load(write_config(""), environ={"HOME": "/home/alice"})
+    assert config.archive_root == Path("/home/alice/.local/share/popvault/archive")
 
 
 def test_account_lookup(write_config):

@@ -16,7 +16,12 @@ checks), ``_messages`` (pydantic errors -> ConfigError), ``_secrets`` (passwords
 """
 
 from popvault.config._cron import crontab_fields
-from popvault.config._load import default_config_path, load
+from popvault.config._load import (
+    default_archive_root,
+    default_config_path,
+    default_ledger_path,
+    load,
+)
 from popvault.config._model import (
     Account,
     ArchiveFormat,
@@ -30,6 +35,8 @@ from popvault.config._model import (
     parse_every,
     parse_retention,
     parse_timeout,
+    redact_url,
+    sqlite_path,
 )
 from popvault.config._secrets import read_password
 
@@ -43,11 +50,15 @@ __all__ = [
     "Schedule",
     "Security",
     "crontab_fields",
+    "default_archive_root",
     "default_config_path",
+    "default_ledger_path",
     "format_seconds",
     "load",
     "parse_every",
     "parse_retention",
     "parse_timeout",
     "read_password",
+    "redact_url",
+    "sqlite_path",
 ]

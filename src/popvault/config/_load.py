@@ -50,12 +50,36 @@ def default_config_path(environ: Mapping[str, str] = os.environ) -> Path:
     explicit = environ.get("POPVAULT_CONFIG", "")
     if explicit:
         return Path(explicit).expanduser()
-    xdg = environ.get("XDG_CONFIG_HOME", "")
-    # XDG Base Directory spec: a relative XDG_CONFIG_HOME is invalid and is ignored.
-    if xdg and Path(xdg).is_absolute():
-        return Path(xdg) / "popvault" / "config.toml"
-    home = Path(environ["HOME"]) if environ.get("HOME") else Path.home()
-    return home / ".config" / "popvault" / "config.toml"
+    return _xdg(environ, "XDG_CONFIG_HOME", ".config") / "popvault" / "config.toml"
+
+
+def _home(environ: Mapping[str, str]) -> Path:
+    return Path(environ["HOME"]) if environ.get("HOME") else Path.home()
+
+
+def _xdg(environ: Mapping[str, str], variable: str, fallback: str) -> Path:
+    """An XDG base folder: ``$VARIABLE``, else ``~/FALLBACK``.
+
+    XDG Base Directory spec: a relative value is invalid and is ignored.
+    """
+    value = environ.get(variable, "")
+    if value and Path(value).is_absolute():
+        return Path(value)
+    return _home(environ) / fallback
+
+
+def default_archive_root(environ: Mapping[str, str] = os.environ) -> Path:
+    """``$XDG_DATA_HOME/popvault/archive`` (default ``~/.local/share/popvault/archive``).
+
+    Mail is data: out of the config folder, which dotfile sync and backups of
+    settings pick up.
+    """
+    return _xdg(environ, "XDG_DATA_HOME", ".local/share") / "popvault" / "archive"
+
+
+def default_ledger_path(environ: Mapping[str, str] = os.environ) -> Path:
+    """``$XDG_STATE_HOME/popvault/popvault.sqlite3`` (default ``~/.local/state/popvault/``)."""
+    return _xdg(environ, "XDG_STATE_HOME", ".local/state") / "popvault" / "popvault.sqlite3"
 
 
 def load(
@@ -79,7 +103,7 @@ def load(
     context = LoadContext(file=file, environ=env)
     warn_about_unknown(env)
     settings = _read_settings(context, overrides or {})
-    config = _build(settings, file)
+    config = _build(settings, file, env)
     _warn_about_inline_passwords(context)
     return config
 
@@ -109,7 +133,7 @@ def _read_settings(context: LoadContext, overrides: Mapping[str, Any]) -> Settin
         CONTEXT.reset(token)
 
 
-def _build(settings: Settings, file: Path) -> Config:
+def _build(settings: Settings, file: Path, environ: Mapping[str, str]) -> Config:
     folder = file.parent
     _check_one_schedule(settings.defaults.model_fields_set, str(file), "[defaults]")
     accounts = tuple(
@@ -118,10 +142,22 @@ def _build(settings: Settings, file: Path) -> Config:
     )
     _check_unique(accounts, str(file))
     _register_url_password(settings.ledger.url)
+    # Given ones (file, environment, overrides) are relative to the file; the defaults
+    # are the XDG data and state folders, never the config folder.
+    given_url = "url" in settings.ledger.model_fields_set
+    given_root = "root" in settings.archive.model_fields_set
     return Config(
         file=file,
-        ledger_url=_absolute_sqlite_url(settings.ledger.url, folder),
-        archive_root=_absolute(settings.archive.root, folder),
+        ledger_url=(
+            _absolute_sqlite_url(settings.ledger.url, folder)
+            if given_url
+            else f"sqlite:///{default_ledger_path(environ)}"
+        ),
+        archive_root=(
+            _absolute(settings.archive.root, folder)
+            if given_root
+            else default_archive_root(environ)
+        ),
         accounts=accounts,
         daemon=_daemon(settings.daemon),
     )

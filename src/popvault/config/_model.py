@@ -15,6 +15,9 @@ from pydantic import SecretStr
 
 from popvault.errors import ConfigError
 
+# The schema's placeholders only: load() gives a config that does not set
+# [ledger] url or [archive] root the XDG state and data folders instead
+# (default_ledger_path, default_archive_root), never the config file's folder.
 DEFAULT_LEDGER_URL: Final = "sqlite:///popvault.sqlite3"
 DEFAULT_ARCHIVE_ROOT: Final = "archive"
 DEFAULT_TIMEOUT: Final = 60.0
@@ -242,3 +245,15 @@ def redact_url(url: str) -> str:
         return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
     except ValueError:
         return "<unparsable URL>"
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a ``sqlite:///PATH`` ledger URL (absolute once loaded), else None.
+
+    None for another database and for an in-memory SQLite ledger.
+    """
+    scheme, _, rest = url.partition(":///")
+    if not scheme.startswith("sqlite") or not rest:
+        return None
+    path = rest.split("?", 1)[0]
+    return None if path in ("", ":memory:") or path.startswith("file:") else Path(path)
