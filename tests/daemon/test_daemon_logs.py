@@ -52,7 +52,9 @@ def test_a_run_line_names_counts_next_run_and_error_once():
     result.exception = AuthError("invalid login", code="AUTH")
     line = RunLine("a", result, "failed", 1.25)
     text = line.text(T0, "the server refused the credentials")
-    assert text.startswith("account 'a': failed: 3 new message(s), 2.0 KiB, 0 deleted, 7 on server")
+    assert text.startswith(
+        "account 'a': failed: 3 new message(s), 2.0 KiB downloaded, 0 deleted, 7 on server"
+    )
     assert "next run 2026-03-01" in text
     assert "(the server refused the credentials)" in text
     assert text.count("account 'a'") == 1

@@ -413,8 +413,9 @@ class ArchiveDaemon:
         metrics.failures.labels(name).set(state.failures)
         if result.ok:
             metrics.last_success.labels(name).set(now.timestamp())
-        if result.on_server is not None:
-            metrics.on_server.labels(name).set(result.on_server)
+        # After the run's deletions, as `status` shows it.
+        if result.left_on_server is not None:
+            metrics.on_server.labels(name).set(result.left_on_server)
 
 
 OUTCOMES: Final = ("ok", "partial", "failed", "interrupted")

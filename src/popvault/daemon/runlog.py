@@ -34,7 +34,7 @@ class RunLine:
             "messages": result.messages,
             "bytes": result.octets,
             "deleted": result.deleted,
-            "on_server": result.on_server,
+            "on_server": result.left_on_server,
             "duration_s": round(self.duration, 3),
             "next_run_at": next_run_at.isoformat() if next_run_at is not None else None,
             "error": result.error,
@@ -43,10 +43,13 @@ class RunLine:
     def text(self, next_run_at: datetime | None, reason: str | None) -> str:
         """The line for people: outcome, counts, duration, next run, error."""
         result = self.result
-        on_server = "?" if result.on_server is None else str(result.on_server)
+        # On the server after the run's deletions, as `status` shows it; octets as downloaded.
+        left = result.left_on_server
+        on_server = "?" if left is None else str(left)
         text = (
             f"account {self.account!r}: {self.outcome}: {result.messages} new message(s), "
-            f"{human_size(result.octets)}, {result.deleted} deleted, {on_server} on server, "
+            f"{human_size(result.octets)} downloaded, {result.deleted} deleted, "
+            f"{on_server} on server, "
             f"{self.duration:.1f}s"
         )
         if next_run_at is not None:
