@@ -9,7 +9,7 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -46,6 +46,27 @@ class Message:
     # expunge or FakePop3Server.remove_message): sessions whose snapshot
     # still holds it then answer by the server's ``vanished`` setting.
     removed: bool = False
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A reply produced lazily: ``chunks()`` yields its octets, each sent after ``delay`` s."""
+
+    chunks: Callable[[], Iterable[bytes]]
+    delay: float
+
+
+@dataclass(frozen=True)
+class Scripted:
+    """A scripted answer to one command (FakePop3Server.fail_command and friends).
+
+    ``reply`` is a line (CRLF added unless it ends one) or a :class:`Stream`;
+    with ``carry_out`` the command is carried out first and only its reply
+    is replaced.
+    """
+
+    reply: str | Stream
+    carry_out: bool = False
 
 
 class _Refused(Exception):
@@ -132,14 +153,15 @@ class Session:
 
     def _greet(self) -> None:
         self._server._before_command(self.number, "GREETING", "")
+        # A scripted greeting replaces this one (there is nothing to carry out).
         scripted = self._server._take_fault("GREETING", "")
         if scripted is None:
             stamp = self._server.apop_timestamp
             text = "popvault fake POP3 server ready"
             self._respond("GREETING", _ok(f"{text} {stamp}" if stamp else text))
             return
-        self._respond("GREETING", _wire.raw_line(scripted))
-        if scripted.startswith("-"):
+        self._answer("GREETING", scripted.reply)
+        if isinstance(scripted.reply, str) and scripted.reply.startswith("-"):
             raise _EndSession  # a server that refuses in its greeting hangs up
 
     # -- input ---------------------------------------------------------------
@@ -168,15 +190,18 @@ class Session:
             self._server._note_utf8(self.number, accepted=False)
         self._server._before_command(self.number, verb, arg)
         scripted = self._server._take_fault(verb, arg)
-        if scripted is not None:
-            self._respond(verb, _wire.raw_line(scripted))
+        if scripted is not None and not scripted.carry_out:
+            self._answer(verb, scripted.reply)
             return
         self._then = None
         try:
             reply = self._execute(verb, arg, len(text) + 2)
         except _Refused as refusal:
             reply = _wire.status_line(False, str(refusal))
-        self._respond(verb, reply)
+        if scripted is None:
+            self._respond(verb, reply)
+        else:  # carried out; only the reply is the script's
+            self._answer(verb, scripted.reply)
         if self._then is not None:
             self._then()
 
@@ -208,6 +233,31 @@ class Session:
         while self._sock.recv(_RECV_OCTETS):
             pass  # hanging: ignore the client until it closes or stop() wakes us
         raise _EndSession
+
+    def _answer(self, verb: str, reply: str | Stream) -> None:
+        """Send a scripted reply: a line as :meth:`_respond` does, or a stream."""
+        if isinstance(reply, Stream):
+            self._stream(reply)
+        else:
+            self._respond(verb, _wire.raw_line(reply))
+
+    def _stream(self, stream: Stream) -> None:
+        """Send each chunk as it is produced, ``delay`` seconds apart; stop with the server.
+
+        Only :meth:`FakePop3Server.cut_after` applies: the chunks are sent as
+        they are. A client that left makes a send fail (OSError ends the session).
+        """
+        chunks = iter(stream.chunks())
+        try:
+            for chunk in chunks:
+                # wait() returns at once, True, when stop() is under way.
+                if self._server._stopping.wait(stream.delay):
+                    raise _EndSession
+                self._send(bytes(chunk))
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()  # run an endless generator's own clean-up
 
     def _send(self, data: bytes) -> None:
         limit = self._server._cut_point()

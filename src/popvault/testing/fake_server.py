@@ -10,9 +10,11 @@ Public hooks reproduce what real servers do without patching this package:
 ``uidl_for`` (the UIDL scheme), ``rewrite_reply`` (the exact octets of every
 reply), ``login_refusal``/``lock_refusal`` (the ``-ERR`` texts),
 ``exclusive_lock``/``vanished`` with :meth:`FakePop3Server.remove_message`
-(other clients), and :meth:`FakePop3Server.on_command` (a callback as a
-command arrives). :mod:`popvault.testing.profiles` combines them into named
-server styles.
+(other clients), :meth:`FakePop3Server.on_command` (a callback as a
+command arrives), :meth:`FakePop3Server.reply_with` (a scripted reply that
+may echo the command's argument) and :meth:`FakePop3Server.stream_reply`
+(an endless or dripping reply). :mod:`popvault.testing.profiles` combines
+them into named server styles.
 
 It has its own small encoder (:mod:`popvault.testing._wire`) and never imports
 :mod:`popvault.pop3`, so that a bug shared by client and server cannot hide.
@@ -31,12 +33,12 @@ import hashlib
 import socket
 import ssl
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal, get_args
 
-from popvault.testing._session import VANISHED_REFUSAL, Message, Session
+from popvault.testing._session import VANISHED_REFUSAL, Message, Scripted, Session, Stream
 
 __all__ = [
     "DEFAULT_CAPABILITIES",
@@ -100,14 +102,30 @@ class _CommandHook:
 
 
 @dataclass
-class _FailRule:
+class _Rule:
+    """One scripted reply: fail_command, reply_with or stream_reply."""
+
     verb: str
-    response: str
+    reply: str | Stream
     times: int | None
     arg: str | None
+    template: bool = False  # reply_with: "{arg}" and friends are filled in
+    carry_out: bool = False
 
     def matches(self, verb: str, arg: str) -> bool:
         return self.verb == verb and (self.arg is None or self.arg == arg)
+
+
+def _times(times: int | None) -> int | None:
+    """Check a ``times`` argument: None (until cleared) or at least 1."""
+    if times is not None and times < 1:
+        raise ValueError("times must be at least 1")
+    return times
+
+
+def _wanted(arg: str | None) -> str | None:
+    """An ``arg`` filter, its whitespace normalised as commands' arguments are."""
+    return None if arg is None else " ".join(arg.split())
 
 
 class FakePop3Server:
@@ -157,9 +175,28 @@ class FakePop3Server:
     closes the connection (RETR and TOP; LIST n still answers from the
     session's snapshot), as some real servers do.
 
+    Scripted replies, for faults a real server will not produce on demand
+    (the first rule added that matches a command answers it):
+
+    * :meth:`fail_command` answers a command with a fixed line (``-ERR`` or
+      anything else) instead of carrying it out.
+    * :meth:`reply_with` answers with a line made from a template, in which
+      ``{arg}`` is the command's argument as received (``{username}`` and
+      ``{password}`` are this server's): a server that echoes what it was
+      sent, e.g. ``reply_with("PASS", "+OK PASSWORD-WAS {arg}")`` or a
+      ``-ERR`` to UIDL quoting the password. With ``carry_out=True`` the
+      command is carried out (a login happens) and only its reply is replaced.
+    * :meth:`stream_reply` answers with octets produced lazily by an iterator,
+      each chunk sent after ``delay`` seconds: an endless generator is an
+      endless reply (``+OK`` then ``f"{n} uid{n}"`` lines for ever), and
+      ``delay=2.0`` with one line per chunk a server dripping a line every
+      2 s. It ends when the iterator does, the client closes, or the server
+      stops.
+
     Faults and quirks apply from the next command on, in every session, until
     :meth:`clear_faults`. The pseudo-verb ``"GREETING"`` names the greeting in
-    :meth:`fail_command`, :meth:`hang_on` and :meth:`on_command`.
+    :meth:`fail_command`, :meth:`reply_with`, :meth:`stream_reply` (a greeting
+    dripped one octet at a time), :meth:`hang_on` and :meth:`on_command`.
     """
 
     def __init__(
@@ -219,7 +256,7 @@ class FakePop3Server:
         self._listener: socket.socket | None = None
         self._acceptor: threading.Thread | None = None
         self._counter = 0
-        self._fail_rules: list[_FailRule] = []
+        self._rules: list[_Rule] = []
         self._command_hooks: list[_CommandHook] = []
         self._cut: int | None = None
         self._hangs: dict[str, int] = {}
@@ -380,12 +417,64 @@ class FakePop3Server:
         The command is not carried out. ``times`` limits how often (default:
         until cleared). ``response`` is sent as it is, CRLF added.
         """
-        if times is not None and times < 1:
-            raise ValueError("times must be at least 1")
-        wanted = None if arg is None else " ".join(arg.split())
-        rule = _FailRule(verb.upper(), response, times, wanted)
+        self._add_rule(_Rule(verb.upper(), response, _times(times), _wanted(arg)))
+
+    def reply_with(
+        self,
+        verb: str,
+        text_template: str,
+        *,
+        times: int | None = None,
+        arg: str | None = None,
+        carry_out: bool = False,
+    ) -> None:
+        """Answer ``verb`` with one line made from ``text_template``.
+
+        Every ``{arg}`` becomes the command's argument exactly as received
+        (for PASS, the password), every ``{username}`` and ``{password}`` this
+        server's; other braces stay as they are. ``+OK``/``-ERR`` or anything
+        else is up to the template; CRLF is added. Without ``carry_out`` the
+        command is not carried out (like :meth:`fail_command`); with it, it
+        is, and only its reply is replaced (so ``reply_with("PASS", "+OK
+        PASSWORD-WAS {arg}", carry_out=True)`` logs in and echoes the
+        password). ``times`` and ``arg`` as in :meth:`fail_command`.
+        """
+        rule = _Rule(verb.upper(), text_template, _times(times), _wanted(arg))
+        rule.template, rule.carry_out = True, carry_out
+        self._add_rule(rule)
+
+    def stream_reply(
+        self,
+        verb: str,
+        chunks: Callable[[], Iterable[bytes]],
+        *,
+        delay: float = 0.0,
+        times: int | None = None,
+        arg: str | None = None,
+    ) -> None:
+        """Answer ``verb`` with the octets ``chunks()`` yields, sent as they are produced.
+
+        ``chunks`` is called once per reply, so each gets a fresh iterator; an
+        endless generator makes an endless reply. The stream holds the whole
+        reply, status line included (e.g. ``b"+OK\\r\\n"`` first), sent exactly
+        as produced: ``rewrite_reply``, ``bare_lf``, ``delay`` and
+        :meth:`hang_on` do not apply to it, :meth:`cut_after` does. Each chunk
+        is sent after ``delay`` seconds (``delay=2.0``, one line per chunk: a
+        server that drips a line every 2 s). The command is not carried out.
+        The reply ends when the iterator does (the session then reads the
+        next command), when the client closes (a send fails), or at
+        :meth:`stop`, which wakes a waiting or blocked stream at once.
+        ``"GREETING"`` streams the greeting. ``times`` and ``arg`` as in
+        :meth:`fail_command`.
+        """
+        if delay < 0:
+            raise ValueError("delay must not be negative")
+        stream = Stream(chunks, float(delay))
+        self._add_rule(_Rule(verb.upper(), stream, _times(times), _wanted(arg)))
+
+    def _add_rule(self, rule: _Rule) -> None:
         with self._lock:
-            self._fail_rules.append(rule)
+            self._rules.append(rule)
 
     def cut_after(self, octets: int) -> None:
         """Close each later session's connection once it has sent ``octets`` octets.
@@ -440,7 +529,7 @@ class FakePop3Server:
         ``exclusive_lock``, ...) stay: they are what kind of server this is.
         """
         with self._lock:
-            self._fail_rules = []
+            self._rules = []
             self._command_hooks = []
             self._cut = None
             self._hangs = {}
@@ -451,17 +540,24 @@ class FakePop3Server:
 
     # -- for the sessions (private to this package) -------------------------
 
-    def _take_fault(self, verb: str, arg: str) -> str | None:
-        """The scripted response for this command, if one applies (counts it)."""
+    def _take_fault(self, verb: str, arg: str) -> Scripted | None:
+        """The scripted reply for this command, if a rule applies (counts it)."""
         with self._lock:
-            for rule in self._fail_rules:
-                if rule.matches(verb, " ".join(arg.split())):
-                    if rule.times is not None:
-                        rule.times -= 1
-                        if rule.times == 0:
-                            self._fail_rules.remove(rule)
-                    return rule.response
-        return None
+            rule = next((r for r in self._rules if r.matches(verb, " ".join(arg.split()))), None)
+            if rule is None:
+                return None
+            if rule.times is not None:
+                rule.times -= 1
+                if rule.times == 0:
+                    self._rules.remove(rule)
+        reply = rule.reply
+        if rule.template and isinstance(reply, str):
+            reply = (
+                reply.replace("{arg}", arg)
+                .replace("{username}", self.username)
+                .replace("{password}", self.password)
+            )
+        return Scripted(reply, carry_out=rule.carry_out)
 
     def _hang_point(self, verb: str) -> int | None:
         """Octets of ``verb``'s answer to send before hanging, or None."""
