@@ -7,8 +7,11 @@ from pop3_helpers import GREETING, drain, feed, greeted, logged_in, three_ways
 
 from popvault.errors import LocalProtocolError, RemoteProtocolError
 from popvault.pop3 import (
+    DEFAULT_LISTING_BOUNDS,
+    MAX_LISTING_LINE,
     MAX_STATUS_LINE,
     NEED_DATA,
+    OTHER_LISTING_BOUNDS,
     AuthResponse,
     Command,
     ConnectionClosed,
@@ -16,6 +19,8 @@ from popvault.pop3 import (
     Data,
     Err,
     Greeting,
+    ListingBounds,
+    ListingLine,
     MultilineBegin,
     MultilineEnd,
     Ok,
@@ -187,7 +192,8 @@ def test_single_and_multi_line_forms_of_list_and_uidl() -> None:
         Ok(commands[0], "2 200"),
         Ok(commands[1], "2 abc"),
         MultilineBegin(commands[2], ""),
-        Data(b"1 120\r\n2 200\r\n"),
+        ListingLine(commands[2], b"1 120"),
+        ListingLine(commands[2], b"2 200"),
         MultilineEnd(commands[2]),
         MultilineBegin(commands[3], ""),
         Data(b"A: b\r\n\r\n"),
@@ -378,3 +384,236 @@ def test_a_body_in_progress_counts_as_outstanding() -> None:
     conn.receive_data(b"\r\n.\r\n")
     assert drain(conn)[-1] == MultilineEnd(retr)
     assert conn.outstanding == (noop,)
+
+
+# -- listings: framed into lines and bounded in the core ------------------------------
+
+
+def _listing(conn: Pop3Connection, verb: str, pieces: list[bytes]) -> list[bytes]:
+    """Send ``verb`` (no argument) and the lines the core frames from ``pieces``."""
+    command = Command(verb)
+    conn.send(command)
+    events = feed(conn, pieces)
+    assert events[0] == MultilineBegin(command, "")
+    assert events[-1] == MultilineEnd(command)
+    assert all(isinstance(e, ListingLine) and e.command == command for e in events[1:-1])
+    return [e.line for e in events[1:-1] if isinstance(e, ListingLine)]
+
+
+LISTINGS = [
+    ("CAPA", b"TOP\r\nSASL PLAIN LOGIN\r\nUIDL\r\n", [b"TOP", b"SASL PLAIN LOGIN", b"UIDL"]),
+    (
+        "UIDL",
+        b"1 whqtswO00WBw418f9t5JxYwZ\r\n2 QhdPYR:00WBw1Ph7x7\r\n",
+        [
+            b"1 whqtswO00WBw418f9t5JxYwZ",
+            b"2 QhdPYR:00WBw1Ph7x7",
+        ],
+    ),
+    ("LIST", b"1 120\r\n2 200 (seen)\r\n", [b"1 120", b"2 200 (seen)"]),
+    ("UIDL", b"1 a\n2 b\r\n", [b"1 a", b"2 b"]),  # bare LF and CRLF mixed
+    ("LIST", b"", []),  # an empty maildrop
+    # Content is not the core's to judge: a NUL, non-UTF-8, an empty line, a
+    # lone CR, and a 1000-octet uid all arrive as lines for the parser to judge.
+    (
+        "UIDL",
+        b"1 a\x00b\r\n2 \xff\xfe\r\n\r\n3 a\rb\r\n4 " + b"u" * 1000 + b"\r\n",
+        [
+            b"1 a\x00b",
+            b"2 \xff\xfe",
+            b"",
+            b"3 a\rb",
+            b"4 " + b"u" * 1000,
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize("way", range(3))
+@pytest.mark.parametrize(("verb", "body", "lines"), LISTINGS)
+def test_listings_arrive_one_event_per_line(
+    verb: str, body: bytes, lines: list[bytes], way: int
+) -> None:
+    wire = b"+OK\r\n" + body + b".\r\n"
+    assert _listing(logged_in(), verb, three_ways(wire)[way]) == lines
+
+
+@pytest.mark.parametrize("way", range(3))
+def test_listing_lines_are_dot_unstuffed(way: int) -> None:
+    # RFC 1939 section 3: a line starting with "." is sent with one more; a
+    # line with one dot that is not the terminator was not stuffed and is kept.
+    wire = b"+OK\r\n..SASL\r\n...\r\n..\r\n.x\r\n.\r\n"
+    assert _listing(greeted(), "CAPA", three_ways(wire)[way]) == [b".SASL", b"..", b".", b".x"]
+
+
+@pytest.mark.parametrize("way", range(3))
+def test_pipelined_listings_keep_their_commands(way: int) -> None:
+    conn = logged_in()
+    listing, uidl, noop = Command("LIST"), Command("UIDL"), Command("NOOP")
+    for command in (listing, uidl, noop):
+        conn.send(command)
+    wire = b"+OK\r\n1 120\r\n.\r\n+OK\r\n1 abc\r\n.\r\n+OK\r\n"
+    assert feed(conn, three_ways(wire)[way]) == [
+        MultilineBegin(listing, ""),
+        ListingLine(listing, b"1 120"),
+        MultilineEnd(listing),
+        MultilineBegin(uidl, ""),
+        ListingLine(uidl, b"1 abc"),
+        MultilineEnd(uidl),
+        Ok(noop, ""),
+    ]
+
+
+def test_a_listing_line_is_emitted_as_soon_as_it_ends() -> None:
+    conn = logged_in()
+    uidl = Command("UIDL")
+    conn.send(uidl)
+    conn.receive_data(b"+OK\r\n1 abc\r\n2 de")
+    assert drain(conn) == [MultilineBegin(uidl, ""), ListingLine(uidl, b"1 abc")]
+    conn.receive_data(b"f\r\n")
+    assert drain(conn) == [ListingLine(uidl, b"2 def")]
+
+
+@pytest.mark.parametrize("cut", [b"+OK\r\n1 abc\r\n2 de", b"+OK\r\n1 abc\r\n.", b"+OK\r\n"])
+def test_eof_mid_listing_is_unclean(cut: bytes) -> None:
+    conn = logged_in()
+    conn.send(Command("UIDL"))
+    assert feed(conn, [cut, b""])[-1] == ConnectionClosed(clean=False)
+
+
+def test_message_replies_stay_chunks_and_single_line_forms_stay_ok() -> None:
+    conn = logged_in()
+    top, uidl = Command("TOP", 1, 0), Command("UIDL", 1)
+    conn.send(top)
+    conn.send(uidl)
+    assert feed(conn, [b"+OK\r\nA: b\r\n\r\n.\r\n+OK 1 abc\r\n"]) == [
+        MultilineBegin(top, ""),
+        Data(b"A: b\r\n\r\n"),
+        MultilineEnd(top),
+        Ok(uidl, "1 abc"),
+    ]
+
+
+def test_the_default_bounds() -> None:
+    capa, uidl, listing = (DEFAULT_LISTING_BOUNDS[verb] for verb in ("CAPA", "UIDL", "LIST"))
+    assert (capa.max_lines, capa.max_octets) == (1_000, 64 * 1024)
+    # A 1,000,000-message mailbox at RFC 1939's 70-octet uids (lines < 84 octets) fits.
+    assert uidl.max_lines >= 2 * 1_000_000
+    assert uidl.max_octets >= 1_000_000 * 84 * 2
+    assert listing == uidl
+    assert {b.max_line for b in (capa, uidl, listing)} == {MAX_LISTING_LINE}
+    conn = Pop3Connection(listing_bounds={"UIDL": ListingBounds(5, 50, 20)})
+    assert conn.listing_bounds("uidl") == ListingBounds(5, 50, 20)
+    assert conn.listing_bounds("LIST") == listing  # the others keep their defaults
+    assert conn.listing_bounds("XFOO") == OTHER_LISTING_BOUNDS
+    with pytest.raises(ValueError, match="positive"):
+        ListingBounds(max_lines=0, max_octets=1, max_line=1)
+
+
+def _bounded(verb: str, bounds: ListingBounds) -> Pop3Connection:
+    """A connection in the state ``verb`` needs, with ``bounds`` on its listing."""
+    conn = Pop3Connection(listing_bounds={verb: bounds})
+    conn.receive_data(GREETING)
+    drain(conn)
+    if verb != "CAPA":
+        conn.send(Command("USER", "bob"))
+        conn.send(Command("PASS", "secret"))
+        conn.receive_data(b"+OK\r\n+OK\r\n")
+        drain(conn)
+    return conn
+
+
+def _exceeds(verb: str, bounds: ListingBounds, body: bytes, way: int, match: str) -> None:
+    conn = _bounded(verb, bounds)
+    conn.send(Command(verb))
+    with pytest.raises(RemoteProtocolError, match=match):
+        feed(conn, three_ways(b"+OK\r\n" + body + b".\r\n")[way])
+    # The failure is latched, as for any protocol error.
+    assert conn.state is State.CLOSED
+    with pytest.raises(RemoteProtocolError, match=match):
+        conn.next_event()
+    with pytest.raises(LocalProtocolError):
+        conn.send(Command("QUIT"))
+
+
+_SMALL = ListingBounds(max_lines=4, max_octets=40, max_line=12)
+# (verb, bounds, way): small bounds three ways; the real CAPA bounds whole and with
+# trailing bytes only (one octet at a time over 64 KiB adds time, not cover).
+_CASES = [
+    *((verb, _SMALL, way) for verb in ("CAPA", "UIDL") for way in range(3)),
+    *(("CAPA", DEFAULT_LISTING_BOUNDS["CAPA"], way) for way in (0, 2)),
+    *(("UIDL", ListingBounds(3000, 10**6, MAX_LISTING_LINE), way) for way in (0, 2)),
+]
+
+
+@pytest.mark.parametrize(("verb", "bounds", "way"), _CASES)
+def test_a_listing_of_exactly_max_lines_and_then_one_more(
+    verb: str, bounds: ListingBounds, way: int
+) -> None:
+    bounds = ListingBounds(bounds.max_lines, 10**7, bounds.max_line)  # only lines bind
+    at = b"x\r\n" * bounds.max_lines
+    conn = _bounded(verb, bounds)
+    lines = _listing(conn, verb, three_ways(b"+OK\r\n" + at + b".\r\n")[way])
+    assert len(lines) == bounds.max_lines
+    match = f"{verb} listing has more than {bounds.max_lines} lines"
+    _exceeds(verb, bounds, at + b"x\r\n", way, match)
+
+
+def _octets_of(total: int, max_line: int) -> bytes:
+    """Listing lines of exactly ``total`` octets as sent, none over ``max_line``."""
+    # The first line is stuffed (RFC 1939 section 3): its extra dot counts too.
+    full = b".." + b"a" * (max_line - 2) + b"\r\n"
+    count, rest = divmod(total, len(full))
+    # A rest of 1 is an empty line with a bare LF; 2 or more, a shorter line.
+    last = b"\n" if rest == 1 else b"b" * (rest - 2) + b"\r\n" if rest else b""
+    return full * count + last
+
+
+@pytest.mark.parametrize(("verb", "bounds", "way"), _CASES)
+def test_a_listing_of_exactly_max_octets_and_then_one_more(
+    verb: str, bounds: ListingBounds, way: int
+) -> None:
+    bounds = ListingBounds(10**6, bounds.max_octets, bounds.max_line)  # only octets bind
+    at = _octets_of(bounds.max_octets, bounds.max_line)
+    assert len(at) == bounds.max_octets
+    conn = _bounded(verb, bounds)
+    lines = _listing(conn, verb, three_ways(b"+OK\r\n" + at + b".\r\n")[way])
+    assert lines[0] == b"." + b"a" * (bounds.max_line - 2)
+    match = f"{verb} listing exceeds {bounds.max_octets} octets"
+    _exceeds(verb, bounds, at + b"\n", way, match)  # one more octet: an empty line
+
+
+@pytest.mark.parametrize("end", [b"\r\n", b"\n"])
+@pytest.mark.parametrize(("verb", "bounds", "way"), _CASES)
+def test_a_line_of_exactly_max_line_octets_and_then_one_more(
+    verb: str, bounds: ListingBounds, way: int, end: bytes
+) -> None:
+    max_line = bounds.max_line
+    bounds = ListingBounds(10, 10**6, max_line)  # only the line length binds
+    line = b"7 " + b"u" * (max_line - 2)
+    conn = _bounded(verb, bounds)
+    assert _listing(conn, verb, three_ways(b"+OK\r\n" + line + end + b".\r\n")[way]) == [line]
+    match = f"line of the {verb} listing exceeds {max_line} octets"
+    _exceeds(verb, bounds, line + b"u" + end, way, match)
+
+
+def test_an_endless_line_fails_as_soon_as_it_is_too_long() -> None:
+    # The core does not wait for a line end that may never come.
+    conn = logged_in()
+    conn.send(Command("UIDL"))
+    conn.receive_data(b"+OK\r\n")
+    drain(conn)
+    conn.receive_data(b"1 " + b"u" * MAX_LISTING_LINE)  # max_line + 2 octets, no LF
+    with pytest.raises(RemoteProtocolError, match=f"exceeds {MAX_LISTING_LINE} octets"):
+        conn.next_event()
+
+
+def test_an_endless_capa_fails_at_its_bound_while_read_in_64_kib_pieces() -> None:
+    conn = greeted()
+    conn.send(Command("CAPA"))
+    conn.receive_data(b"+OK\r\n")
+    drain(conn)
+    piece = b"".join(b"X-CAP-%d\r\n" % n for n in range(6000))  # ~64 KiB, 6,000 lines
+    conn.receive_data(piece)
+    with pytest.raises(RemoteProtocolError, match="CAPA listing has more than 1000 lines"):
+        drain(conn)

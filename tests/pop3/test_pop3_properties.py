@@ -15,6 +15,8 @@ from popvault.pop3 import (
     Command,
     ConnectionClosed,
     Data,
+    ListingBounds,
+    ListingLine,
     MultilineBegin,
     MultilineEnd,
     Ok,
@@ -170,3 +172,83 @@ def test_any_server_bytes_give_events_or_remote_protocol_error(
         return
     if eof:
         assert isinstance(events[-1], ConnectionClosed)
+
+
+# Listing lines: anything but LF, including dots at the start, CR, NUL, non-UTF-8.
+_LINE_PIECES = st.sampled_from([b".", b"..", b"\r", b"1 ", b"uid", b"\x00", b"\xff", b" "])
+_LISTING_LINES = st.lists(
+    st.lists(_LINE_PIECES, max_size=6)
+    .map(b"".join)
+    # A line that ends in CR before a bare LF reads as a CRLF line: not what is meant.
+    .filter(lambda line: not line.endswith(b"\r")),
+    max_size=15,
+)
+_BOUNDS = st.builds(
+    ListingBounds,
+    max_lines=st.integers(min_value=1, max_value=16),
+    max_octets=st.integers(min_value=1, max_value=120),
+    max_line=st.integers(min_value=1, max_value=20),
+)
+
+
+def _listing_wire(lines: list[bytes], ends: list[bytes]) -> bytes:
+    """The listing as a server sends it, via the reference encoder above."""
+    body = b"".join(line + ends[i % len(ends)] for i, line in enumerate(lines))
+    return stuff(body, b".\r\n")
+
+
+@settings(max_examples=300)
+@given(
+    lines=_LISTING_LINES,
+    ends=st.lists(_LINE_ENDS, min_size=1, max_size=3),
+    cuts=st.lists(st.integers(min_value=0), max_size=20),
+)
+def test_listing_lines_round_trip_under_any_chunking(
+    lines: list[bytes], ends: list[bytes], cuts: list[int]
+) -> None:
+    conn = logged_in()
+    uidl, noop = Command("UIDL"), Command("NOOP")
+    conn.send(uidl)
+    conn.send(noop)
+    wire = b"+OK\r\n" + _listing_wire(lines, ends) + b"+OK after\r\n"
+    events = feed(conn, chunked(wire, cuts))
+    assert events == [
+        MultilineBegin(uidl, ""),
+        *(ListingLine(uidl, line) for line in lines),
+        MultilineEnd(uidl),
+        Ok(noop, "after"),
+    ]
+
+
+def _within(wire: bytes, bounds: ListingBounds) -> bool:
+    """Our own reading of the bounds, on the octets as sent (terminator not counted)."""
+    sent = wire[: -len(b".\r\n")].split(b"\n")[:-1]  # lines as sent, stuffed, no LF
+    return (
+        len(sent) <= bounds.max_lines
+        and len(wire) - len(b".\r\n") <= bounds.max_octets
+        and all(len(line.removesuffix(b"\r")) <= bounds.max_line for line in sent)
+    )
+
+
+@settings(max_examples=300)
+@given(
+    lines=_LISTING_LINES,
+    end=_LINE_ENDS,
+    bounds=_BOUNDS,
+    cuts=st.lists(st.integers(min_value=0), max_size=10),
+)
+def test_a_listing_is_accepted_exactly_when_within_its_bounds(
+    lines: list[bytes], end: bytes, bounds: ListingBounds, cuts: list[int]
+) -> None:
+    conn = Pop3Connection(listing_bounds={"CAPA": bounds})
+    conn.receive_data(GREETING)
+    drain(conn)
+    conn.send(Command("CAPA"))
+    wire = _listing_wire(lines, [end])
+    pieces = chunked(b"+OK\r\n" + wire, cuts)
+    if not _within(wire, bounds):
+        with pytest.raises(RemoteProtocolError, match="CAPA listing"):
+            feed(conn, pieces)
+        return
+    events = feed(conn, pieces)
+    assert [e.line for e in events if isinstance(e, ListingLine)] == lines

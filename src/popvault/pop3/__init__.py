@@ -6,8 +6,17 @@ os or time: it only turns bytes into events and commands into bytes.
 
 from __future__ import annotations
 
+from popvault.pop3.body import ListingBounds
 from popvault.pop3.commands import AuthResponse, Command, redact
-from popvault.pop3.core import LEGAL_COMMANDS, MAX_STATUS_LINE, Pop3Connection, State
+from popvault.pop3.core import (
+    DEFAULT_LISTING_BOUNDS,
+    LEGAL_COMMANDS,
+    MAX_LISTING_LINE,
+    MAX_STATUS_LINE,
+    OTHER_LISTING_BOUNDS,
+    Pop3Connection,
+    State,
+)
 from popvault.pop3.events import (
     NEED_DATA,
     ConnectionClosed,
@@ -16,6 +25,7 @@ from popvault.pop3.events import (
     Err,
     Event,
     Greeting,
+    ListingLine,
     MultilineBegin,
     MultilineEnd,
     Ok,
@@ -33,9 +43,12 @@ from popvault.pop3.parsing import (
 )
 
 __all__ = [
+    "DEFAULT_LISTING_BOUNDS",
     "LEGAL_COMMANDS",
+    "MAX_LISTING_LINE",
     "MAX_STATUS_LINE",
     "NEED_DATA",
+    "OTHER_LISTING_BOUNDS",
     "AuthResponse",
     "Command",
     "ConnectionClosed",
@@ -44,6 +57,8 @@ __all__ = [
     "Err",
     "Event",
     "Greeting",
+    "ListingBounds",
+    "ListingLine",
     "MultilineBegin",
     "MultilineEnd",
     "Ok",

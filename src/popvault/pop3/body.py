@@ -1,12 +1,21 @@
 """Streaming dot-unstuffing of multi-line replies (RFC 1939 section 3).
 
-The decoder keeps no line buffer: it holds back at most the two octets after
-a line-initial dot (``"."`` or ``".\\r"``) until it can tell a terminator from
-a stuffed line, so memory does not grow with line or message length. Bare LF
-line endings are accepted like CRLF ones and all line endings are kept as sent.
+Two decoders share the core's buffer. :class:`DotDecoder` is for message
+bodies (RETR, TOP): it keeps no line buffer and holds back at most the two
+octets after a line-initial dot (``"."`` or ``".\\r"``) until it can tell a
+terminator from a stuffed line, so memory does not grow with line or message
+length; line endings are kept as sent. :class:`ListingDecoder` is for every
+other multi-line reply (CAPA, UIDL, LIST): it frames lines, and bounds their
+length, their number and their octets, so that an endless listing ends in
+:class:`~popvault.errors.RemoteProtocolError` instead of in memory. Both
+accept bare LF line endings like CRLF ones.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+
+from popvault.errors import RemoteProtocolError
 
 _DOT = 0x2E
 _LF = 0x0A
@@ -69,3 +78,81 @@ class DotDecoder:
         out.append(data[pos : found + 1])
         self._at_line_start = True
         return found + 1
+
+
+@dataclass(frozen=True, slots=True)
+class ListingBounds:
+    """How much of one multi-line listing the core accepts before it gives up.
+
+    ``max_lines`` and ``max_octets`` bound the whole listing: its lines and its
+    octets as sent (line endings and stuffing dots included, the terminating
+    ``"."`` line not counted). ``max_line`` bounds one line's octets as sent,
+    line ending not counted. Exceeding any of them is a
+    :class:`~popvault.errors.RemoteProtocolError`.
+    """
+
+    max_lines: int
+    max_octets: int
+    max_line: int
+
+    def __post_init__(self) -> None:
+        if min(self.max_lines, self.max_octets, self.max_line) < 1:
+            raise ValueError(f"listing bounds must be positive: {self}")
+
+
+class ListingDecoder:
+    """Splits a listing into its lines, dot-unstuffed, within :class:`ListingBounds`."""
+
+    __slots__ = ("_bounds", "_lines", "_octets", "_verb", "done")
+
+    def __init__(self, verb: str, bounds: ListingBounds) -> None:
+        self._verb = verb
+        self._bounds = bounds
+        self._lines = 0
+        self._octets = 0
+        self.done = False
+
+    def next_line(self, data: bytes | bytearray) -> tuple[bytes | None, int]:
+        """The next line of ``data`` (no line ending, unstuffed) and the octets it used.
+
+        Returns ``(None, 0)`` while the line is incomplete, and ``(None, n)``
+        for the terminator, which sets :attr:`done`. Raises
+        :class:`~popvault.errors.RemoteProtocolError` once a bound is exceeded,
+        as soon as the octets received show it.
+        """
+        # A line of max_line octets may take two more for its CRLF.
+        limit = self._bounds.max_line + 2
+        end = data.find(b"\n", 0, limit)
+        if end < 0:
+            if len(data) >= limit:
+                self._too_long()
+            return None, 0
+        line = bytes(data[:end])
+        line = line[:-1] if line.endswith(b"\r") else line
+        if line == b".":
+            self.done = True
+            return None, end + 1
+        if len(line) > self._bounds.max_line:
+            self._too_long()
+        self._count(end + 1)
+        # A stuffed line loses its first dot. A line with one dot that is not the
+        # terminator was not stuffed (RFC 1939 section 3 says it must be); like
+        # DotDecoder, keep it as the server sent it.
+        return (line[1:] if line.startswith(b"..") else line), end + 1
+
+    def _count(self, octets: int) -> None:
+        self._lines += 1
+        self._octets += octets
+        if self._lines > self._bounds.max_lines:
+            raise RemoteProtocolError(
+                f"the {self._verb} listing has more than {self._bounds.max_lines} lines"
+            )
+        if self._octets > self._bounds.max_octets:
+            raise RemoteProtocolError(
+                f"the {self._verb} listing exceeds {self._bounds.max_octets} octets"
+            )
+
+    def _too_long(self) -> None:
+        raise RemoteProtocolError(
+            f"a line of the {self._verb} listing exceeds {self._bounds.max_line} octets"
+        )

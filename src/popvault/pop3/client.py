@@ -16,7 +16,7 @@ import contextlib
 import logging
 import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, Protocol, Self, TypeVar
@@ -38,6 +38,7 @@ from popvault.errors import (
     TLSError,
     WriteError,
 )
+from popvault.pop3.body import ListingBounds
 from popvault.pop3.commands import Command
 from popvault.pop3.core import Pop3Connection
 from popvault.pop3.events import (
@@ -47,6 +48,7 @@ from popvault.pop3.events import (
     Err,
     Event,
     Greeting,
+    ListingLine,
     MultilineBegin,
     MultilineEnd,
     Ok,
@@ -66,9 +68,6 @@ log = logging.getLogger("popvault.pop3")
 #: Octets asked of the socket per read: large enough for throughput, small enough
 #: that memory stays flat whatever the message size.
 READ_BLOCK = 64 * 1024
-#: Longest line accepted in a UIDL, LIST or CAPA listing; RFC 1939 section 7 keeps
-#: UIDL lines under 80 octets, so this is generous and still bounds memory.
-MAX_LISTING_LINE = 8192
 
 _LOGIN_VERBS = frozenset({"USER", "PASS", "APOP"})
 # Most specific first: a code picks the first class whose code it matches.
@@ -127,6 +126,8 @@ class Pop3Client:
     after the greeting, never falling back to clear text) or ``"plain"``.
     ``timeout`` applies to connecting and to every read and write. Every
     :class:`~popvault.errors.Pop3Error` raised carries ``account``.
+    ``listing_bounds`` replaces the core's bounds on CAPA, UIDL and LIST
+    listings (:data:`~popvault.pop3.core.DEFAULT_LISTING_BOUNDS`) per command.
     """
 
     def __init__(
@@ -139,6 +140,7 @@ class Pop3Client:
         ca_file: str | Path | None = None,
         account: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        listing_bounds: Mapping[str, ListingBounds] | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -153,7 +155,8 @@ class Pop3Client:
         self.utf8 = False
         self._apop_timestamp: str | None = None
         self._sock: socket.socket | None = None
-        self._core = Pop3Connection()
+        self._listing_bounds = dict(listing_bounds or {})
+        self._core = Pop3Connection(listing_bounds=self._listing_bounds)
 
     @property
     def is_secure(self) -> bool:
@@ -191,7 +194,7 @@ class Pop3Client:
             self._sock = self._open_tcp()
             if self.security == "tls":
                 self._sock = self._handshake(self._sock)
-            self._core = Pop3Connection(tls=self.is_secure)
+            self._core = Pop3Connection(tls=self.is_secure, listing_bounds=self._listing_bounds)
             self._read_greeting()
             self._refresh_capabilities()
             if self.security == "starttls":
@@ -279,20 +282,44 @@ class Pop3Client:
             return parse_stat(self._ok(Command("STAT")).text)
 
     def uidl(self) -> list[tuple[int, str]]:
-        """``(message number, unique-id)`` for every message, in server order (UIDL)."""
+        """``(message number, unique-id)`` for every message, in server order (UIDL).
+
+        Each line is parsed as it arrives (:meth:`uidl_lines`); a malformed
+        line raises :class:`~popvault.errors.RemoteProtocolError`.
+        """
         with self._operation():
-            entries = [parse_uidl_line(line) for line in self._listing(Command("UIDL"))]
+            entries = [parse_uidl_line(line) for line in self.uidl_lines()]
             # A repeated message number breaks the protocol; a repeated unique-id is
             # a server bug the caller must see (and handle) rather than lose.
             _check_unique_numbers([number for number, _ in entries], "UIDL")
             return entries
 
     def list(self) -> list[tuple[int, int]]:
-        """``(message number, size in octets)`` for every message, in server order (LIST)."""
+        """``(message number, size in octets)`` for every message, in server order (LIST).
+
+        Each line is parsed as it arrives (:meth:`list_lines`).
+        """
         with self._operation():
-            entries = [parse_list_line(line) for line in self._listing(Command("LIST"))]
+            entries = [parse_list_line(line) for line in self.list_lines()]
             _check_unique_numbers([number for number, _ in entries], "LIST")
             return entries
+
+    def uidl_lines(self) -> Generator[bytes, None, None]:
+        """The raw lines of the UIDL listing as they arrive, unparsed.
+
+        Dot-unstuffed, without line endings, within the core's UIDL bounds; for
+        a caller that parses line by line (e.g. to skip one malformed line).
+        Leaving the iteration before its end (``close()``, or dropping the
+        generator) drops the connection: the rest of the listing would be read
+        as the next reply.
+        """
+        with self._operation():
+            yield from self._listing(Command("UIDL"))
+
+    def list_lines(self) -> Generator[bytes, None, None]:
+        """The raw lines of the LIST listing as they arrive; see :meth:`uidl_lines`."""
+        with self._operation():
+            yield from self._listing(Command("LIST"))
 
     def retr_into(self, number: int, sink: SupportsWrite[bytes]) -> int:
         """Stream message ``number`` into ``sink``, dot-unstuffed; return the octets written.
@@ -396,7 +423,7 @@ class Pop3Client:
         self._sock = self._handshake(self._sock)
         # RFC 2595 section 4: a new session over the new stream, and capabilities
         # learnt in clear text are forgotten.
-        self._core = Pop3Connection(after_stls=True)
+        self._core = Pop3Connection(after_stls=True, listing_bounds=self._listing_bounds)
         self.capabilities = {}
         self._refresh_capabilities()
 
@@ -428,20 +455,20 @@ class Pop3Client:
         raise RemoteProtocolError(f"unexpected {event!r} in reply to {command.redacted()}")
 
     def _listing(self, command: Command) -> Iterator[bytes]:
-        """The lines of a multi-line reply, line endings removed."""
+        """The lines of a listing as the core frames them, one at a time.
+
+        Nothing is collected here: the core bounds the listing
+        (:class:`~popvault.pop3.body.ListingBounds`) and raises
+        :class:`~popvault.errors.RemoteProtocolError` past a bound.
+        """
         self._multiline(command)
-        pending = bytearray()
-        for chunk in self._body():
-            pending += chunk
-            *lines, rest = pending.split(b"\n")
-            if len(rest) > MAX_LISTING_LINE:
-                raise RemoteProtocolError(
-                    f"a {command.verb} line exceeds {MAX_LISTING_LINE} octets"
-                )
-            yield from (bytes(line).rstrip(b"\r") for line in lines)
-            pending = bytearray(rest)
-        if pending.rstrip(b"\r"):
-            yield bytes(pending).rstrip(b"\r")
+        while True:
+            event = self._next_event()
+            if isinstance(event, MultilineEnd):
+                return
+            if not isinstance(event, ListingLine):  # unreachable: the core frames listings
+                raise RemoteProtocolError(f"unexpected {event!r} inside a listing")
+            yield event.line
 
     def _body(self) -> Iterator[bytes]:
         while True:

@@ -7,6 +7,13 @@ until it gets :data:`NEED_DATA`, and writes the bytes :meth:`~Pop3Connection.sen
 returns. Outstanding commands wait in a FIFO, so commands may be pipelined
 (RFC 2449 section 6.6) without changing this class.
 
+Multi-line replies come in two kinds. A message (RETR, TOP) arrives as
+:class:`~popvault.pop3.events.Data` chunks of any size, never buffered whole.
+Every other multi-line reply (CAPA, UIDL, LIST) is a listing: the core frames
+it into one :class:`~popvault.pop3.events.ListingLine` per line and bounds it
+(:class:`ListingBounds`, per command), so that a server sending an endless
+listing costs a bounded amount of memory and ends in an error.
+
 Server input is handled totally: any bytes produce events or
 :class:`~popvault.errors.RemoteProtocolError`, never another exception.
 """
@@ -18,7 +25,7 @@ from collections import deque
 from collections.abc import Mapping
 
 from popvault.errors import LocalProtocolError, RemoteProtocolError
-from popvault.pop3.body import DotDecoder
+from popvault.pop3.body import DotDecoder, ListingBounds, ListingDecoder
 from popvault.pop3.commands import AuthResponse, Command
 from popvault.pop3.events import (
     NEED_DATA,
@@ -28,6 +35,7 @@ from popvault.pop3.events import (
     Err,
     Event,
     Greeting,
+    ListingLine,
     MultilineBegin,
     MultilineEnd,
     Ok,
@@ -40,6 +48,43 @@ from popvault.pop3.parsing import apop_timestamp, parse_response_code, parse_sta
 # it a protocol violation. The bound is what keeps a hostile server from making
 # us buffer without end.
 MAX_STATUS_LINE = 8192
+
+# Listings (every multi-line reply but a message). RFC 2449 section 4 bounds only
+# the first line of a reply (512 octets); listing lines have no RFC limit but
+# UIDL's, and a line's *content* (a 1000-octet uid, a NUL) is for the caller's
+# parser to judge line by line, so one bad line need not fail the session. The
+# core bounds only size, so that memory stays bounded: a line longer than this
+# is framing gone wrong (16 times the 512 of a status line, like MAX_STATUS_LINE).
+MAX_LISTING_LINE = 8192
+
+#: Bounds per listing command; ``Pop3Connection(listing_bounds=...)`` overrides them.
+DEFAULT_LISTING_BOUNDS: Mapping[str, ListingBounds] = {
+    # RFC 2449 section 5: capabilities are a few dozen short lines (Dovecot sends
+    # about 10 in under 200 octets; IANA's registry names 17). 1,000 lines and
+    # 64 KiB is far beyond any real server and still nothing to hold in memory,
+    # which matters because CAPA is read before STLS, from anyone on the path.
+    "CAPA": ListingBounds(max_lines=1_000, max_octets=64 * 1024, max_line=MAX_LISTING_LINE),
+    # RFC 1939 section 7: a unique-id is at most 70 octets, so a UIDL line is
+    # under 84 octets with its number and CRLF, and a 1,000,000-message mailbox
+    # lists ~80 MB. 2,000,000 lines is twice that mailbox; 256 MiB lets those
+    # lines average 134 octets (room for the 255-octet uids the parser accepts).
+    # The caller holds what it parses (~150 octets of Python objects per entry,
+    # ~300 MB at the line bound): that is what these numbers cap.
+    "UIDL": ListingBounds(
+        max_lines=2_000_000, max_octets=256 * 1024 * 1024, max_line=MAX_LISTING_LINE
+    ),
+    # RFC 1939 section 5: a LIST line is two numbers (~20 octets) and optional
+    # extra words; one line per message like UIDL, so the same bounds.
+    "LIST": ListingBounds(
+        max_lines=2_000_000, max_octets=256 * 1024 * 1024, max_line=MAX_LISTING_LINE
+    ),
+}
+#: Bounds for a listing command not in DEFAULT_LISTING_BOUNDS (an extension's):
+#: as small as CAPA's, since nothing popvault sends should list more.
+OTHER_LISTING_BOUNDS = DEFAULT_LISTING_BOUNDS["CAPA"]
+#: Multi-line replies that are messages: streamed as Data, never framed or bounded
+#: here (the caller bounds a message by its LIST size).
+MESSAGE_VERBS = frozenset({"RETR", "TOP"})
 
 
 class State(enum.Enum):
@@ -97,17 +142,26 @@ class Pop3Connection:
     ``tls=True`` says the stream is already TLS (implicit TLS, or after STLS),
     which makes STLS illegal. ``after_stls=True`` starts in AUTHORIZATION
     without a greeting: RFC 2595 section 4 sends none after the handshake.
+    ``listing_bounds`` replaces the :data:`DEFAULT_LISTING_BOUNDS` of the
+    commands it names (e.g. smaller ones in a test).
     """
 
-    def __init__(self, *, tls: bool = False, after_stls: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        tls: bool = False,
+        after_stls: bool = False,
+        listing_bounds: Mapping[str, ListingBounds] | None = None,
+    ) -> None:
         self._state = State.AUTHORIZATION if after_stls else State.GREETING
         self._tls = tls or after_stls
         self._buffer = bytearray()
         self._eof = False
         self._outstanding: deque[Command] = deque()
+        self._bounds = {**DEFAULT_LISTING_BOUNDS, **(listing_bounds or {})}
         # The multi-line reply being read, and its decoder; then the command whose
         # MultilineEnd is still to be returned.
-        self._body: tuple[Command, DotDecoder] | None = None
+        self._body: tuple[Command, DotDecoder | ListingDecoder] | None = None
         self._end_pending: Command | None = None
         self._challenged = False  # the head AUTH got a "+" and awaits our response
         self._last_sent: str | None = None
@@ -131,6 +185,10 @@ class Pop3Connection:
     def tls(self) -> bool:
         """Whether this session runs over TLS."""
         return self._tls
+
+    def listing_bounds(self, verb: str) -> ListingBounds:
+        """The bounds a listing in reply to ``verb`` is held to."""
+        return self._bounds.get(verb.upper(), OTHER_LISTING_BOUNDS)
 
     # -- client side ----------------------------------------------------------
 
@@ -266,14 +324,21 @@ class Pop3Connection:
     def _on_ok(self, command: Command, text: str) -> Event:
         self._state = state_after_ok(self._state, command.verb)
         if command.multiline:
-            self._body = (command, DotDecoder())
+            self._body = (command, self._decoder_for(command))
             return MultilineBegin(command=command, text=text)
         return Ok(command=command, text=text)
+
+    def _decoder_for(self, command: Command) -> DotDecoder | ListingDecoder:
+        if command.verb in MESSAGE_VERBS:
+            return DotDecoder()
+        return ListingDecoder(command.verb, self.listing_bounds(command.verb))
 
     def _next_body_event(self) -> Event | Sentinel:
         if self._body is None:
             return self._end_of_body()
         command, decoder = self._body
+        if isinstance(decoder, ListingDecoder):
+            return self._next_listing_event(command, decoder)
         chunk, used = decoder.decode(self._buffer)
         del self._buffer[:used]
         if decoder.done:
@@ -283,6 +348,16 @@ class Pop3Connection:
             return Data(chunk)
         if decoder.done:
             return self._end_of_body()
+        return self._closed() if self._eof else NEED_DATA
+
+    def _next_listing_event(self, command: Command, decoder: ListingDecoder) -> Event | Sentinel:
+        line, used = decoder.next_line(self._buffer)
+        del self._buffer[:used]
+        if line is not None:
+            return ListingLine(command=command, line=line)
+        if decoder.done:
+            self._body = None
+            return MultilineEnd(command=command)
         return self._closed() if self._eof else NEED_DATA
 
     def _end_of_body(self) -> Event:

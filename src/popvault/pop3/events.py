@@ -1,9 +1,11 @@
 """Events the sans-IO POP3 core produces from server bytes.
 
 Each reply to a command becomes exactly one of :class:`Ok`, :class:`Err` or
-:class:`MultilineBegin` (followed by zero or more :class:`Data` chunks and one
-:class:`MultilineEnd`); an AUTH exchange may add :class:`Continuation` events
-before its final reply. The commands carried here print redacted.
+:class:`MultilineBegin` (followed by zero or more :class:`Data` chunks for a
+message (RETR, TOP), or zero or more :class:`ListingLine` events for any other
+multi-line reply, and one :class:`MultilineEnd`); an AUTH exchange may add
+:class:`Continuation` events before its final reply. The commands carried here
+print redacted.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ class Continuation:
 
 @dataclass(frozen=True, slots=True)
 class MultilineBegin:
-    """The ``+OK`` line of a multi-line reply; :class:`Data` chunks follow."""
+    """The ``+OK`` line of a multi-line reply; :class:`Data` or :class:`ListingLine` follow."""
 
     command: Command
     text: str
@@ -80,6 +82,18 @@ class Data:
 
 
 @dataclass(frozen=True, slots=True)
+class ListingLine:
+    """One line of a listing (CAPA, UIDL, LIST: any multi-line reply but a message).
+
+    ``line`` is as the server sent it, dot-unstuffed, without its line ending;
+    its content is not checked (that is the caller's parser's job, line by line).
+    """
+
+    command: Command
+    line: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class MultilineEnd:
     """The terminating ``.`` line of a multi-line reply to ``command``."""
 
@@ -93,4 +107,14 @@ class ConnectionClosed:
     clean: bool
 
 
-Event = Greeting | Ok | Err | Continuation | MultilineBegin | Data | MultilineEnd | ConnectionClosed
+Event = (
+    Greeting
+    | Ok
+    | Err
+    | Continuation
+    | MultilineBegin
+    | Data
+    | ListingLine
+    | MultilineEnd
+    | ConnectionClosed
+)
