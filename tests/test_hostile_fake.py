@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -161,9 +162,7 @@ def test_a_message_uidl_leaves_out_is_reported_and_never_silently_skipped(
         result = ws.run_at(T0)
         assert result.messages == 2
         assert not result.ok, "a listed message was not archived: the run is not ok"
-        assert "message 2: in the server's LIST but not in its UIDL listing" in (
-            result.error or ""
-        )
+        assert "message 2: in the server's LIST but not in its UIDL listing" in (result.error or "")
         assert [raw for _, raw in srv.mailbox] == [messages[1]], "never deleted"
 
 
@@ -182,3 +181,60 @@ def test_a_message_list_leaves_out_is_archived_and_its_copy_held(ws: Workspace) 
         (held,) = result.held
         assert "LIST did not name it" in held
         assert [raw for _, raw in srv.mailbox] == [messages[2]]
+
+
+# -- bounded time ------------------------------------------------------------------------
+
+
+def drip_listing() -> Iterator[bytes]:
+    """A UIDL reply that never ends, one line at a time (the server waits between them)."""
+    yield b"+OK\r\n"
+    for number in itertools.count(1):
+        yield b"%d uid-%d\r\n" % (number, number)
+
+
+@pytest.mark.parametrize(
+    ("verb", "stream", "expected"),
+    [
+        ("UIDL", drip_listing, "the reply to UIDL was too slow"),
+        ("RETR", lambda: iter([b"+OK\r\n", *([b"Subject: slow\r\n"] * 1000)]), "RETR"),
+    ],
+)
+def test_a_server_that_drips_is_cut_off_at_the_minimum_rate(
+    ws: Workspace, verb: str, stream: Callable[[], Iterator[bytes]], expected: str
+) -> None:
+    with FakePop3Server(sample_messages(2), username="alice", password=PASSWORD) as srv:
+        # A line every 0.2 s: each read answers well within the 3 s timeout.
+        srv.stream_reply(verb, stream, delay=0.2)
+        configure(ws, srv, timeout="3s", min_rate="1K", rate_window="1s")
+        started = time.monotonic()
+        result = ws.run_at(T0)
+        elapsed = time.monotonic() - started
+    assert not result.ok
+    assert expected in (result.error or ""), result.error
+    assert "too slow" in (result.error or "")
+    assert elapsed < 10, f"the run took {elapsed:.1f}s"
+
+
+def test_a_greeting_sent_one_octet_at_a_time_ends_at_the_login_deadline(
+    ws: Workspace,
+) -> None:
+    greeting = b"+OK " + b"x" * 500 + b"\r\n"
+    with FakePop3Server(sample_messages(1), username="alice", password=PASSWORD) as srv:
+        srv.stream_reply("GREETING", lambda: (bytes([octet]) for octet in greeting), delay=0.1)
+        configure(ws, srv, timeout="3s", login_timeout="1s")
+        started = time.monotonic()
+        result = ws.run_at(T0)
+        elapsed = time.monotonic() - started
+    assert "the greeting and login took longer than 1s" in (result.error or ""), result.error
+    assert elapsed < 5
+
+
+def test_a_whole_session_ends_at_its_deadline(ws: Workspace) -> None:
+    messages = sample_messages(30, seed=18)
+    with FakePop3Server(messages, username="alice", password=PASSWORD) as srv:
+        srv.delay = 0.1  # every reply a little late, all of them within every other bound
+        configure(ws, srv, timeout="3s", session_timeout="1.5s")
+        result = ws.run_at(T0)
+    assert "the session took longer than 1.5s" in (result.error or ""), result.error
+    assert 0 < result.messages < len(messages), "what was archived stays archived"

@@ -12,6 +12,7 @@ they arise, into one of these; callers never see the foreign type.
      |    +-- TransportError
      |    |    +-- ConnectError
      |    |    +-- Pop3Timeout
+     |    |    |    +-- DeadlineExceeded    a phase's deadline or a reply's minimum rate
      |    |    +-- ReadError
      |    |    +-- WriteError
      |    |    +-- TLSError
@@ -110,6 +111,14 @@ class ConnectError(TransportError):
 
 class Pop3Timeout(TransportError):
     """The server did not answer within the configured timeout."""
+
+
+class DeadlineExceeded(Pop3Timeout):
+    """A phase took longer than its deadline, or a reply came slower than the minimum rate.
+
+    The message says which: the greeting and login, the session, or the
+    reply to a command (popvault.pop3.pace).
+    """
 
 
 class ReadError(TransportError):

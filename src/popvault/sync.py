@@ -55,6 +55,7 @@ from popvault.errors import (
 from popvault.identity import Listed, ServerView, StatusBlindDigest, identify
 from popvault.ledger import KnownRow, Ledger, MessageKey, RetainedMessage
 from popvault.pop3.client import Pop3Client
+from popvault.pop3.pace import Limits
 from popvault.redaction import install_log_redaction, redact
 from popvault.retention import is_due
 from popvault.store import SealedMessage, Store, Writer, open_store
@@ -337,13 +338,20 @@ class _AccountRun:
             refuse_unknown_archive(self.config, self.account, self.ledger, self.store)
 
     def _client(self) -> Pop3Client:
+        account = self.account
         return Pop3Client(
-            self.account.host,
-            self.account.port,
-            security=self.account.security,
-            timeout=self.account.timeout,
-            ca_file=self.account.ca_file,
-            account=self.account.name,
+            account.host,
+            account.port,
+            security=account.security,
+            timeout=account.timeout,
+            ca_file=account.ca_file,
+            account=account.name,
+            limits=Limits(
+                login=account.login_timeout,
+                session=account.session_timeout,
+                min_rate=account.min_rate,
+                rate_window=account.rate_window,
+            ),
         )
 
     def _end_session(self, client: Pop3Client) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import time
 import urllib.error
 import urllib.request
 from dataclasses import replace
@@ -128,6 +129,28 @@ def test_a_login_refused_for_a_damaged_mailbox_is_retried_soon_and_not_blamed_on
     assert "refused the credentials" not in caplog.text
     assert "Fix the password" not in caplog.text
     assert policy_for(LoginRefused("message is damaged")).reason == NETWORK.reason
+
+
+def test_a_run_still_going_is_logged_and_ends_at_its_session_deadline(ws, caplog):
+    caplog.set_level(logging.INFO, logger="popvault.daemon")
+    with FakePop3Server(sample_messages(40), username="alice", password=PASSWORD) as slow:
+        slow.delay = 0.1  # each reply a little late: a run of several seconds
+        ws.write_config([account("slow", slow, every="1h", session_timeout="3s")])
+        with Running(ws, backoff=fast, long_run_after=0.5) as running:
+            wait_for(lambda: slow.sessions >= 1, what="the first session")
+            time.sleep(1.2)
+            running.daemon.heartbeat()
+            wait_for(
+                lambda: [o for o, _ in run_rows(ws, "slow") if o != "running"],
+                timeout=10,
+                what="the run's end",
+            )
+    going = [r.getMessage() for r in caplog.records if "has been going for" in r.getMessage()]
+    assert going, caplog.text
+    assert "session_timeout = 3s" in going[0]
+    (outcome, error), *_ = run_rows(ws, "slow")
+    assert outcome == "failed"
+    assert "the session took longer than 3s" in (error or "")
 
 
 def test_in_use_is_retried(ws, server):

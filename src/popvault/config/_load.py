@@ -15,7 +15,11 @@ from pydantic_settings import SettingsError
 from popvault.config._environment import warn_about_unknown
 from popvault.config._messages import translate
 from popvault.config._model import (
+    DEFAULT_LOGIN_TIMEOUT,
+    DEFAULT_MIN_RATE,
     DEFAULT_PORTS,
+    DEFAULT_RATE_WINDOW,
+    DEFAULT_SESSION_TIMEOUT,
     DEFAULT_TIMEOUT,
     PASSWORD_KEYS,
     Account,
@@ -113,8 +117,8 @@ def _check_is_file(file: Path) -> None:
         raise ConfigError("is a folder, not a config file", file=str(file))
     if not file.exists():
         raise ConfigError(
-            f"no config file at {file}; copy config.example.toml there and edit it,"
-            " or name another file with --config or POPVAULT_CONFIG",
+            f"no config file at {file}; `popvault init --config {file}` writes a commented"
+            " example there to edit, or name another file with --config or POPVAULT_CONFIG",
             file=str(file),
         )
 
@@ -251,6 +255,10 @@ def _resolve_account(raw: Mapping[str, Any], folder: Path, file: str) -> Account
         schedule=_schedule(raw),
         trust_list_sizes=raw.get("trust_list_sizes", True),
         max_message_size=raw.get("max_message_size"),
+        login_timeout=raw.get("login_timeout", DEFAULT_LOGIN_TIMEOUT),
+        session_timeout=raw.get("session_timeout", DEFAULT_SESSION_TIMEOUT),
+        min_rate=raw.get("min_rate", DEFAULT_MIN_RATE),
+        rate_window=raw.get("rate_window", DEFAULT_RATE_WINDOW),
         **_password_fields(raw, folder, file, name),
     )
 

@@ -33,6 +33,12 @@ _SIZE_RE: Final = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(?:([kmgt])(?:i?b)?|b?)",
 _SIZE_UNITS: Final = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 # Smaller than any real message with headers: a limit below it is a typo.
 _MIN_MESSAGE_SIZE: Final = 1 << 10
+# The defaults of popvault.pop3.pace, restated here (config imports no pop3);
+# a test keeps the two in step.
+DEFAULT_LOGIN_TIMEOUT: Final = 120.0
+DEFAULT_SESSION_TIMEOUT: Final = 24 * 3600.0
+DEFAULT_MIN_RATE: Final = 1024
+DEFAULT_RATE_WINDOW: Final = 60.0
 _RETENTION_RE: Final = re.compile(r"(-?[0-9]+)([smhdw])")
 # The daemon's schedule: every 15 minutes unless an account says otherwise.
 DEFAULT_EVERY: Final = 900.0
@@ -130,6 +136,12 @@ class Account:
     trust_list_sizes: bool = True
     # Octets above which a message is not archived (None: no such limit).
     max_message_size: int | None = None
+    # Deadlines (pop3/pace.py): greeting and login, the whole session, and the
+    # minimum rate of every multi-line reply over a window.
+    login_timeout: float = DEFAULT_LOGIN_TIMEOUT
+    session_timeout: float = DEFAULT_SESSION_TIMEOUT
+    min_rate: int = DEFAULT_MIN_RATE
+    rate_window: float = DEFAULT_RATE_WINDOW
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)
@@ -175,8 +187,23 @@ def parse_timeout(value: object) -> float:
     return seconds
 
 
+def parse_rate(value: object) -> int:
+    """Octets per second from ``1024``, ``"1K"``, ``"1KiB/s"``, ``"0"`` (0: no minimum)."""
+    text = value.strip().removesuffix("/s") if isinstance(value, str) else value
+    if text in (0, "0"):
+        return 0
+    try:
+        return _size(text, minimum=1)
+    except ValueError:
+        raise ValueError(f"invalid rate {value!r} (use e.g. 1K, 512, or 0 for none)") from None
+
+
 def parse_size(value: object) -> int:
     """Octets from ``52428800``, ``"50M"``, ``"50MiB"``, ``"1.5G"`` (binary units k m g t)."""
+    return _size(value, minimum=_MIN_MESSAGE_SIZE)
+
+
+def _size(value: object, *, minimum: int) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         octets = value
     elif isinstance(value, str) and (match := _SIZE_RE.fullmatch(value.strip())):
@@ -184,8 +211,8 @@ def parse_size(value: object) -> int:
         octets = int(float(match[1]) * unit)
     else:
         raise ValueError(f"invalid size {value!r} (use e.g. 50M, 1G, or a number of octets)")
-    if octets < _MIN_MESSAGE_SIZE:
-        raise ValueError(f"invalid size {value!r}: must be at least 1K")
+    if octets < minimum:
+        raise ValueError(f"invalid size {value!r}: must be at least {minimum} octets")
     return octets
 
 

@@ -30,6 +30,7 @@ from popvault.config._model import (
     Retention,
     Security,
     parse_every,
+    parse_rate,
     parse_retention,
     parse_size,
     parse_timeout,
@@ -187,6 +188,10 @@ class AccountKeys(_Section):
     allow_plaintext: bool | None = None
     trust_list_sizes: bool | None = None
     max_message_size: Annotated[int, PlainValidator(parse_size)] | None = None
+    login_timeout: Timeout | None = None
+    session_timeout: Timeout | None = None
+    min_rate: Annotated[int, PlainValidator(parse_rate)] | None = None
+    rate_window: Timeout | None = None
     timeout: Timeout | None = None
     format: ArchiveFormat | None = None
     retention: RetentionValue | None = None

@@ -31,7 +31,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from popvault.config import Account, Config, Schedule, crontab_fields
+from popvault.config import Account, Config, Schedule, crontab_fields, format_seconds
 from popvault.daemon.backoff import (
     Policy,
     expires_at_once,
@@ -56,6 +56,10 @@ JITTER_CAP_S: Final = 60.0
 CRON_JITTER_S: Final = 30.0
 # The first runs (start-up, new accounts after SIGHUP) spread over this much.
 START_SPREAD_S: Final = 2.0
+# A run still going after this long is logged (again after each further stretch):
+# half an hour is long for an incremental run, and its end may be far (the
+# session deadline, default 24 h).
+LONG_RUN_S: Final = 30 * 60.0
 
 
 def jitter_for(schedule: Schedule) -> float:
@@ -88,6 +92,10 @@ class _AccountState:
     expire_warned: bool = False
     # The ledger's archived (messages, octets) as last counted into the metrics.
     totals: tuple[int, int] = (0, 0)
+    # time.monotonic() when the run in progress began (None: none is), and how
+    # many long-run warnings it got (one per LONG_RUN_S it has been going).
+    running_since: float | None = None
+    long_run_warnings: int = 0
 
 
 class ArchiveDaemon:
@@ -107,8 +115,10 @@ class ArchiveDaemon:
         metrics: Metrics | None = None,
         rng: random.Random | None = None,
         backoff: Callable[[BaseException], Policy] = policy_for,
+        long_run_after: float = LONG_RUN_S,
     ) -> None:
         self.config = config
+        self._long_run_after = long_run_after
         self._backoff = backoff
         self._ledger = ledger
         self._metrics = metrics
@@ -169,11 +179,35 @@ class ArchiveDaemon:
         return finished
 
     def heartbeat(self) -> None:
-        """Tell ``status`` readers that this daemon's schedule rows are still live."""
+        """Tell ``status`` readers that this daemon's schedule rows are still live.
+
+        Also say which runs have been going for long: a run ends at its
+        session deadline at the latest (``session_timeout``), and until then
+        the log shows it is still under way, once per ``long_run_after``.
+        """
         try:
             self._ledger.touch_schedules(pid=self.pid, host=self.host, at=utc_now())
         except LedgerError as exc:
             log.warning("could not refresh the schedules in the ledger: %s", exc)
+        self._warn_long_runs(time.monotonic())
+
+    def _warn_long_runs(self, now: float) -> None:
+        with self._lock:
+            running = [state for state in self._states.values() if state.running_since is not None]
+        for state in running:
+            since = state.running_since
+            if since is None:  # it ended meanwhile
+                continue
+            due = int((now - since) // self._long_run_after)
+            if due > state.long_run_warnings:
+                state.long_run_warnings = due
+                log.warning(
+                    "account %r: its run has been going for %s; it ends at the session "
+                    "deadline (session_timeout = %s) at the latest",
+                    state.account.name,
+                    format_seconds(round(now - since)),
+                    format_seconds(state.account.session_timeout),
+                )
 
     def next_run(self, name: str) -> datetime | None:
         """When the account's next run is planned (None: unknown account)."""
@@ -297,7 +331,11 @@ class ArchiveDaemon:
     def _run(self, state: _AccountState) -> None:
         account = state.account
         began = time.monotonic()
-        result = sync_account(self.config, account, self._ledger, stop=self._stopping.is_set)
+        state.running_since, state.long_run_warnings = began, 0
+        try:
+            result = sync_account(self.config, account, self._ledger, stop=self._stopping.is_set)
+        finally:
+            state.running_since = None
         duration = time.monotonic() - began
         now = utc_now()
         self._note_server(state, result, now)
