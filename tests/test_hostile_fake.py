@@ -238,3 +238,73 @@ def test_a_whole_session_ends_at_its_deadline(ws: Workspace) -> None:
         result = ws.run_at(T0)
     assert "the session took longer than 1.5s" in (result.error or ""), result.error
     assert 0 < result.messages < len(messages), "what was archived stays archived"
+
+
+# -- malformed listing lines --------------------------------------------------------------
+
+ODD_UIDS = [
+    b"u" * 1000,  # far past RFC 1939's 70 octets
+    b"nul\x00inside",
+    b"caf\xe9-latin1",  # not UTF-8
+    b"space inside",
+    b"%20-looks-escaped",  # a valid UID that resembles an escape
+]
+
+
+def with_uids(uids: list[bytes]) -> Callable[[str, bytes], bytes]:
+    """A rewrite_reply hook: the UIDL listing gives message n the n-th of ``uids``."""
+
+    def rewrite(verb: str, reply: bytes) -> bytes:
+        if verb != "UIDL" or not reply.startswith(b"+OK") or b"\r\n." not in reply:
+            return reply
+        lines = [b"+OK"] + [b"%d %s" % (n, uid) for n, uid in enumerate(uids, start=1)]
+        return b"\r\n".join([*lines, b".", b""])
+
+    return rewrite
+
+
+def test_odd_unique_ids_are_stored_escaped_and_each_message_archived_once(
+    ws: Workspace,
+) -> None:
+    messages = sample_messages(len(ODD_UIDS), seed=19)
+    with FakePop3Server(
+        messages, username="alice", password=PASSWORD, rewrite_reply=with_uids(ODD_UIDS)
+    ) as srv:
+        configure(ws, srv, retention="keep")
+        first = ws.run_at(T0)
+        assert first.ok, first.error
+        assert first.messages == len(messages)
+        again = ws.run_at(T0 + timedelta(hours=1))
+        assert again.ok, again.error
+        assert again.messages == 0, "escaped UIDs are found again: nothing twice"
+    stored_uids = sorted(uidl for (uidl,) in ws.ledger_rows("SELECT uidl FROM messages"))
+    assert len(set(stored_uids)) == len(ODD_UIDS)
+    assert "%20-looks-escaped" in stored_uids, "a valid UID is stored as sent"
+    assert all(" " not in u or u.startswith(" ") for u in stored_uids)
+
+
+@pytest.mark.parametrize(
+    ("verb", "bad_line"),
+    [("UIDL", b"two uid-two"), ("LIST", b"2 -40"), ("LIST", b"2"), ("UIDL", b"1 uid-again")],
+)
+def test_one_malformed_listing_line_leaves_out_one_message_not_the_account(
+    ws: Workspace, verb: str, bad_line: bytes
+) -> None:
+    def rewrite(replied: str, reply: bytes) -> bytes:
+        if replied != verb or not reply.startswith(b"+OK") or b"\r\n." not in reply:
+            return reply
+        lines = reply.split(b"\r\n")
+        return b"\r\n".join(bad_line if line.startswith(b"2 ") else line for line in lines)
+
+    messages = sample_messages(4, seed=20)
+    with FakePop3Server(
+        messages, username="alice", password=PASSWORD, rewrite_reply=rewrite
+    ) as srv:
+        configure(ws, srv)
+        result = ws.run_at(T0)
+    assert "was skipped" in (result.error or ""), result.error
+    assert not result.ok, "a run that left a listed message out is not ok"
+    # Messages 1, 3 and 4 archived; 2 too when only its size was unreadable (then held).
+    assert result.messages == (4 if verb == "LIST" else 3)
+    if verb == "LIST":
+        assert len(result.held) == 1

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Final, Protocol
+from typing import Final, Protocol, TypeVar
 
 from popvault.archive_check import refuse_unknown_archive
 from popvault.config import Account, Config, read_password
@@ -56,6 +56,7 @@ from popvault.identity import Listed, ServerView, StatusBlindDigest, identify
 from popvault.ledger import KnownRow, Ledger, MessageKey, RetainedMessage
 from popvault.pop3.client import Pop3Client
 from popvault.pop3.pace import Limits
+from popvault.pop3.parsing import parse_list_line, parse_uidl_entry
 from popvault.redaction import install_log_redaction, redact
 from popvault.retention import is_due
 from popvault.store import SealedMessage, Store, Writer, open_store
@@ -77,6 +78,7 @@ MAX_HOLD_WARNINGS = 10
 _READ_BLOCK = 1 << 20
 
 Clock = Callable[[], datetime]
+T = TypeVar("T")
 
 
 def utc_now() -> datetime:
@@ -382,7 +384,7 @@ class _AccountRun:
         """UIDL + LIST, matched to the ledger's rows; the messages to fetch."""
         name = self.account.name
         listing = self._uidl_listing(client)
-        self.sizes = sizes = dict(client.list())
+        self.sizes = sizes = dict(self._listing(client.list_lines(), parse_list_line, "LIST"))
         self._check_listings_agree(listing, sizes)
         self.result.on_server = len(listing)
         uidls = list(dict.fromkeys(uidl for _, uidl in listing))
@@ -421,14 +423,45 @@ class _AccountRun:
             self.result.message_errors.append(problem)
 
     def _uidl_listing(self, client: Pop3Client) -> list[tuple[int, str]]:
+        """The UIDL listing, each line parsed on its own (see :meth:`_listing`)."""
         try:
-            return client.uidl()
+            return self._listing(client.uidl_lines(), parse_uidl_entry, "UIDL")
         except ServerError as exc:
             raise RemoteProtocolError(
                 f"the server refused UIDL ({exc.text!r}); popvault needs unique ids "
                 "(RFC 1939 section 7) to archive incrementally",
                 account=self.account.name,
             ) from exc
+
+    def _listing(
+        self, lines: Iterable[bytes], parse: Callable[[bytes], tuple[int, T]], verb: str
+    ) -> list[tuple[int, T]]:
+        """A listing whose bad lines are skipped, each with a warning and a run problem.
+
+        One malformed line (a negative size, a line without a number, a number
+        listed twice) must not fail the whole account on every run: that one
+        message is left out — which the check that UIDL and LIST agree then
+        names — and the rest of the mailbox is archived.
+        """
+        entries: list[tuple[int, T]] = []
+        seen: set[int] = set()
+        for line in lines:
+            try:
+                number, value = parse(line)
+            except RemoteProtocolError as exc:
+                self._bad_listing_line(verb, exc.message)
+                continue
+            if number in seen:
+                self._bad_listing_line(verb, f"message number {number} listed twice")
+                continue
+            seen.add(number)
+            entries.append((number, value))
+        return entries
+
+    def _bad_listing_line(self, verb: str, problem: str) -> None:
+        text = f"a line of the server's {verb} listing was skipped: {redact(problem)}"
+        log.warning("account %r: %s", self.account.name, text)
+        self.result.message_errors.append(text)
 
     def _fetch_all(self, client: Pop3Client, planned: Sequence[PlannedMessage]) -> None:
         failing = {failure.key for failure in self.ledger.failures(self.account.name)}

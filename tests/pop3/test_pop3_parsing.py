@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from popvault.errors import RemoteProtocolError
 from popvault.pop3 import (
@@ -16,6 +18,7 @@ from popvault.pop3 import (
     parse_uidl_line,
     redact,
 )
+from popvault.pop3.parsing import parse_uidl_entry, stored_uid
 
 
 def test_apop_digest_matches_rfc_1939_example() -> None:
@@ -129,3 +132,37 @@ def test_redact(line: bytes | str, expected: str) -> None:
 
 def test_redact_auth_continuation() -> None:
     assert redact(b"AGJvYgBodW50ZXIy\r\n", auth_continuation=True) == "***"
+
+
+# -- lenient UIDL lines and stored unique-ids ---------------------------------------------
+
+
+def test_a_valid_uid_is_stored_as_sent() -> None:
+    assert parse_uidl_entry(b"3 QhdPYR:00WBw1Ph7x7\r\n") == (3, "QhdPYR:00WBw1Ph7x7")
+    assert stored_uid(b"%41") == "%41"
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (b"1 a b", " a%20b"),
+        (b"1 nul\x00x", " nul%00x"),
+        (b"1 caf\xe9", " caf%E9"),
+        (b"1 50%\xff", " 50%25%FF"),
+        (b"1  padded  ", "padded"),
+    ],
+)
+def test_an_odd_uid_is_stored_escaped(line: bytes, expected: str) -> None:
+    assert parse_uidl_entry(line) == (1, expected)
+
+
+@pytest.mark.parametrize("line", [b"x abc", b"1", b"-1 abc", b""])
+def test_a_line_without_number_or_uid_is_refused(line: bytes) -> None:
+    with pytest.raises(RemoteProtocolError):
+        parse_uidl_entry(line)
+
+
+@given(st.binary(min_size=1, max_size=40), st.binary(min_size=1, max_size=40))
+def test_stored_uids_never_collide(first: bytes, second: bytes) -> None:
+    if first != second:
+        assert stored_uid(first) != stored_uid(second)

@@ -120,6 +120,43 @@ def parse_uidl_line(line: bytes) -> tuple[int, str]:
     return _number(number, "message number", line), uid.decode("ascii")
 
 
+def parse_uidl_entry(line: bytes) -> tuple[int, str]:
+    """Parse one UIDL listing line leniently: any unique-id a server sends is kept.
+
+    A line whose message number cannot be read raises
+    :class:`~popvault.errors.RemoteProtocolError` (nothing identifies the
+    message). The unique-id is everything after the number (spaces inside it
+    included, trailing white space not); one that RFC 1939 section 7 allows
+    (1-70 octets in 0x21-0x7E; up to 255 accepted) comes back as it is, any
+    other in the form :func:`stored_uid` gives it.
+    """
+    text = strip_eol(line).strip(b" \t")
+    number, _, uid = text.partition(b" ")
+    uid = uid.strip(b" \t")
+    if not uid:
+        raise RemoteProtocolError(f"no unique-id in UIDL line {_text(line[:80])!r}")
+    return _number(number, "message number", line), stored_uid(uid)
+
+
+def stored_uid(uid: bytes) -> str:
+    """A unique-id as the ledger stores it: as sent when RFC 1939 allows it, else escaped.
+
+    UIDs are compared as octets. One with octets outside 0x21-0x7E (NUL, a
+    space, non-ASCII), or longer than :data:`MAX_UID_OCTETS`, is stored as a
+    space followed by its octets with ``%`` and every octet outside
+    0x21-0x7E written ``%XX``: a valid UID never holds a space, so an escaped
+    one can equal no valid one, and the escape is one-to-one, so two UIDs
+    stay two.
+    """
+    if _UID.fullmatch(uid):
+        return uid.decode("ascii")
+    escaped = "".join(
+        chr(octet) if 0x21 <= octet <= 0x7E and octet != 0x25 else f"%{octet:02X}"
+        for octet in uid
+    )
+    return " " + escaped
+
+
 def parse_list_line(line: bytes) -> tuple[int, int]:
     """Parse ``b"3 1205"`` (one LIST listing line, RFC 1939 section 5).
 
