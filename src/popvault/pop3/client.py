@@ -16,7 +16,8 @@ import contextlib
 import logging
 import socket
 import ssl
-from collections.abc import Generator, Iterator, Mapping
+import time
+from collections.abc import Callable, Generator, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, Protocol, Self, TypeVar
@@ -24,6 +25,7 @@ from typing import Literal, Protocol, Self, TypeVar
 from popvault.errors import (
     AuthError,
     ConnectError,
+    DeadlineExceeded,
     InUseError,
     LocalProtocolError,
     LoginDelayError,
@@ -53,6 +55,7 @@ from popvault.pop3.events import (
     MultilineEnd,
     Ok,
 )
+from popvault.pop3.pace import Deadline, Limits, RateWatch, SlowTransfer
 from popvault.pop3.parsing import (
     apop_digest,
     code_matches,
@@ -62,6 +65,7 @@ from popvault.pop3.parsing import (
     parse_uidl_line,
 )
 from popvault.pop3.tls import make_client_context
+from popvault.redaction import redact, register
 
 log = logging.getLogger("popvault.pop3")
 
@@ -90,7 +94,7 @@ class SupportsWrite(Protocol[T_contra]):
         ...
 
 
-def error_for(err: Err, *, secret: str | None = None, announces_codes: bool = False) -> ServerError:
+def error_for(err: Err, *, announces_codes: bool = False) -> ServerError:
     """The :class:`ServerError` subclass for a ``-ERR`` event.
 
     A refused USER, PASS or APOP is about the credentials when the server
@@ -99,10 +103,11 @@ def error_for(err: Err, *, secret: str | None = None, announces_codes: bool = Fa
     (RFC 2449 section 6.4) or ``AUTH-RESP-CODE`` (RFC 3206 section 6): such a
     server would have said ``[AUTH]``, so the refusal is a
     :class:`LoginRefused`; from any other server it may be the password, an
-    :class:`AuthError` that says it cannot tell. ``secret`` is scrubbed from
-    the server's text, in case a server echoes what it was sent.
+    :class:`AuthError` that says it cannot tell. The server's text passes
+    :func:`~popvault.redaction.redact`: a server may echo what it was sent
+    (the password), or send escape sequences.
     """
-    text = err.text.replace(secret, "***") if secret else err.text
+    text = redact(err.text)
     verb = err.command.verb if err.command is not None else None
     command = err.command.redacted() if err.command is not None else "greeting"
     cls = next((c for code, c in _CODE_CLASSES if code_matches(err.code, code)), ServerError)
@@ -141,6 +146,8 @@ class Pop3Client:
         account: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
         listing_bounds: Mapping[str, ListingBounds] | None = None,
+        limits: Limits | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.host = host
         self.port = port
@@ -157,6 +164,13 @@ class Pop3Client:
         self._sock: socket.socket | None = None
         self._listing_bounds = dict(listing_bounds or {})
         self._core = Pop3Connection(listing_bounds=self._listing_bounds)
+        # Deadlines (pace.py): of the session, of the phase under way (greeting
+        # and login), and the rate watch of the multi-line reply being read.
+        self.limits = limits or Limits()
+        self._clock = clock
+        self._session: Deadline | None = None
+        self._phase: Deadline | None = None
+        self._rate: RateWatch | None = None
 
     @property
     def is_secure(self) -> bool:
@@ -190,6 +204,10 @@ class Pop3Client:
             raise LocalProtocolError("already connected", account=self.account)
         self.greeting, self.capabilities, self._apop_timestamp = "", {}, None
         self.utf8 = False
+        now = self._clock()
+        self._session = Deadline.after("the session", self.limits.session, now)
+        self._phase = Deadline.after("the greeting and login", self.limits.login, now)
+        self._rate = None
         with self._operation(drop_on_refusal=True):
             self._sock = self._open_tcp()
             if self.security == "tls":
@@ -217,14 +235,17 @@ class Pop3Client:
         """
         self._check_login_policy(method, allow_plaintext)
         with self._operation():
+            # Whatever the server sends back from here on may quote it.
+            register(password)
             self._enable_utf8()
             if method == "apop":
                 digest = apop_digest(self._apop_timestamp or "", password)
-                self._command(Command("APOP", username, digest), secret=password)
+                self._command(Command("APOP", username, register(digest)))
             else:
                 self._command(Command("USER", username))
-                self._command(Command("PASS", password), secret=password)
+                self._command(Command("PASS", password))
             self._refresh_capabilities()
+        self._phase = None  # logged in: from here the session's deadline and the rates count
 
     @property
     def _announces_codes(self) -> bool:
@@ -369,9 +390,12 @@ class Pop3Client:
     # -- steps of connect ------------------------------------------------------
 
     def _open_tcp(self) -> socket.socket:
+        deadline, wait = self._wait()
         try:
-            return socket.create_connection((self.host, self.port), timeout=self.timeout)
+            return socket.create_connection((self.host, self.port), timeout=wait)
         except TimeoutError as exc:
+            if deadline is not None:
+                raise DeadlineExceeded(f"{deadline.describe()} ({self._where})") from exc
             raise Pop3Timeout(
                 f"connecting to {self._where} timed out after {self.timeout}s"
             ) from exc
@@ -429,8 +453,8 @@ class Pop3Client:
 
     # -- commands and replies ----------------------------------------------------
 
-    def _ok(self, command: Command, *, secret: str | None = None) -> Ok:
-        event = self._command(command, secret=secret)
+    def _ok(self, command: Command) -> Ok:
+        event = self._command(command)
         if not isinstance(event, Ok):
             raise RemoteProtocolError(f"expected a one-line reply to {command.redacted()}")
         return event
@@ -441,16 +465,16 @@ class Pop3Client:
             raise RemoteProtocolError(f"expected a multi-line reply to {command.redacted()}")
         return event
 
-    def _command(self, command: Command, *, secret: str | None = None) -> Event:
+    def _command(self, command: Command) -> Event:
         """Send ``command`` and return its reply; ``-ERR`` raises its ServerError."""
         self._write(command)
         event = self._next_event()
         if isinstance(event, Err):
             code = f"[{event.code}] " if event.code else ""
-            log.debug("%s S: -ERR %s%s", self._where, code, _scrub(event.text, secret))
-            raise error_for(event, secret=secret, announces_codes=self._announces_codes)
+            log.debug("%s S: -ERR %s%s", self._where, redact(code), redact(event.text))
+            raise error_for(event, announces_codes=self._announces_codes)
         if isinstance(event, Ok | MultilineBegin):
-            log.debug("%s S: +OK %s", self._where, _scrub(event.text, secret))
+            log.debug("%s S: +OK %s", self._where, redact(event.text))
             return event
         raise RemoteProtocolError(f"unexpected {event!r} in reply to {command.redacted()}")
 
@@ -501,6 +525,13 @@ class Pop3Client:
                 continue
             if isinstance(event, ConnectionClosed):
                 raise ReadError(f"the server closed the connection {self._waiting_for()}")
+            if isinstance(event, MultilineBegin):
+                # Every multi-line reply (a message, a listing) keeps a minimum rate.
+                what = f"the reply to {event.command.redacted()}"
+                limits = self.limits
+                self._rate = RateWatch(what, limits.min_rate, limits.rate_window, self._clock())
+            elif isinstance(event, MultilineEnd):
+                self._rate = None
             return event
 
     def _waiting_for(self) -> str:
@@ -510,9 +541,14 @@ class Pop3Client:
         return "before it greeted" if not self.greeting else "unexpectedly"
 
     def _read(self) -> bytes:
+        sock = self._connected()
+        deadline, wait = self._wait()
         try:
-            return self._connected().recv(READ_BLOCK)
+            sock.settimeout(wait)
+            data = sock.recv(READ_BLOCK)
         except TimeoutError as exc:
+            if deadline is not None:
+                raise DeadlineExceeded(f"{deadline.describe()} ({self._where})") from exc
             raise Pop3Timeout(
                 f"no answer from {self._where} within {self.timeout}s {self._waiting_for()}"
             ) from exc
@@ -520,6 +556,30 @@ class Pop3Client:
             raise TLSError(f"TLS error reading from {self._where}: {_reason(exc)}") from exc
         except OSError as exc:
             raise ReadError(f"reading from {self._where}: {_reason(exc)}") from exc
+        if self._rate is not None and data:
+            try:
+                self._rate.add(len(data), self._clock())
+            except SlowTransfer as exc:
+                raise DeadlineExceeded(f"{exc} ({self._where})") from None
+        return data
+
+    def _wait(self) -> tuple[Deadline | None, float]:
+        """How long the next read may wait, and the deadline that set it (None: the timeout).
+
+        Raises :class:`DeadlineExceeded` if a deadline has already passed.
+        """
+        now = self._clock()
+        chosen: Deadline | None = None
+        wait = self.timeout
+        for deadline in (self._phase, self._session):
+            if deadline is None:
+                continue
+            left = deadline.left(now)
+            if left <= 0:
+                raise DeadlineExceeded(f"{deadline.describe()} ({self._where})")
+            if left < wait:
+                chosen, wait = deadline, left
+        return chosen, wait
 
     def _connected(self) -> socket.socket:
         if self._sock is None:
@@ -537,11 +597,13 @@ class Pop3Client:
             yield
         except ServerError as exc:
             exc.account = exc.account or self.account
+            _redact_error(exc)
             if drop_on_refusal:
                 self.close()
             raise
         except Pop3Error as exc:
             exc.account = exc.account or self.account
+            _redact_error(exc)  # a protocol error may quote a server line
             self.close()
             raise
         except BaseException:
@@ -549,8 +611,10 @@ class Pop3Client:
             raise
 
 
-def _scrub(text: str, secret: str | None) -> str:
-    return text.replace(secret, "***") if secret else text
+def _redact_error(exc: Pop3Error) -> None:
+    """The one pass of an error's text through the redaction point (see redaction.py)."""
+    exc.message = redact(exc.message)
+    exc.args = (exc.message,)
 
 
 def _reason(exc: BaseException) -> str:
