@@ -3,13 +3,17 @@ folder, a config written by `popvault init`."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from popvault.cli import main
 from popvault.config import load
 from popvault.status import render_locations
 from popvault.testing import FakePop3Server, sample_messages
@@ -131,3 +135,50 @@ def test_status_names_a_postgresql_ledger_without_its_password(ws: Workspace) ->
     text = render_locations(load(ws.config, environ={}))
     assert "ledger:  postgresql://popvault:***@127.0.0.1:1/none" in text
     assert "Secret-pg-9" not in text
+
+
+# -- popvault init ------------------------------------------------------------------------
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "config.example.toml"
+
+
+def test_init_writes_the_commented_example_with_mode_0600(tmp_path: Path) -> None:
+    target = tmp_path / "new" / "popvault" / "config.toml"
+    ws = Workspace(tmp_path)
+    ws.config = target
+    result = ws.cli("init")
+    assert result.code == 0, result.output
+    assert f"wrote {target} (mode 0600)" in result.out
+    assert target.read_bytes() == EXAMPLE.read_bytes()
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert stat.S_IMODE(target.parent.stat().st_mode) == 0o700
+    # It is a config popvault reads: status works on it without any secret.
+    status = ws.cli("status")
+    assert status.code == 0, status.output
+    assert "personal" in status.out
+
+
+def test_init_never_overwrites(ws: Workspace) -> None:
+    ws.config.write_text("# mine\n", encoding="utf-8")
+    result = ws.cli("init")
+    assert result.code == 1
+    assert f"{ws.config} already exists; not overwriting it" in result.err
+    assert ws.config.read_text(encoding="utf-8") == "# mine\n"
+
+
+def test_init_without_config_writes_where_popvault_looks(home: Path) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["init"])
+    assert code == 0, err.getvalue()
+    written = home / ".config" / "popvault" / "config.toml"
+    assert written.read_bytes() == EXAMPLE.read_bytes()
+    assert "popvault run --dry-run" in out.getvalue()
+
+
+def test_the_no_config_error_names_popvault_init(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path)
+    result = ws.cli("status")
+    assert result.code == 2
+    assert f"no config file at {ws.config}" in result.err
+    assert f"`popvault init --config {ws.config}`" in result.err

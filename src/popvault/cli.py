@@ -141,6 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--messages", type=int, default=36, help="how many sample messages")
     demo.set_defaults(func=cmd_demo)
 
+    init = commands.add_parser(
+        "init",
+        parents=[common],
+        help="write a commented example config (mode 0600) where popvault looks for it, "
+        "or at --config; never overwrites",
+    )
+    init.set_defaults(func=cmd_init)
+
     db = commands.add_parser("db", parents=[common], help="ledger database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
     upgrade = db_commands.add_parser(
@@ -440,6 +448,33 @@ def cmd_held(args: argparse.Namespace) -> int:
     with _open_ledger(cfg, create=False) as ledger:
         holds = held.list_holds(ledger, accounts)
     print(held.render_json(holds) if args.json else held.render_text(holds))
+    return EXIT_OK
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """``popvault init``: write the example config; 1 if a file is already there."""
+    from popvault.config import default_config_path
+    from popvault.init_config import write_example
+
+    given = getattr(args, "config", None)
+    target = Path(given).expanduser() if given is not None else default_config_path()
+    try:
+        write_example(target)
+    except FileExistsError:
+        print(
+            f"popvault: {target} already exists; not overwriting it (edit it, or name "
+            "another file with --config)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    except OSError as exc:
+        print(f"popvault: cannot write {target}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAILED
+    print(
+        f"wrote {target} (mode 0600), a commented example: replace its [[accounts]] with "
+        "yours, then `popvault run --dry-run`"
+        + (f" --config {target}" if given is not None else "")
+    )
     return EXIT_OK
 
 
