@@ -37,10 +37,19 @@ from peers import (
     popa3d_binary_or_skip,
 )
 from peers import make_private_root as make_peer_root
+from popvault.redaction import SECRETS
 
 _DOVECOT_FIXTURES = frozenset({"dovecot", "dovecot_mailbox"})
 # Free ports are picked before Dovecot binds them; another process may win the race.
 _START_ATTEMPTS = 3
+
+
+@pytest.fixture(autouse=True)
+def _fresh_secrets() -> Iterator[None]:
+    """Each test starts with no registered secret: one test's password is no other's."""
+    SECRETS.clear()
+    yield
+    SECRETS.clear()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -122,3 +122,10 @@ def test_the_ledger_url_password_is_masked(tmp_path: Path) -> None:
         result = ws.cli("status")
     assert result.code != 0
     assert "Url-Secret-4411" not in result.output
+
+
+def test_a_short_secret_is_masked_only_where_it_stands_alone() -> None:
+    registry = SecretRegistry()
+    registry.add("pw")
+    assert registry.scrub("PASS pw") == f"PASS {MASK}"
+    assert registry.scrub("password upward") == "password upward"

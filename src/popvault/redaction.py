@@ -28,6 +28,10 @@ from typing import Any
 
 #: What a secret becomes.
 MASK = "***"
+# A secret this short (a test's "pw", a careless "1234") would also match inside
+# ordinary words and mangle every message: it is masked only where it stands
+# alone, between characters that are not letters or digits.
+_SHORT_SECRET = 6
 
 # C0 controls, DEL and the C1 controls (ESC-less CSI is 0x9b): none of them
 # belongs in a line of text shown to a person.
@@ -55,7 +59,13 @@ class SecretRegistry:
             self._forms = frozenset(new)
             # Longest first, so that a secret containing another is masked whole.
             ordered = sorted(self._forms, key=len, reverse=True)
-            self._pattern = re.compile("|".join(re.escape(form) for form in ordered))
+            self._pattern = re.compile("|".join(_pattern(form) for form in ordered))
+
+    def clear(self) -> None:
+        """Forget every secret (for tests: each starts with an empty registry)."""
+        with self._lock:
+            self._forms = frozenset()
+            self._pattern = None
 
     def scrub(self, text: str) -> str:
         """``text`` with every registered secret replaced by :data:`MASK`."""
@@ -68,6 +78,12 @@ class SecretRegistry:
 
 #: The process's secrets.
 SECRETS = SecretRegistry()
+
+
+def _pattern(form: str) -> str:
+    if len(form) >= _SHORT_SECRET:
+        return re.escape(form)
+    return rf"(?<![A-Za-z0-9]){re.escape(form)}(?![A-Za-z0-9])"
 
 
 def register(secret: str) -> str:

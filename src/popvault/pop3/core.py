@@ -66,17 +66,18 @@ DEFAULT_LISTING_BOUNDS: Mapping[str, ListingBounds] = {
     "CAPA": ListingBounds(max_lines=1_000, max_octets=64 * 1024, max_line=MAX_LISTING_LINE),
     # RFC 1939 section 7: a unique-id is at most 70 octets, so a UIDL line is
     # under 84 octets with its number and CRLF, and a 1,000,000-message mailbox
-    # lists ~80 MB. 2,000,000 lines is twice that mailbox; 256 MiB lets those
-    # lines average 134 octets (room for the 255-octet uids the parser accepts).
+    # lists ~80 MB. That mailbox is the bound: 1,000,000 lines, and 128 MiB lets
+    # them average 134 octets (room for the 255-octet uids the parser accepts).
     # The caller holds what it parses (~150 octets of Python objects per entry,
-    # ~300 MB at the line bound): that is what these numbers cap.
+    # ~150 MB at the line bound): an endless listing ends there, with a clear
+    # error, and a mailbox of more messages is refused the same way.
     "UIDL": ListingBounds(
-        max_lines=2_000_000, max_octets=256 * 1024 * 1024, max_line=MAX_LISTING_LINE
+        max_lines=1_000_000, max_octets=128 * 1024 * 1024, max_line=MAX_LISTING_LINE
     ),
     # RFC 1939 section 5: a LIST line is two numbers (~20 octets) and optional
     # extra words; one line per message like UIDL, so the same bounds.
     "LIST": ListingBounds(
-        max_lines=2_000_000, max_octets=256 * 1024 * 1024, max_line=MAX_LISTING_LINE
+        max_lines=1_000_000, max_octets=128 * 1024 * 1024, max_line=MAX_LISTING_LINE
     ),
 }
 #: Bounds for a listing command not in DEFAULT_LISTING_BOUNDS (an extension's):

@@ -151,8 +151,7 @@ def stored_uid(uid: bytes) -> str:
     if _UID.fullmatch(uid):
         return uid.decode("ascii")
     escaped = "".join(
-        chr(octet) if 0x21 <= octet <= 0x7E and octet != 0x25 else f"%{octet:02X}"
-        for octet in uid
+        chr(octet) if 0x21 <= octet <= 0x7E and octet != 0x25 else f"%{octet:02X}" for octet in uid
     )
     return " " + escaped
 
