@@ -43,7 +43,7 @@ def test_missing_file_says_where_and_what_to_do(config_dir):
     error = load_error(config_dir / "absent.toml")
     assert error.file == str(config_dir / "absent.toml")
     assert "no config file at" in error.message
-    assert "config.example.toml" in error.message
+    assert f"`popvault init --config {config_dir / 'absent.toml'}`" in error.message
 
 
 def test_a_folder_is_not_a_config_file(config_dir):

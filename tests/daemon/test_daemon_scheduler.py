@@ -221,7 +221,9 @@ def test_metrics_agree_with_the_archive_and_the_ledger(ws, server):
         endpoint.start()
         try:
             wait_for(lambda: len(ws.archived_files("acct")) == 3)
-            wait_for(lambda: len(run_rows(ws, "acct")) >= 2, what="a second run")
+            # The metrics of a run are set once it has ended: wait for them, not for its row.
+            ok = ("popvault_runs_total", (("account", "acct"), ("outcome", "ok")))
+            wait_for(lambda: samples(scrape(endpoint.port)[1]).get(ok, 0) >= 2, what="two runs")
             code, text = scrape(endpoint.port)
             assert code == 200
             assert scrape(endpoint.port, "/healthz") == (200, "ok\n")
