@@ -164,15 +164,16 @@ def dovecot_binary_or_skip() -> str:
     """
     binary = find_dovecot()
     if binary is None:
-        _unavailable("dovecot is not installed (apt-get install dovecot-pop3d)")
+        unavailable("dovecot is not installed (apt-get install dovecot-pop3d)")
     if os.geteuid() != 0:
-        _unavailable("the private Dovecot needs root (its Maildirs belong to the mail user)")
+        unavailable("the private Dovecot needs root (its Maildirs belong to the mail user)")
     return binary
 
 
-def _unavailable(reason: str) -> NoReturn:
+def unavailable(reason: str, what: str = "Dovecot") -> NoReturn:
+    """Skip the test; under CI=true fail it, since there the real servers must run."""
     if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true: the Dovecot tests must run)", pytrace=False)
+        pytest.fail(f"{reason} (CI=true: the {what} tests must run)", pytrace=False)
     pytest.skip(reason)
 
 
@@ -427,7 +428,7 @@ class DovecotServer:
         while time.monotonic() < deadline:
             if self._process is not None and self._process.poll() is not None:
                 raise RuntimeError(self._failure("exited"))
-            if all(_accepts(port) for port in (self.port, self.tls_port)):
+            if all(accepts(port) for port in (self.port, self.tls_port)):
                 return
             time.sleep(0.05)
         self.stop()
@@ -443,7 +444,8 @@ class DovecotServer:
         )
 
 
-def _accepts(port: int) -> bool:
+def accepts(port: int) -> bool:
+    """Whether something accepts connections on the loopback ``port`` now."""
     try:
         with socket.create_connection((HOST, port), timeout=1):
             return True

@@ -61,9 +61,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn, Protocol
 
-import pytest
-
-from dovecot import HOST, TlsCerts, free_port
+from dovecot import HOST, TlsCerts, accepts, free_port, unavailable
 
 DEFAULT_PASSWORD = "peer-Test-pw-42"
 # Mailboxes belong to an unprivileged user: both servers drop to the owner of
@@ -128,9 +126,7 @@ def popa3d_binary_or_skip() -> str:
 
 
 def _unavailable(reason: str) -> NoReturn:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true: the peer server tests must run)", pytrace=False)
-    pytest.skip(reason)
+    unavailable(reason, "peer server")
 
 
 # -- mbox --------------------------------------------------------------------
@@ -315,19 +311,11 @@ class _Process:
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"{what} exited\n--- log ---\n{self.log_text()}")
-            if all(_accepts(port) for port in ports):
+            if all(accepts(port) for port in ports):
                 return
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"{what} did not listen within {_START_SECONDS} s\n{self.log_text()}")
-
-
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 # -- GNU Mailutils pop3d -----------------------------------------------------
