@@ -229,3 +229,9 @@ def test_password_command_text_is_not_shown(write_config):
     config, account = load_one(write_config, f'password_command = "echo {SECRET}"')
     assert SECRET not in repr(config)
     assert SECRET not in account.password_source
+
+
+def test_password_command_not_found_says_so(write_config):
+    config, account = load_one(write_config, 'password_command = "no-such-command-xyz"')
+    error = password_error(config, account)
+    assert "status 127, a command it names was not found" in error.message

@@ -21,6 +21,11 @@ PASSWORD_COMMAND_TIMEOUT: float = 30.0
 
 log = logging.getLogger("popvault.config")
 
+_SHELL_STATUS = {
+    126: ", a command it names is not executable",
+    127: ", a command it names was not found",
+}
+
 
 # (path, mode) pairs already warned about: a daemon reads a password file on
 # every run, and one warning per file and mode is enough to act on.
@@ -131,9 +136,12 @@ def _from_command(
         # command fails, and stderr may too (a `set -x` in a script echoes every
         # line it runs), in a form nothing can recognise as the password.
         del stdout, stderr
+        # POSIX sh: 127 is "command not found", 126 "found but not executable".
+        meaning = _SHELL_STATUS.get(process.returncode, "")
         raise fail(
-            f"password_command exited with status {process.returncode} (its output is not "
-            "shown, since it may contain the password: run the command yourself to see why)"
+            f"password_command exited with status {process.returncode}{meaning} (its output "
+            "is not shown, since it may contain the password: run the command yourself to see "
+            "why)"
         )
     try:
         return stdout.split(b"\n", 1)[0].removesuffix(b"\r").decode("utf-8")
