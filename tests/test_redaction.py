@@ -129,3 +129,41 @@ def test_a_short_secret_is_masked_only_where_it_stands_alone() -> None:
     registry.add("pw")
     assert registry.scrub("PASS pw") == f"PASS {MASK}"
     assert registry.scrub("password upward") == "password upward"
+
+
+@pytest.mark.parametrize(
+    ("verb", "template"),
+    [
+        ("PASS", "-ERR bad password {arg}"),
+        ("PASS", "PASSWORD-WAS {arg}"),
+        ("UIDL", "-ERR cannot open mailbox for user:{password}"),
+        ("RETR", "-ERR {username}/{password} is locked"),
+    ],
+)
+def test_a_server_that_echoes_what_it_was_sent_leaks_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, verb: str, template: str
+) -> None:
+    ws = Workspace(tmp_path, password=PASSWORD)
+    caplog.set_level(logging.DEBUG)
+    with FakePop3Server(sample_messages(2), username="alice", password=PASSWORD) as srv:
+        srv.reply_with(verb, template)
+        ws.write_config([fake_account(srv, "acct", retention="delete")])
+        run = ws.cli("--log-level", "debug", "run")
+    assert run.code == 1, run.output
+    for text in _channels(ws, caplog, run.output):
+        assert PASSWORD not in text
+
+
+def test_a_login_accepted_with_the_password_echoed_in_its_ok_leaks_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ws = Workspace(tmp_path, password=PASSWORD)
+    caplog.set_level(logging.DEBUG)
+    with FakePop3Server(sample_messages(2), username="alice", password=PASSWORD) as srv:
+        srv.reply_with("PASS", "+OK PASSWORD-WAS {arg}", carry_out=True)
+        ws.write_config([fake_account(srv, "acct")])
+        run = ws.cli("--log-level", "debug", "run")
+    assert run.code == 0, run.output
+    assert "PASSWORD-WAS ***" in caplog.text, "the debug log shows the reply, masked"
+    for text in _channels(ws, caplog, run.output):
+        assert PASSWORD not in text
