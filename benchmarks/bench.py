@@ -425,19 +425,13 @@ def run_measured(argv: list[str], state: Path) -> tuple[float, int, int]:
     timed = [GNU_TIME, "-q", "-f", "%M", "-o", str(rss_file), *argv]
     with (state / "stdout").open("wb") as out, (state / "stderr").open("wb") as err:
         start = time.perf_counter()
-        try:
-            code = subprocess.run(
-                timed,
-                stdout=out,
-                stderr=err,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                check=False,
-                timeout=RUN_TIMEOUT,
-            ).returncode
-        except subprocess.TimeoutExpired:
-            code = -9
+        process = subprocess.Popen(timed, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env)
+        # A blocking wait: Popen.wait(timeout) polls in steps of up to 50 ms, too coarse for mpop.
+        killer = threading.Timer(RUN_TIMEOUT, process.kill)
+        killer.start()
+        code = process.wait()
         wall = time.perf_counter() - start
+        killer.cancel()
     try:
         rss = int(rss_file.read_text().split()[-1])
     except (OSError, ValueError, IndexError):
@@ -561,7 +555,10 @@ def measure(
         return Measurement(wall, rss, False, note)
     ok, note = check(tool, state, digests)
     if not ok:
-        say(f"!! MISMATCH {tool.name} scenario {scenario.key}: {note} (state kept in {state})")
+        say(
+            f"!! MISMATCH {tool.name} scenario {scenario.key}: {note} (its state: {state}, until"
+            " the next repetition; after the run only with --work)"
+        )
         return Measurement(wall, rss, False, note)
     shutil.rmtree(state, ignore_errors=True)
     return Measurement(wall, rss, True)
