@@ -177,6 +177,19 @@ def unavailable(reason: str, what: str = "Dovecot") -> NoReturn:
     pytest.skip(reason)
 
 
+def stop_process_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to a server's process group (it and its children), SIGKILL if it lingers."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(_STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    if process.stdout is not None:
+        process.stdout.close()
+
+
 def free_port() -> int:
     """A loopback port that was free a moment ago (Dovecot binds it next)."""
     with socket.socket() as probe:
@@ -351,16 +364,8 @@ class DovecotServer:
     def stop(self) -> None:
         """Stop Dovecot and its children (SIGTERM to its process group, then SIGKILL)."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(_STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
+        if process is not None:
+            stop_process_group(process)
 
     def add_user(self, name: str | None = None, password: str = DEFAULT_PASSWORD) -> DovecotMailbox:
         """A new user with an empty Maildir; a unique name is made up if not given."""

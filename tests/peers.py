@@ -51,7 +51,6 @@ import pwd
 import re
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -61,7 +60,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn, Protocol
 
-from dovecot import HOST, TlsCerts, accepts, free_port, unavailable
+from dovecot import HOST, TlsCerts, accepts, free_port, stop_process_group, unavailable
 
 DEFAULT_PASSWORD = "peer-Test-pw-42"
 # Mailboxes belong to an unprivileged user: both servers drop to the owner of
@@ -78,7 +77,6 @@ _USERNAME = re.compile(r"[a-z][a-z0-9-]{0,30}")
 # Private uids for popa3d's users and its own `popa3d` user (inside the namespace only).
 _FIRST_PRIVATE_UID = 61000
 _START_SECONDS = 20.0
-_STOP_SECONDS = 10.0
 
 
 # -- finding the binaries ----------------------------------------------------
@@ -288,17 +286,8 @@ class _Process:
     def stop(self) -> None:
         """SIGTERM to the process group (server and its children), then SIGKILL."""
         process, self.process = self.process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(_STOP_SECONDS)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
+        if process is not None:
+            stop_process_group(process)
 
     def log_text(self) -> str:
         try:
