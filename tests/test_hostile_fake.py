@@ -136,16 +136,33 @@ def test_a_line_that_drops_at_random_places_is_not_blamed_on_a_message(ws: Works
     assert ws.ledger_rows("SELECT count(*) FROM failures") == [(0,)], "cleared once archived"
 
 
-def drop_listing_line(verb: str, number: int) -> Callable[[str, bytes], bytes]:
-    """A rewrite_reply hook: the listing of ``verb`` leaves out message ``number``."""
+def rewrite_listing(
+    verb: str, edit: Callable[[int, bytes], bytes | None]
+) -> Callable[[str, bytes], bytes]:
+    """A rewrite_reply hook that edits the lines of ``verb``'s multi-line listing.
+
+    ``edit(number, line)`` gets each listing line with its message number and
+    returns the line to send instead, or None to leave it out.
+    """
 
     def rewrite(replied: str, reply: bytes) -> bytes:
-        if replied != verb or not reply.startswith(b"+OK"):
+        if replied != verb or not reply.startswith(b"+OK") or b"\r\n." not in reply:
             return reply
-        lines = reply.split(b"\r\n")
-        return b"\r\n".join(line for line in lines if not line.startswith(b"%d " % number))
+        status, *lines = reply.split(b"\r\n")
+        edited = [status]
+        for line in lines:
+            number = line.split(b" ", 1)[0]
+            new = edit(int(number), line) if number.isdigit() else line
+            if new is not None:
+                edited.append(new)
+        return b"\r\n".join(edited)
 
     return rewrite
+
+
+def drop_listing_line(verb: str, number: int) -> Callable[[str, bytes], bytes]:
+    """A rewrite_reply hook: the listing of ``verb`` leaves out message ``number``."""
+    return rewrite_listing(verb, lambda n, line: None if n == number else line)
 
 
 def test_a_message_uidl_leaves_out_is_reported_and_never_silently_skipped(
@@ -253,14 +270,7 @@ ODD_UIDS = [
 
 def with_uids(uids: list[bytes]) -> Callable[[str, bytes], bytes]:
     """A rewrite_reply hook: the UIDL listing gives message n the n-th of ``uids``."""
-
-    def rewrite(verb: str, reply: bytes) -> bytes:
-        if verb != "UIDL" or not reply.startswith(b"+OK") or b"\r\n." not in reply:
-            return reply
-        lines = [b"+OK"] + [b"%d %s" % (n, uid) for n, uid in enumerate(uids, start=1)]
-        return b"\r\n".join([*lines, b".", b""])
-
-    return rewrite
+    return rewrite_listing("UIDL", lambda n, line: b"%d %s" % (n, uids[n - 1]))
 
 
 def test_odd_unique_ids_are_stored_escaped_and_each_message_archived_once(
@@ -290,12 +300,7 @@ def test_odd_unique_ids_are_stored_escaped_and_each_message_archived_once(
 def test_one_malformed_listing_line_leaves_out_one_message_not_the_account(
     ws: Workspace, verb: str, bad_line: bytes
 ) -> None:
-    def rewrite(replied: str, reply: bytes) -> bytes:
-        if replied != verb or not reply.startswith(b"+OK") or b"\r\n." not in reply:
-            return reply
-        lines = reply.split(b"\r\n")
-        return b"\r\n".join(bad_line if line.startswith(b"2 ") else line for line in lines)
-
+    rewrite = rewrite_listing(verb, lambda n, line: bad_line if n == 2 else line)
     messages = sample_messages(4, seed=20)
     with FakePop3Server(
         messages, username="alice", password=PASSWORD, rewrite_reply=rewrite
