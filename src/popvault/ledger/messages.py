@@ -24,6 +24,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    tuple_,
     union,
     update,
 )
@@ -47,7 +48,9 @@ from popvault.ledger.records import (
     KeyLike,
     KnownRow,
     MessageKey,
+    NewMessage,
     PendingMessage,
+    as_key,
 )
 
 # Rows fetched per round trip when streaming archived messages.
@@ -128,47 +131,83 @@ class MessagesMixin(LedgerCore):
         lowercase hex. A ``hold_reason`` holds the server copy from the start
         (see :meth:`hold`) and then needs an aware ``held_at``.
         """
-        uidl, occurrence = pair_of(key)
-        _check_message(path=path, size=size, sha256=sha256, server_size=server_size)
-        _check_hold(received_size=received_size, hold_reason=hold_reason, held_at=held_at)
-        require_aware(first_seen_at, "first_seen_at")
-        values = {
-            "account": account,
-            "uidl": uidl,
-            "occurrence": occurrence,
-            "state": "pending",
-            "path": path,
-            "size": size,
-            "sha256": sha256,
-            "server_size": server_size,
-            "first_seen_at": first_seen_at,
-            "received_size": received_size,
-            "hold_reason": hold_reason,
-            "held_at": held_at,
-        }
+        message = NewMessage(
+            as_key(key),
+            path=path,
+            size=size,
+            sha256=sha256,
+            server_size=server_size,
+            first_seen_at=first_seen_at,
+            received_size=received_size,
+            hold_reason=hold_reason,
+            held_at=held_at,
+        )
+        self.record_pending_many(account, [message])
+
+    def record_pending_many(self, account: str, messages: Sequence[NewMessage]) -> None:
+        """:meth:`record_pending` for a batch, in one transaction (group commit).
+
+        All or nothing: if the account already has a row for any of the keys,
+        :class:`DuplicateMessage` names one of them and nothing is recorded.
+        """
+        rows = [_pending_values(account, message) for message in messages]
+        if not rows:
+            return
         with self._writing() as connection:
             try:
-                connection.execute(insert(Message).values(values))
+                connection.execute(insert(Message), rows)
             except IntegrityError as exc:
                 if _is_unique_violation(exc):
-                    raise DuplicateMessage(account, uidl, occurrence) from None
+                    raise self._duplicate(account, messages) from None
                 raise
+
+    def _duplicate(self, account: str, messages: Sequence[NewMessage]) -> DuplicateMessage:
+        """The :class:`DuplicateMessage` for the first of ``messages`` that has a row."""
+        with self._reading() as connection:
+            for message in messages:
+                pair = pair_of(message.key)
+                if _has_row(connection, account, pair):
+                    return DuplicateMessage(account, *pair)
+        key = messages[0].key  # a key repeated within the batch itself
+        return DuplicateMessage(account, key.uidl, key.occurrence)
 
     def mark_archived(self, account: str, key: KeyLike, *, archived_at: datetime) -> None:
         """Turn a pending message into an archived one, durably.
 
         Raises :class:`LedgerError` if the account has no pending row for ``key``.
         """
+        self.mark_archived_many(account, [key], archived_at=archived_at)
+
+    def mark_archived_many(
+        self, account: str, keys: Sequence[KeyLike], *, archived_at: datetime
+    ) -> None:
+        """:meth:`mark_archived` for a batch, in one transaction (group commit).
+
+        All or nothing: if any key has no pending row, :class:`LedgerError`
+        names one and nothing changes.
+        """
         require_aware(archived_at, "archived_at")
-        pair = pair_of(key)
-        statement = (
-            update(Message)
-            .where(*_pending_row(account, pair))
-            .values(state="archived", archived_at=archived_at)
-        )
+        pairs = list(dict.fromkeys(pair_of(key) for key in keys))
         with self._writing() as connection:
-            if connection.execute(statement).rowcount != 1:
-                raise LedgerError(f"account {account!r}: no pending message with {_describe(pair)}")
+            for start in range(0, len(pairs), IN_LIST_LIMIT):
+                chunk = pairs[start : start + IN_LIST_LIMIT]
+                statement = (
+                    update(Message)
+                    .where(
+                        Message.account == account,
+                        Message.state == "pending",
+                        tuple_(Message.uidl, Message.occurrence).in_(chunk),
+                    )
+                    .values(state="archived", archived_at=archived_at)
+                )
+                if connection.execute(statement).rowcount != len(chunk):
+                    missing = next(
+                        pair for pair in chunk if not _is_pending(connection, account, pair)
+                    )
+                    # Raising inside the block rolls the whole batch back.
+                    raise LedgerError(
+                        f"account {account!r}: no pending message with {_describe(missing)}"
+                    )
 
     def drop_pending(self, account: str, key: KeyLike) -> None:
         """Forget a pending message (its file is gone or wrong).
@@ -290,6 +329,44 @@ def _pending_row(account: str, pair: Pair) -> tuple[ColumnElement[bool], ...]:
 def _has_row(connection: Connection, account: str, pair: Pair) -> bool:
     query = select(Message.id).where(*_key_row(account, pair))
     return connection.scalar(query) is not None
+
+
+def _is_pending(connection: Connection, account: str, pair: Pair) -> bool:
+    query = select(Message.id).where(*_pending_row(account, pair))
+    return connection.scalar(query) is not None
+
+
+def _pending_values(account: str, message: NewMessage) -> dict[str, Any]:
+    """The messages row of ``message`` as pending, its arguments checked."""
+    _check_message(
+        path=message.path,
+        size=message.size,
+        sha256=message.sha256,
+        server_size=message.server_size,
+    )
+    _check_hold(
+        received_size=message.received_size,
+        hold_reason=message.hold_reason,
+        held_at=message.held_at,
+    )
+    require_aware(message.first_seen_at, "first_seen_at")
+    uidl, occurrence = pair_of(message.key)
+    return {
+        "account": account,
+        "uidl": uidl,
+        "occurrence": occurrence,
+        "state": "pending",
+        "path": message.path,
+        "size": message.size,
+        "sha256": message.sha256,
+        "server_size": message.server_size,
+        "first_seen_at": message.first_seen_at,
+        "received_size": message.received_size,
+        "hold_reason": message.hold_reason,
+        "held_at": message.held_at,
+        # Explicit for every row: an executemany insert needs the same columns in each.
+        "archived_at": None,
+    }
 
 
 def _is_unique_violation(exc: IntegrityError) -> bool:

@@ -112,6 +112,21 @@ class DaemonRunning(LedgerError):
 
 
 @dataclass(frozen=True, slots=True)
+class NewMessage:
+    """One message for :meth:`Ledger.record_pending_many`: the arguments of ``record_pending``."""
+
+    key: MessageKey
+    path: str
+    size: int
+    sha256: str
+    server_size: int | None
+    first_seen_at: datetime
+    received_size: int | None = None
+    hold_reason: str | None = None
+    held_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class PendingMessage:
     """A message whose file was written but not yet vouched for."""
 

@@ -20,7 +20,7 @@ import enum
 import hashlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -126,7 +126,9 @@ def _nothing() -> bytes:
 
 class _State(enum.Enum):
     OPEN = "open"
+    FINISHED = "finished"  # every byte written and the name fixed; not yet fsynced
     SEALED = "sealed"
+    LINKED = "linked"  # published, its folder not yet fsynced (group commit)
     COMMITTED = "committed"
     ABORTED = "aborted"
 
@@ -159,15 +161,44 @@ class Writer:
     def seal(self) -> SealedMessage:
         """Flush and fsync the temp file and fix the final relpath; nothing is visible yet."""
         self._expect(_State.OPEN, "seal")
+        sealed = self.finish()
+        self.sync()
+        return sealed
+
+    def finish(self) -> SealedMessage:
+        """Write out every byte and fix the final relpath; durable only after :meth:`sync`.
+
+        The first half of :meth:`seal`, for group commit: the fsyncs of a
+        batch's files (:meth:`sync`, on a worker thread) overlap with reading
+        the next messages from the network.
+        """
+        self._expect(_State.OPEN, "finish")
         with self._aborting():
             self._finish()
             self._flush()
-            fd, self._fd = self._fd, None
-            assert fd is not None  # noqa: S101 - OPEN always holds a descriptor
-            durable.sync_and_close(fd, self._tmp_path)
             relpath = self._choose_relpath(self._size)
         self._sealed = SealedMessage(relpath, self._size, self._hash.hexdigest())
+        self._state = _State.FINISHED
+        return self._sealed
+
+    def sync(self) -> None:
+        """Fsync and close the finished temp file: the second half of :meth:`seal`.
+
+        May run on another thread than the writing one, once :meth:`finish`
+        returned there and until the writer is used again.
+        """
+        self._expect(_State.FINISHED, "sync")
+        with self._aborting():
+            fd, self._fd = self._fd, None
+            assert fd is not None  # noqa: S101 - FINISHED always holds a descriptor
+            durable.sync_and_close(fd, self._tmp_path)
         self._state = _State.SEALED
+
+    @property
+    def sealed(self) -> SealedMessage:
+        """What :meth:`finish` (or :meth:`seal`) returned."""
+        if self._sealed is None:
+            raise RuntimeError("the message writer is not finished")
         return self._sealed
 
     def commit(self) -> None:
@@ -183,6 +214,36 @@ class Writer:
             durable.publish(self._tmp_path, self._root / self._sealed.relpath)
         self._state = _State.COMMITTED
         durable.retire(self._tmp_path)
+
+    def link(self) -> Path:
+        """Publish the sealed message without syncing its folder; return that folder.
+
+        For :func:`publish_together`, which syncs each folder once for a
+        whole batch. The name is not durable until then; the caller must not
+        vouch for the message before.
+        """
+        self._expect(_State.SEALED, "link")
+        assert self._sealed is not None  # noqa: S101 - SEALED always holds the result
+        target = self._root / self._sealed.relpath
+        with self._aborting():
+            self._prepare_publish()
+            durable.link(self._tmp_path, target)
+        self._state = _State.LINKED
+        return target.parent
+
+    def take_back(self) -> None:
+        """Undo :meth:`link` (its folder could not be synced), then :meth:`abort`."""
+        self._expect(_State.LINKED, "take back")
+        assert self._sealed is not None  # noqa: S101 - LINKED always holds the result
+        durable.unlink_quietly(self._root / self._sealed.relpath)
+        self._state = _State.SEALED
+        self.abort()
+
+    def retire(self) -> None:
+        """After the linked name's folder was synced: drop the temp name; committed."""
+        self._expect(_State.LINKED, "retire")
+        self._state = _State.COMMITTED
+        durable.retire(self._tmp_path, sync_folder=False)
 
     def abort(self) -> None:
         """Drop the message: close and remove the temp file. Idempotent; never raises.
@@ -259,6 +320,36 @@ class Writer:
         """Create the destination folder if it does not exist yet (durably)."""
 
 
+def publish_together(writers: Sequence[Writer]) -> list[StoreError | None]:
+    """Publish sealed messages with one folder fsync per folder (group commit).
+
+    Returns, per writer, None when its message is published durably, or the
+    :class:`StoreError` that kept it from being (its name taken, its folder
+    not syncable); a writer that failed is aborted and leaves nothing visible.
+    The names become durable with their folder's fsync, which is why each is
+    linked first and every folder synced after: a power cut before that sync
+    may take the names back, never leave a name without its (fsynced) content.
+    """
+    errors: list[StoreError | None] = [None] * len(writers)
+    folders: dict[Path, list[int]] = {}
+    for index, writer in enumerate(writers):
+        try:
+            folders.setdefault(writer.link(), []).append(index)
+        except StoreError as exc:
+            errors[index] = exc
+    for folder, members in folders.items():
+        try:
+            durable.sync_dir(folder)
+        except StoreError as exc:
+            for index in members:
+                writers[index].take_back()
+                errors[index] = exc
+    for writer, error in zip(writers, errors, strict=True):
+        if error is None:
+            writer.retire()
+    return errors
+
+
 def check_folder(folder: str) -> str:
     """Validate an account folder: relative, ``/``-separated, no ``.`` or ``..`` parts."""
     parts = folder.split("/")
@@ -295,6 +386,9 @@ class BaseStore:
         self.root = root
         self.folder = check_folder(folder)
         self.create_root = create_root
+        # What ensure_layout and ensure_folder made sure of (see there).
+        self._layouts: set[tuple[str, ...]] = set()
+        self._folders: set[str] = set()
 
     @property
     def path(self) -> Path:
@@ -359,7 +453,23 @@ class BaseStore:
         return sum(durable.remove_if_stale(self.tmp_dir / name, cutoff) for name in names)
 
     def ensure_layout(self, *subfolders: str) -> None:
-        """Create the account folder and ``subfolders`` in it if missing (first use)."""
+        """Create the account folder and ``subfolders`` in it if missing (first use).
+
+        Checked once per store object (one run), not per message: a folder
+        removed under a running archiver makes its next publish fail loudly.
+        """
+        if subfolders in self._layouts:
+            return
+        self._make_layout(subfolders)
+        self._layouts.add(subfolders)
+
+    def ensure_folder(self, relative: str) -> None:
+        """Create ``relative`` under the account folder, durably, once per store object."""
+        if relative not in self._folders:
+            durable.ensure_dirs(self.path, relative)
+            self._folders.add(relative)
+
+    def _make_layout(self, subfolders: tuple[str, ...]) -> None:
         if self.create_root:
             durable.ensure_root(self.root)
         else:

@@ -75,7 +75,7 @@ def create_private_file(path: Path) -> int:
             os.fchmod(fd, FILE_MODE)  # the umask may have taken bits away
         except BaseException:
             os.close(fd)
-            _unlink_quietly(path)
+            unlink_quietly(path)
             raise
     return fd
 
@@ -178,28 +178,41 @@ def publish(source: Path, target: Path) -> None:
     rename would replace the other file). If the folder cannot be synced the
     new name is taken back, so that a failed publish leaves nothing visible.
     """
+    link(source, target)
+    try:
+        sync_dir(target.parent)
+    except BaseException:
+        unlink_quietly(target)
+        raise
+
+
+def link(source: Path, target: Path) -> None:
+    """Give the file at ``source`` the second name ``target``; never overwrite.
+
+    Not durable until ``target``'s folder is synced (:func:`sync_dir`): for a
+    batch of publishes into one folder (group commit) that is one fsync for
+    all of them. :func:`unlink_quietly` takes a name back.
+    """
     try:
         os.link(source, target, follow_symlinks=False)
     except FileExistsError:
         raise StoreError(f"cannot publish {target}: the name is taken; not overwriting") from None
     except OSError as exc:
         raise store_error("publish", target, exc) from exc
-    try:
-        sync_dir(target.parent)
-    except BaseException:
-        _unlink_quietly(target)
-        raise
 
 
-def retire(path: Path) -> None:
+def retire(path: Path, *, sync_folder: bool = True) -> None:
     """Remove a temp file after its publish; failures are logged, not raised.
 
     By now the message is durable under its final name; a temp name that comes
-    back after a crash is only garbage for :func:`remove_if_stale`.
+    back after a crash is only garbage for :func:`remove_if_stale`, which is
+    why a batch retires its temp files without syncing their folder
+    (``sync_folder=False``): nothing depends on the removal surviving.
     """
     try:
         os.unlink(path)
-        sync_dir(path.parent)
+        if sync_folder:
+            sync_dir(path.parent)
     except (OSError, StoreError) as exc:
         cause = describe(exc) if isinstance(exc, OSError) else str(exc)
         log.warning("could not remove temp file %s after publishing: %s", path, cause)
@@ -211,7 +224,7 @@ def discard(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _unlink_quietly(path: Path) -> None:
+def unlink_quietly(path: Path) -> None:
     """Best-effort removal while another error is already on its way up."""
     try:
         path.unlink(missing_ok=True)

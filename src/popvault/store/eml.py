@@ -16,7 +16,6 @@ from email.parser import BytesHeaderParser
 from email.policy import compat32
 from email.utils import parsedate_to_datetime
 
-from popvault.store import durable
 from popvault.store.base import BaseStore, Writer, list_dir, utc
 
 # RFC 5322 sets no limit on the header block (only 998 octets per line,
@@ -121,7 +120,7 @@ class EmlWriter(Writer):
         return f"{self._store.folder}/{self._month}/{when:%Y%m%dT%H%M%SZ}-{self._token}.eml"
 
     def _prepare_publish(self) -> None:
-        durable.ensure_dirs(self._store.path, self._month)
+        self._store.ensure_folder(self._month)
 
 
 class EmlStore(BaseStore):
