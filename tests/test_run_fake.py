@@ -172,8 +172,11 @@ def test_connection_cut_mid_retr_records_nothing_half_and_next_run_completes(
     )
 
 
+# finish: writing out the file's last bytes (the fetching thread); sync: its
+# fsync (the fetch worker thread, seen at the batch's commit).
+@pytest.mark.parametrize("step", ["finish", "sync"])
 def test_a_store_failure_after_retr_ends_the_session_without_quit(
-    ws: Workspace, server, monkeypatch: pytest.MonkeyPatch
+    ws: Workspace, server, monkeypatch: pytest.MonkeyPatch, step: str
 ) -> None:
     ws.write_config([account(server)])
     store_probe = open_store("maildir", ws.archive, "fake")
@@ -182,7 +185,7 @@ def test_a_store_failure_after_retr_ends_the_session_without_quit(
     def full_disk(self: Any) -> Any:
         raise StoreError("disk full (ENOSPC) writing test")
 
-    monkeypatch.setattr(writer_class, "seal", full_disk)
+    monkeypatch.setattr(writer_class, step, full_disk)
     result = ws.cli("run")
     assert result.code == 1
     assert "disk full" in result.out

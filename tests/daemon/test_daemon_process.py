@@ -45,7 +45,8 @@ def test_sigterm_during_a_large_download_exits_0_with_nothing_half_recorded(ws, 
     big = [b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 200 for _ in range(40)]
     with FakePop3Server(big, username="bob", password=PASSWORD) as slow:
         slow.delay = 0.05  # each reply: the download takes seconds
-        ws.write_config([account("acct", slow, every="1h")])
+        # A window of 4: a stop lets the RETRs already sent finish, no more.
+        ws.write_config([account("acct", slow, every="1h", pipeline_depth=4)])
         ws.config.write_text(
             ws.config.read_text() + '\n[daemon]\nshutdown_timeout = "10s"\n', encoding="utf-8"
         )

@@ -30,21 +30,34 @@ from typing import Any
 
 from popvault.cli import main
 
-# Each crash point: the module, class and method to wrap.
+# Each crash point: the module, class and method to wrap. The names are the
+# steps of the archive protocol (popvault.fetch's module docstring); a step
+# done per batch is killed at its nth batch, and the child's batches hold
+# BATCH_MESSAGES messages (see child_main) so that a small mailbox has several.
 POINTS: dict[str, tuple[str, str, str]] = {
-    "retr_into": ("popvault.pop3.client", "Pop3Client", "retr_into"),
+    # Reading one message's body (of a pipelined RETR reply).
+    "retr_into": ("popvault.pop3.client", "Retrieval", "read_into"),
     "write": ("popvault.store.base", "Writer", "write"),
-    "seal": ("popvault.store.base", "Writer", "seal"),
-    "record_pending": ("popvault.ledger.facade", "Ledger", "record_pending"),
-    "commit": ("popvault.store.base", "Writer", "commit"),
-    "mark_archived": ("popvault.ledger.facade", "Ledger", "mark_archived"),
-    "dele": ("popvault.pop3.client", "Pop3Client", "dele"),
+    # One message's file fsync (on the fetch worker thread).
+    "seal": ("popvault.store.base", "Writer", "sync"),
+    # A batch's pending rows (one transaction).
+    "record_pending": ("popvault.ledger.facade", "Ledger", "record_pending_many"),
+    # One message's link to its final name (its folder fsynced per batch after).
+    "commit": ("popvault.store.base", "Writer", "link"),
+    # A batch's archived rows (one transaction).
+    "mark_archived": ("popvault.ledger.facade", "Ledger", "mark_archived_many"),
+    # The reply to one DELE of a pipelined batch: "before" is DELEs sent, not acknowledged.
+    "dele": ("popvault.pop3.client", "Pop3Client", "_one_line_reply"),
     "mark_delete_requested": ("popvault.ledger.facade", "Ledger", "mark_delete_requested"),
     "quit": ("popvault.pop3.client", "Pop3Client", "quit"),
     "mark_deleted": ("popvault.ledger.facade", "Ledger", "mark_deleted"),
     # Inside the first run's schema migration (one table made, the next not yet).
     "create_table": ("alembic.operations", "Operations", "create_table"),
 }
+
+# Messages per durable batch in the child: 2, so that the 5-message mailboxes of
+# the crash tests make several batches and every batch boundary is a crash point.
+CHILD_BATCH_MESSAGES = 2
 
 # Modules a run imports lazily; imported before "ready" (see the module docstring).
 _PRELOAD = (
@@ -88,7 +101,8 @@ def install(point: str, nth: int, when: str) -> None:
 def install_linked(nth: int) -> None:
     """Kill on the ``nth`` publish right after its link, before the folder's fsync.
 
-    Not a method wrapper: the point lies inside ``durable.publish``. The name
+    Not a method wrapper: the point is ``durable.link``, which a batch's
+    publish calls for each message before it syncs the folder once. The name
     then exists in the page cache only; a process kill keeps it, a power cut
     after the kill may not.
     """
@@ -96,15 +110,16 @@ def install_linked(nth: int) -> None:
 
     calls = 0
 
-    def publish(source: Path, target: Path) -> None:
+    original = durable.link
+
+    def link(source: Path, target: Path) -> None:
         nonlocal calls
         calls += 1
-        os.link(source, target, follow_symlinks=False)
+        original(source, target)
         if calls == nth:
             _kill_now()
-        durable.sync_dir(target.parent)
 
-    durable.publish = publish
+    durable.link = link
 
 
 def child_main(argv: Sequence[str]) -> int:
@@ -118,6 +133,8 @@ def child_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     for name in _PRELOAD:
         importlib.import_module(name)
+    fetch = importlib.import_module("popvault.fetch")
+    fetch.BATCH_MESSAGES = CHILD_BATCH_MESSAGES  # type: ignore[misc] # a Final, on purpose
     if args.point == "linked":
         install_linked(args.nth)
     elif args.point is not None:

@@ -17,6 +17,8 @@ from popvault.config._messages import translate
 from popvault.config._model import (
     DEFAULT_LOGIN_TIMEOUT,
     DEFAULT_MIN_RATE,
+    DEFAULT_PIPELINE_DEPTH,
+    DEFAULT_PIPELINE_OCTETS,
     DEFAULT_PORTS,
     DEFAULT_RATE_WINDOW,
     DEFAULT_SESSION_TIMEOUT,
@@ -259,6 +261,8 @@ def _resolve_account(raw: Mapping[str, Any], folder: Path, file: str) -> Account
         session_timeout=raw.get("session_timeout", DEFAULT_SESSION_TIMEOUT),
         min_rate=raw.get("min_rate", DEFAULT_MIN_RATE),
         rate_window=raw.get("rate_window", DEFAULT_RATE_WINDOW),
+        pipeline_depth=raw.get("pipeline_depth", DEFAULT_PIPELINE_DEPTH),
+        pipeline_octets=raw.get("pipeline_octets", DEFAULT_PIPELINE_OCTETS),
         **_password_fields(raw, folder, file, name),
     )
 

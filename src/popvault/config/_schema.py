@@ -25,6 +25,7 @@ from popvault.config._model import (
     DEFAULT_LEDGER_URL,
     DEFAULT_MAX_CONCURRENT,
     DEFAULT_SHUTDOWN_TIMEOUT,
+    MAX_PIPELINE_DEPTH,
     ArchiveFormat,
     AuthMethod,
     Retention,
@@ -34,6 +35,7 @@ from popvault.config._model import (
     parse_retention,
     parse_size,
     parse_timeout,
+    parse_window_size,
 )
 from popvault.errors import ConfigError
 
@@ -192,6 +194,8 @@ class AccountKeys(_Section):
     session_timeout: Timeout | None = None
     min_rate: Annotated[int, PlainValidator(parse_rate)] | None = None
     rate_window: Timeout | None = None
+    pipeline_depth: Annotated[int, Field(ge=1, le=MAX_PIPELINE_DEPTH)] | None = None
+    pipeline_octets: Annotated[int, PlainValidator(parse_window_size)] | None = None
     timeout: Timeout | None = None
     format: ArchiveFormat | None = None
     retention: RetentionValue | None = None

@@ -201,10 +201,8 @@ class MessagesMixin(LedgerCore):
                     .values(state="archived", archived_at=archived_at)
                 )
                 if connection.execute(statement).rowcount != len(chunk):
-                    missing = next(
-                        pair for pair in chunk if not _is_pending(connection, account, pair)
-                    )
                     # Raising inside the block rolls the whole batch back.
+                    missing = _not_marked(connection, account, chunk, archived_at)
                     raise LedgerError(
                         f"account {account!r}: no pending message with {_describe(missing)}"
                     )
@@ -331,9 +329,18 @@ def _has_row(connection: Connection, account: str, pair: Pair) -> bool:
     return connection.scalar(query) is not None
 
 
-def _is_pending(connection: Connection, account: str, pair: Pair) -> bool:
-    query = select(Message.id).where(*_pending_row(account, pair))
-    return connection.scalar(query) is not None
+def _not_marked(
+    connection: Connection, account: str, pairs: list[Pair], archived_at: datetime
+) -> Pair:
+    """The first of ``pairs`` that the UPDATE just made did not mark archived."""
+    marked = select(Message.uidl, Message.occurrence).where(
+        Message.account == account,
+        Message.state == "archived",
+        Message.archived_at == archived_at,
+        tuple_(Message.uidl, Message.occurrence).in_(pairs),
+    )
+    done = {(uidl, occurrence) for uidl, occurrence in connection.execute(marked)}
+    return next(pair for pair in pairs if pair not in done)
 
 
 def _pending_values(account: str, message: NewMessage) -> dict[str, Any]:

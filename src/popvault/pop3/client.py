@@ -17,7 +17,8 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, Protocol, Self, TypeVar
@@ -83,6 +84,8 @@ _CODE_CLASSES: tuple[tuple[str, type[ServerError]], ...] = (
 )
 
 Security = Literal["tls", "starttls", "plain"]
+# Per command of a pipelined batch: the server's refusal, or None for +OK.
+Refusals = list[ServerError | None]
 T_contra = TypeVar("T_contra", contravariant=True)
 
 
@@ -162,6 +165,8 @@ class Pop3Client:
         self.utf8 = False
         self._apop_timestamp: str | None = None
         self._sock: socket.socket | None = None
+        # Verbs sent ahead (pipelined) whose replies are still to be read, in order.
+        self._ahead: deque[str] = deque()
         self._listing_bounds = dict(listing_bounds or {})
         self._core = Pop3Connection(listing_bounds=self._listing_bounds)
         # Deadlines (pace.py): of the session, of the phase under way (greeting
@@ -203,6 +208,7 @@ class Pop3Client:
         if self._sock is not None:
             raise LocalProtocolError("already connected", account=self.account)
         self.greeting, self.capabilities, self._apop_timestamp = "", {}, None
+        self._ahead.clear()
         self.utf8 = False
         now = self._clock()
         self._session = Deadline.after("the session", self.limits.session, now)
@@ -237,13 +243,22 @@ class Pop3Client:
         with self._operation():
             # Whatever the server sends back from here on may quote it.
             register(password)
-            self._enable_utf8()
             if method == "apop":
                 digest = apop_digest(self._apop_timestamp or "", password)
-                self._command(Command("APOP", username, register(digest)))
+                steps = [Command("APOP", username, register(digest))]
             else:
-                self._command(Command("USER", username))
-                self._command(Command("PASS", password))
+                steps = [Command("USER", username), Command("PASS", password)]
+            utf8 = [Command("UTF8")] if "UTF8" in self.capabilities else []
+            # One round trip for the whole login when the server pipelines (RFC
+            # 2449 section 6.6); a refusal of one step still fails the login.
+            self._send_ahead([*utf8, *steps, Command("CAPA")])
+            self._enable_utf8()
+            try:
+                for step in steps:
+                    self._command(step)
+            except ServerError:
+                self._drain_ahead()  # the session stays in step, as without pipelining
+                raise
             self._refresh_capabilities()
         self._phase = None  # logged in: from here the session's deadline and the rates count
 
@@ -356,6 +371,121 @@ class Pop3Client:
                 written += len(chunk)
             return written
 
+    @property
+    def pipelining(self) -> bool:
+        """Whether the server announced PIPELINING (RFC 2449 section 6.6)."""
+        return "PIPELINING" in self.capabilities
+
+    def retrieve(
+        self, wanted: Iterable[tuple[int, int]], *, depth: int, octets: int
+    ) -> Iterator[Retrieval]:
+        """RETR many messages, up to ``depth`` of them in flight; one :class:`Retrieval` each.
+
+        ``wanted`` gives ``(number, LIST size)`` pairs and is read lazily, one
+        pair each time the window has room: a caller stops the retrieval by
+        ending it (the replies to RETRs already sent are still read, so the
+        session stays in step). The window holds at most ``depth`` RETRs, and
+        only while the LIST sizes of those in flight stay under ``octets`` —
+        always at least one. Without PIPELINING (RFC 2449 section 6.6) the
+        depth is 1: one RETR, its whole reply, then the next. Each
+        :class:`Retrieval` comes in message order; its body must be read with
+        :meth:`Retrieval.read_into` before the next one is asked for. A
+        ``-ERR`` for one RETR is that retrieval's :attr:`~Retrieval.error`,
+        and the session goes on.
+        """
+        if depth < 1 or octets < 1:
+            raise ValueError(f"depth and octets must be positive, got {depth} and {octets}")
+        if not self.pipelining:
+            depth = 1
+        self._nothing_ahead("RETR")
+        source = iter(wanted)
+        in_flight: deque[tuple[int, int]] = deque()
+        flight_octets = 0
+        exhausted = False
+        while True:
+            batch: list[Command] = []
+            # Top the window up once half of it has drained (or it is empty): one
+            # write for many RETRs, and still never fewer than depth/2 in flight.
+            room = not in_flight or len(in_flight) <= depth // 2
+            while room and not exhausted and len(in_flight) < depth:
+                if in_flight and flight_octets >= octets:
+                    break
+                following = next(source, None)
+                if following is None:
+                    exhausted = True
+                    break
+                in_flight.append(following)
+                flight_octets += following[1]
+                batch.append(Command("RETR", following[0]))
+            if batch:
+                with self._operation():
+                    self._write_all(batch)
+            if not in_flight:
+                return
+            number, size = in_flight.popleft()
+            flight_octets -= size
+            with self._operation():
+                retrieval = self._retrieval(number, pipelined=bool(in_flight))
+            yield retrieval
+            if not retrieval.finished:
+                self.close()
+                raise LocalProtocolError(
+                    f"the body of RETR {number} was not read before the next reply",
+                    account=self.account,
+                )
+
+    def _nothing_ahead(self, verb: str) -> None:
+        if self._ahead:
+            raise LocalProtocolError(
+                f"{verb} while the replies to {list(self._ahead)} are due", account=self.account
+            )
+
+    def _retrieval(self, number: int, *, pipelined: bool) -> Retrieval:
+        """The reply to the oldest RETR in flight, up to its status line."""
+        try:
+            self._multiline_reply(f"RETR {number}")
+        except ServerError as exc:
+            exc.account = exc.account or self.account
+            _redact_error(exc)
+            return Retrieval(self, number, error=exc, pipelined=pipelined)
+        return Retrieval(self, number, pipelined=pipelined)
+
+    def _read_body_into(self, sink: SupportsWrite[bytes]) -> int:
+        """Stream the multi-line reply under way into ``sink``; return the octets."""
+        with self._operation():
+            written = 0
+            for chunk in self._body():
+                sink.write(chunk)
+                written += len(chunk)
+            return written
+
+    def dele_many(self, numbers: Sequence[int], *, depth: int) -> Refusals:
+        """DELE each of ``numbers``, up to ``depth`` in flight; per number, its refusal or None.
+
+        Without PIPELINING the depth is 1. A ``-ERR`` for one DELE leaves the
+        others standing (RFC 1939 section 5: each DELE stands on its own).
+        """
+        if depth < 1:
+            raise ValueError(f"depth must be positive, got {depth}")
+        if not self.pipelining:
+            depth = 1
+        self._nothing_ahead("DELE")
+        outcomes: Refusals = []
+        with self._operation():
+            for start in range(0, len(numbers), depth):
+                window = numbers[start : start + depth]
+                self._write_all([Command("DELE", number) for number in window])
+                for number in window:
+                    try:
+                        self._one_line_reply(f"DELE {number}")
+                    except ServerError as exc:
+                        exc.account = exc.account or self.account
+                        _redact_error(exc)
+                        outcomes.append(exc)
+                        continue
+                    outcomes.append(None)
+        return outcomes
+
     def dele(self, number: int) -> None:
         """Mark message ``number`` deleted; the server removes it only at QUIT."""
         with self._operation():
@@ -392,7 +522,7 @@ class Pop3Client:
     def _open_tcp(self) -> socket.socket:
         deadline, wait = self._wait()
         try:
-            return socket.create_connection((self.host, self.port), timeout=wait)
+            sock = socket.create_connection((self.host, self.port), timeout=wait)
         except TimeoutError as exc:
             if deadline is not None:
                 raise DeadlineExceeded(f"{deadline.describe()} ({self._where})") from exc
@@ -401,6 +531,11 @@ class Pop3Client:
             ) from exc
         except OSError as exc:
             raise ConnectError(f"cannot connect to {self._where}: {_reason(exc)}") from exc
+        # Commands are small and each is waited for, or sent as one pipelined
+        # write: Nagle's algorithm would only hold them back behind delayed ACKs.
+        with contextlib.suppress(OSError):  # not TCP after all: nothing to tune
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
 
     def _handshake(self, sock: socket.socket) -> ssl.SSLSocket:
         context = self._ssl_context or make_client_context(self.ca_file)
@@ -466,8 +601,54 @@ class Pop3Client:
         return event
 
     def _command(self, command: Command) -> Event:
-        """Send ``command`` and return its reply; ``-ERR`` raises its ServerError."""
-        self._write(command)
+        """Send ``command`` and return its reply; ``-ERR`` raises its ServerError.
+
+        A command :meth:`_send_ahead` already sent is not sent again: its
+        reply is the next one.
+        """
+        if self._ahead:
+            if self._ahead[0] != command.verb:
+                raise LocalProtocolError(
+                    f"{command.verb} while the replies to {list(self._ahead)} are due",
+                    account=self.account,
+                )
+            self._ahead.popleft()
+        else:
+            self._write(command)
+        return self._reply(command.redacted())
+
+    def _send_ahead(self, commands: Sequence[Command]) -> None:
+        """With PIPELINING, send ``commands`` now in one write; their replies are read
+        as each is issued through :meth:`_command`, in the same order. Without
+        PIPELINING, nothing: each is sent when issued."""
+        if not self.pipelining or not commands:
+            return
+        self._write_all(commands)
+        self._ahead.extend(command.verb for command in commands)
+
+    def _drain_ahead(self) -> None:
+        """Read and drop the replies to commands sent ahead that will not be issued."""
+        while self._ahead:
+            verb = self._ahead.popleft()
+            try:
+                event = self._reply(verb)
+            except ServerError:
+                continue
+            if isinstance(event, MultilineBegin):
+                for _ in self._lines():
+                    pass
+
+    def prefetch_listings(self) -> None:
+        """Send UIDL and LIST together (with PIPELINING): one round trip for both.
+
+        Their lines are then read with :meth:`uidl_lines` and :meth:`list_lines`,
+        in that order.
+        """
+        with self._operation():
+            self._send_ahead([Command("UIDL"), Command("LIST")])
+
+    def _reply(self, what: str) -> Ok | MultilineBegin:
+        """The next reply's status; ``-ERR`` raises its ServerError. ``what``: the command."""
         event = self._next_event()
         if isinstance(event, Err):
             code = f"[{event.code}] " if event.code else ""
@@ -476,7 +657,19 @@ class Pop3Client:
         if isinstance(event, Ok | MultilineBegin):
             log.debug("%s S: +OK %s", self._where, redact(event.text))
             return event
-        raise RemoteProtocolError(f"unexpected {event!r} in reply to {command.redacted()}")
+        raise RemoteProtocolError(f"unexpected {event!r} in reply to {what}")
+
+    def _one_line_reply(self, what: str) -> Ok:
+        event = self._reply(what)
+        if not isinstance(event, Ok):
+            raise RemoteProtocolError(f"expected a one-line reply to {what}")
+        return event
+
+    def _multiline_reply(self, what: str) -> MultilineBegin:
+        event = self._reply(what)
+        if not isinstance(event, MultilineBegin):
+            raise RemoteProtocolError(f"expected a multi-line reply to {what}")
+        return event
 
     def _listing(self, command: Command) -> Iterator[bytes]:
         """The lines of a listing as the core frames them, one at a time.
@@ -486,6 +679,10 @@ class Pop3Client:
         :class:`~popvault.errors.RemoteProtocolError` past a bound.
         """
         self._multiline(command)
+        yield from self._lines()
+
+    def _lines(self) -> Iterator[bytes]:
+        """The lines of the listing whose status line was just read."""
         while True:
             event = self._next_event()
             if isinstance(event, MultilineEnd):
@@ -506,16 +703,22 @@ class Pop3Client:
     # -- bytes on the wire -----------------------------------------------------
 
     def _write(self, command: Command) -> None:
-        data = self._core.send(command)
-        log.debug("%s C: %s", self._where, command.redacted())
+        self._write_all([command])
+
+    def _write_all(self, commands: Sequence[Command]) -> None:
+        """Send ``commands`` in one write (pipelined when there are several)."""
+        data = b"".join(self._core.send(command) for command in commands)
+        for command in commands:
+            log.debug("%s C: %s", self._where, command.redacted())
+        verb = commands[0].verb
         try:
             self._connected().sendall(data)
         except TimeoutError as exc:
-            raise Pop3Timeout(f"sending {command.verb} to {self._where} timed out") from exc
+            raise Pop3Timeout(f"sending {verb} to {self._where} timed out") from exc
         except ssl.SSLError as exc:
-            raise TLSError(f"TLS error sending {command.verb}: {_reason(exc)}") from exc
+            raise TLSError(f"TLS error sending {verb}: {_reason(exc)}") from exc
         except OSError as exc:
-            raise WriteError(f"sending {command.verb} to {self._where}: {_reason(exc)}") from exc
+            raise WriteError(f"sending {verb} to {self._where}: {_reason(exc)}") from exc
 
     def _next_event(self) -> Event:
         while True:
@@ -609,6 +812,39 @@ class Pop3Client:
         except BaseException:
             self.close()  # a failing sink mid-RETR leaves the stream out of step
             raise
+
+
+class Retrieval:
+    """The reply to one RETR of :meth:`Pop3Client.retrieve`: a refusal, or a body to read."""
+
+    def __init__(
+        self,
+        client: Pop3Client,
+        number: int,
+        *,
+        error: ServerError | None = None,
+        pipelined: bool = False,
+    ) -> None:
+        self._client = client
+        self.number = number
+        #: The server's ``-ERR`` for this RETR; None when the body follows.
+        self.error = error
+        #: Whether more commands were sent before this reply ended: a body whose
+        #: size is off may then have run into their replies (its terminator lost).
+        self.pipelined = pipelined
+        self.finished = error is not None
+
+    def read_into(self, sink: SupportsWrite[bytes]) -> int:
+        """Stream the body into ``sink``, dot-unstuffed; return the octets written.
+
+        If ``sink`` raises, the connection is dropped (without QUIT) and the
+        exception goes on unchanged, as with :meth:`Pop3Client.retr_into`.
+        """
+        if self.finished:
+            raise LocalProtocolError(f"RETR {self.number}: no body to read")
+        written = self._client._read_body_into(sink)
+        self.finished = True
+        return written
 
 
 def _redact_error(exc: Pop3Error) -> None:

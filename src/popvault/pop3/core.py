@@ -117,6 +117,8 @@ LEGAL_COMMANDS: Mapping[State, frozenset[str]] = {
 }
 
 _LOGIN_VERBS = frozenset({"PASS", "APOP", "AUTH"})
+# Verbs whose +OK moves the session to another state (state_after_ok).
+_STATE_CHANGERS = _LOGIN_VERBS | {"QUIT", "STLS"}
 
 
 def state_after_ok(state: State, verb: str) -> State:
@@ -159,6 +161,8 @@ class Pop3Connection:
         self._buffer = bytearray()
         self._eof = False
         self._outstanding: deque[Command] = deque()
+        # How many outstanding commands may change the state (see _projected_state).
+        self._state_changers = 0
         self._bounds = {**DEFAULT_LISTING_BOUNDS, **(listing_bounds or {})}
         # The multi-line reply being read, and its decoder; then the command whose
         # MultilineEnd is still to be returned.
@@ -204,6 +208,7 @@ class Pop3Connection:
             return self._send_auth_response(command)
         self._check_legal(command)
         self._outstanding.append(command)
+        self._state_changers += command.verb in _STATE_CHANGERS
         self._last_sent = command.verb
         return command.encode()
 
@@ -223,6 +228,8 @@ class Pop3Connection:
     def _projected_state(self) -> State:
         """The state once every outstanding command has been accepted."""
         state = self._state
+        if state is State.TRANSACTION and self._state_changers == 0:
+            return state  # a pipelined window of RETRs: nothing queued changes the state
         for queued in self._outstanding:
             state = state_after_ok(state, queued.verb)
         return state
@@ -294,6 +301,7 @@ class Pop3Connection:
         if kind == "+":
             return self._on_continuation(command, text)
         self._outstanding.popleft()
+        self._state_changers -= command.verb in _STATE_CHANGERS
         self._challenged = False
         if kind == "-ERR":
             return self._on_err(command, text)

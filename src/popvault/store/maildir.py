@@ -9,6 +9,7 @@ kept as received.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import secrets
@@ -54,6 +55,12 @@ class CrlfToLf:
         return b"\r" if held else b""
 
 
+@functools.cache
+def _host_name() -> str:
+    """This machine's name, asked once per process (a system call per message adds up)."""
+    return os.uname().nodename
+
+
 def unique_name(received_at: datetime, *, host: str | None = None) -> str:
     """A Maildir unique name: ``<secs>.M<usec>P<pid>Q<n>R<random>.<host>``.
 
@@ -62,7 +69,7 @@ def unique_name(received_at: datetime, *, host: str | None = None) -> str:
     """
     when = utc(received_at)
     seconds = int(when.timestamp())
-    host = os.uname().nodename if host is None else host
+    host = _host_name() if host is None else host
     host = host.replace("/", "\\057").replace(":", "\\072")
     counter = next(_deliveries)
     return f"{seconds}.M{when.microsecond}P{os.getpid()}Q{counter}R{secrets.token_hex(8)}.{host}"

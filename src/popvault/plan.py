@@ -1,0 +1,243 @@
+"""What one session will do: the server's listing matched to the ledger, and the RETRs to make.
+
+:func:`plan_session` reads UIDL and LIST (each line parsed on its own, a bad
+line skipped and reported), matches the listing to the ledger's rows
+(:mod:`popvault.identity`) and returns a :class:`Session`: the frozen view of
+the server, plus the few facts the run learns as it goes (which messages it
+saw to be their rows, which are retrieved but not durable yet).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TypeVar
+
+from popvault.config import Account
+from popvault.errors import RemoteProtocolError, ServerError
+from popvault.identity import Listed, ServerView, identify
+from popvault.ledger import KnownRow, Ledger, MessageKey
+from popvault.pop3.client import Pop3Client
+from popvault.pop3.parsing import parse_list_line, parse_uidl_entry
+from popvault.redaction import redact
+
+log = logging.getLogger("popvault.sync")
+
+# Runs in which one message may fail on its own before it is set aside: enough
+# to ride out a server that was still storing it, few enough that one broken
+# message does not fail every run for long.
+MAX_ATTEMPTS = 3
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PlannedMessage:
+    """A message to RETR: one the ledger does not have, or one whose content to check.
+
+    ``key`` is the ledger key it is archived under; ``candidates`` are
+    archived rows it may turn out to be by content (then it is not stored
+    again); ``verify`` marks a RETR made only to check, before a DELE, that
+    the server's message is the archived one.
+    """
+
+    number: int
+    uidl: str
+    size: int
+    key: MessageKey | None = None
+    candidates: tuple[KnownRow, ...] = ()
+    verify: bool = False
+    # False when LIST did not name the message (its size is then unknown).
+    size_listed: bool = True
+
+    @property
+    def ledger_key(self) -> MessageKey:
+        """The key this message is recorded under."""
+        return self.key if self.key is not None else MessageKey(self.uidl)
+
+
+@dataclass
+class Session:
+    """One session's view of the server, and what the run learnt of it so far.
+
+    ``view``, ``numbers`` (ledger key -> message number) and ``sizes``
+    (number -> LIST size) describe the server as listed. ``verified`` holds
+    the numbers whose content this session saw to be their key's row;
+    ``undurable`` those whose RETR succeeded but which are not durably
+    archived yet (while any is there the session must not end with QUIT);
+    ``spare`` the next free occurrence per shared UIDL, for a message found
+    new late.
+    """
+
+    view: ServerView = field(default_factory=lambda: ServerView(messages=()))
+    numbers: dict[MessageKey, int] = field(default_factory=dict)
+    sizes: dict[int, int] = field(default_factory=dict)
+    spare: dict[str, int] = field(default_factory=dict)
+    verified: set[int] = field(default_factory=set)
+    undurable: set[int] = field(default_factory=set)
+    # Problems of the run found while listing: "a line ... was skipped: ...".
+    problems: list[str] = field(default_factory=list)
+    on_server: int = 0
+
+
+def plan_session(
+    client: Pop3Client,
+    ledger: Ledger,
+    account: Account,
+    *,
+    reconcile_at: datetime | None,
+    retry_failed: bool,
+) -> tuple[Session, list[PlannedMessage]]:
+    """UIDL + LIST, matched to the ledger's rows: the session and the messages to fetch.
+
+    ``reconcile_at`` (a datetime, or None for a dry run) is when rows of
+    messages no longer listed are marked gone.
+    """
+    name = account.name
+    session = Session()
+    client.prefetch_listings()
+    listing = _uidl_listing(client, account, session)
+    session.sizes = sizes = dict(
+        _listing(client.list_lines(), parse_list_line, "LIST", account, session)
+    )
+    _check_listings_agree(listing, sizes, account, session)
+    session.on_server = len(listing)
+    uidls = list(dict.fromkeys(uidl for _, uidl in listing))
+    rows = ledger.known_rows(name, uidls)
+    session.view = identify(listing, sizes, rows, trust_sizes=account.trust_list_sizes)
+    session.numbers = {message.key: message.number for message in session.view.messages}
+    session.spare = _spare_occurrences(session.view, rows)
+    if reconcile_at is not None:
+        # What vanished since the last session: deleted by us (a lost QUIT
+        # reply) or taken by another client.
+        ledger.reconcile(name, session.view.keys_on_server, now=reconcile_at)
+    keys = [message.key for message in session.view.messages]
+    new = set(ledger.unarchived(name, keys, max_attempts=MAX_ATTEMPTS, retry_failed=retry_failed))
+    # RETR in message order (the listing's): servers read their mailbox front to back.
+    planned = [_planned(message, sizes) for message in session.view.messages if message.key in new]
+    return session, planned
+
+
+def verifications(session: Session, due: Iterable[MessageKey]) -> list[PlannedMessage]:
+    """RETRs that check, before a DELE, the content of due messages under shared UIDLs."""
+    checks = []
+    for key in due:
+        number = session.numbers[key]
+        listed = session.view.by_number.get(number)
+        if listed is None or listed.certain or number in session.verified:
+            continue
+        checks.append(_verification(listed, session.view, session.sizes))
+    return checks
+
+
+def _check_listings_agree(
+    listing: Sequence[tuple[int, str]], sizes: dict[int, int], account: Account, session: Session
+) -> None:
+    """UIDL and LIST must name the same message numbers (RFC 1939 sections 5 and 7).
+
+    A message LIST names and UIDL does not cannot be archived (nothing
+    would recognise it next time): it is a problem of the run, never a
+    silent skip. A message UIDL names and LIST does not is archived, but
+    its size cannot be checked, so its server copy is held.
+    """
+    numbered = {number for number, _ in listing}
+    for number in sorted(set(sizes) - numbered):
+        problem = (
+            f"message {number}: in the server's LIST but not in its UIDL listing; "
+            "not archived (the server's listings disagree)"
+        )
+        log.warning("account %r: %s", account.name, problem)
+        session.problems.append(problem)
+
+
+def _uidl_listing(client: Pop3Client, account: Account, session: Session) -> list[tuple[int, str]]:
+    """The UIDL listing, each line parsed on its own (see :func:`_listing`)."""
+    try:
+        return _listing(client.uidl_lines(), parse_uidl_entry, "UIDL", account, session)
+    except ServerError as exc:
+        raise RemoteProtocolError(
+            f"the server refused UIDL ({exc.text!r}); popvault needs unique ids "
+            "(RFC 1939 section 7) to archive incrementally",
+            account=account.name,
+        ) from exc
+
+
+def _listing(
+    lines: Iterable[bytes],
+    parse: Callable[[bytes], tuple[int, T]],
+    verb: str,
+    account: Account,
+    session: Session,
+) -> list[tuple[int, T]]:
+    """A listing whose bad lines are skipped, each with a warning and a run problem.
+
+    One malformed line (a negative size, a line without a number, a number
+    listed twice) must not fail the whole account on every run: that one
+    message is left out — which the check that UIDL and LIST agree then
+    names — and the rest of the mailbox is archived.
+    """
+    entries: list[tuple[int, T]] = []
+    seen: set[int] = set()
+    for line in lines:
+        try:
+            number, value = parse(line)
+        except RemoteProtocolError as exc:
+            _bad_listing_line(verb, exc.message, account, session)
+            continue
+        if number in seen:
+            _bad_listing_line(verb, f"message number {number} listed twice", account, session)
+            continue
+        seen.add(number)
+        entries.append((number, value))
+    return entries
+
+
+def _bad_listing_line(verb: str, problem: str, account: Account, session: Session) -> None:
+    text = f"a line of the server's {verb} listing was skipped: {redact(problem)}"
+    log.warning("account %r: %s", account.name, text)
+    session.problems.append(text)
+
+
+def _planned(message: Listed, sizes: dict[int, int]) -> PlannedMessage:
+    return PlannedMessage(
+        message.number,
+        message.uidl,
+        sizes.get(message.number, 0),
+        key=message.key,
+        candidates=message.candidates,
+        size_listed=message.number in sizes,
+    )
+
+
+def _verification(listed: Listed, view: ServerView, sizes: dict[int, int]) -> PlannedMessage:
+    """A content check of a message paired with its row by size and order only.
+
+    The paired row comes first among the candidates; the other archived rows
+    of its UIDL follow, so that a message that is another of them is known.
+    """
+    assert listed.row is not None  # noqa: S101 - only paired messages are uncertain
+    others = [
+        message.row
+        for message in view.messages
+        if message.uidl == listed.uidl and message.row is not None and message is not listed
+    ]
+    rows = tuple(row for row in (listed.row, *others) if row.state == "archived")
+    return PlannedMessage(
+        listed.number,
+        listed.uidl,
+        sizes.get(listed.number, 0),
+        key=listed.key,
+        candidates=rows,
+        verify=True,
+    )
+
+
+def _spare_occurrences(view: ServerView, rows: Mapping[str, Sequence[KnownRow]]) -> dict[str, int]:
+    """Per listed UIDL, the first occurrence that no row and no listed key uses."""
+    taken: dict[str, int] = {}
+    for message in view.messages:
+        known = (row.occurrence for row in rows.get(message.uidl, ()))
+        taken[message.uidl] = max(taken.get(message.uidl, 0), message.key.occurrence, *known)
+    return {uidl: highest + 1 for uidl, highest in taken.items()}
