@@ -10,6 +10,10 @@ removes a file goes through this module, so that the rules live in one place:
   (POSIX makes a new name durable only once its folder is synced);
 * an :class:`OSError` is turned into a :class:`~popvault.errors.StoreError`
   exactly once, with the path and a plain cause ("disk full", ...).
+
+Being the one door also makes it the place to watch: :func:`observe` reports
+every change made here, in order, to a recorder (a power-loss test replays
+them to work out what a power cut would have left: only what was fsynced).
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ import errno
 import logging
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 from popvault.errors import StoreError
 
@@ -39,6 +44,56 @@ _CAUSES: dict[int, str] = {
     errno.EPERM: "permission denied",
     errno.EDQUOT: "quota exceeded",
 }
+
+
+OperationKind = Literal[
+    "create", "write", "file_fsync", "mkdir", "link", "rename", "unlink", "folder_fsync"
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """One change made at the durability boundary, reported after it succeeded.
+
+    ``kind`` is one of: ``create`` (a new empty file at ``path``), ``write``
+    (``data`` appended to the file at ``path``; files here are written once,
+    front to back), ``file_fsync`` (the file at ``path`` flushed to stable
+    storage), ``mkdir``, ``link`` (a second name ``target`` for the file at
+    ``path``), ``rename`` (``path`` moved to ``target``; nothing renames
+    today, the kind is there so that a recorder is ready for it), ``unlink``
+    (the name ``path`` removed; also reported when there was nothing to
+    remove) and ``folder_fsync`` (the entries of folder ``path`` flushed).
+    """
+
+    kind: OperationKind
+    path: Path
+    target: Path | None = None
+    data: bytes = b""
+
+
+Recorder = Callable[[Operation], None]
+
+# None unless a test observes this module: each reporting point costs one
+# comparison with None when nobody records.
+_recorder: Recorder | None = None
+
+
+@contextmanager
+def observe(recorder: Recorder) -> Iterator[Recorder]:
+    """Report every :class:`Operation` of this module to ``recorder`` while the block runs.
+
+    For tests. The recorder is called right after each operation succeeded,
+    in the thread that made it (a batch's file fsyncs may run on a worker
+    thread: a recorder must then be thread-safe), so that an operation is
+    reported before anything that depends on it can happen. Nested blocks
+    replace the outer recorder until they end.
+    """
+    global _recorder  # noqa: PLW0603 - one recorder per process, checked at each change
+    previous, _recorder = _recorder, recorder
+    try:
+        yield recorder
+    finally:
+        _recorder = previous
 
 
 def describe(exc: OSError) -> str:
@@ -71,6 +126,8 @@ def create_private_file(path: Path) -> int:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
     with os_errors("create", path):
         fd = os.open(path, flags, FILE_MODE)
+        if _recorder is not None:
+            _recorder(Operation("create", path))
         try:
             os.fchmod(fd, FILE_MODE)  # the umask may have taken bits away
         except BaseException:
@@ -86,6 +143,8 @@ def write_all(fd: int, data: bytes | bytearray | memoryview, path: Path) -> None
     with os_errors("write", path):
         while view:
             written = os.write(fd, view)
+            if _recorder is not None:
+                _recorder(Operation("write", path, data=bytes(view[:written])))
             view = view[written:]
 
 
@@ -94,6 +153,8 @@ def sync_and_close(fd: int, path: Path) -> None:
     try:
         with os_errors("sync", path):
             os.fsync(fd)
+        if _recorder is not None:
+            _recorder(Operation("file_fsync", path))
     finally:
         close_quietly(fd)
 
@@ -114,6 +175,8 @@ def sync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+    if _recorder is not None:
+        _recorder(Operation("folder_fsync", path))
 
 
 # Folder chains this process has fsynced end to end. A crash between a mkdir
@@ -166,6 +229,8 @@ def _make_dir(path: Path) -> bool:
             if not path.is_dir():
                 raise StoreError(f"cannot create folder {path}: a file is in the way") from None
             return False
+        if _recorder is not None:
+            _recorder(Operation("mkdir", path))
         os.chmod(path, DIR_MODE)  # the umask may have taken bits away
     return True
 
@@ -199,6 +264,8 @@ def link(source: Path, target: Path) -> None:
         raise StoreError(f"cannot publish {target}: the name is taken; not overwriting") from None
     except OSError as exc:
         raise store_error("publish", target, exc) from exc
+    if _recorder is not None:
+        _recorder(Operation("link", source, target))
 
 
 def retire(path: Path, *, sync_folder: bool = True) -> None:
@@ -211,6 +278,8 @@ def retire(path: Path, *, sync_folder: bool = True) -> None:
     """
     try:
         os.unlink(path)
+        if _recorder is not None:
+            _recorder(Operation("unlink", path))
         if sync_folder:
             sync_dir(path.parent)
     except (OSError, StoreError) as exc:
@@ -222,6 +291,8 @@ def discard(path: Path) -> None:
     """Remove ``path`` if it exists (an aborted temp file)."""
     with os_errors("remove", path):
         path.unlink(missing_ok=True)
+    if _recorder is not None:
+        _recorder(Operation("unlink", path))
 
 
 def unlink_quietly(path: Path) -> None:
@@ -230,6 +301,9 @@ def unlink_quietly(path: Path) -> None:
         path.unlink(missing_ok=True)
     except OSError as exc:
         log.warning("could not remove %s: %s", path, describe(exc))
+        return
+    if _recorder is not None:
+        _recorder(Operation("unlink", path))
 
 
 def remove_if_stale(path: Path, older_than: float) -> bool:
@@ -247,6 +321,8 @@ def remove_if_stale(path: Path, older_than: float) -> bool:
             os.unlink(path)
         except FileNotFoundError:
             return False  # another run cleaned it up first
+    if _recorder is not None:
+        _recorder(Operation("unlink", path))
     return True
 
 
