@@ -36,9 +36,10 @@ from invariant_check import (
 )
 from psycopg import sql
 
+from popvault import fetch
 from popvault.errors import DatabaseUnavailable
 from popvault.ledger import Ledger, engine
-from popvault.pop3.client import Pop3Client
+from popvault.pop3.client import Retrieval
 from popvault.store import durable
 from popvault.testing import Served, sample_messages
 from workspace import Workspace, maildir_form, wire_form
@@ -345,9 +346,10 @@ def _failing_on(nth: int, real: Callable[..., Any]) -> Callable[..., Any]:
 @pytest.mark.parametrize(
     ("method", "nth", "quit_sent"),
     [
-        ("record_pending", 1, False),
-        ("record_pending", 3, False),
-        ("mark_archived", 2, False),
+        # Per batch of 2 messages (below): the 1st batch, the 3rd, the 2nd.
+        ("record_pending_many", 1, False),
+        ("record_pending_many", 3, False),
+        ("mark_archived_many", 2, False),
         ("mark_delete_requested", 1, False),
         ("mark_deleted", 1, True),
     ],
@@ -362,6 +364,7 @@ def test_a_ledger_outage_mid_run_deletes_nothing_unrecorded(
     quit_sent: bool,
 ) -> None:
     originals = dict(srv.mailbox)
+    monkeypatch.setattr(fetch, "BATCH_MESSAGES", 2)  # several batches, so an nth one
     monkeypatch.setattr(Ledger, method, _failing_on(nth, getattr(Ledger, method)))
     failed = ws.cli("run")
     monkeypatch.undo()
@@ -406,15 +409,15 @@ def test_a_ledger_locked_past_the_busy_timeout_fails_cleanly(
     originals = dict(srv.mailbox)
     monkeypatch.setattr(engine, "SQLITE_BUSY_TIMEOUT_MS", 300)
     lock = sqlite_holding_write_lock(ws.ledger_file)
-    real_retr = Pop3Client.retr_into
+    real_read = Retrieval.read_into
 
-    def retr_then_lock(self: Pop3Client, number: int, sink: Any) -> int:
-        written = real_retr(self, number, sink)
-        if number == 2:
+    def read_then_lock(self: Retrieval, sink: Any) -> int:
+        written = real_read(self, sink)
+        if self.number == 2:
             lock.__enter__()
         return written
 
-    monkeypatch.setattr(Pop3Client, "retr_into", retr_then_lock)
+    monkeypatch.setattr(Retrieval, "read_into", read_then_lock)
     try:
         failed = ws.cli("run")
     finally:

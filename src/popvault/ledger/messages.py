@@ -188,6 +188,8 @@ class MessagesMixin(LedgerCore):
         """
         require_aware(archived_at, "archived_at")
         pairs = list(dict.fromkeys(pair_of(key) for key in keys))
+        if not pairs:
+            return
         with self._writing() as connection:
             for start in range(0, len(pairs), IN_LIST_LIMIT):
                 chunk = pairs[start : start + IN_LIST_LIMIT]

@@ -73,6 +73,8 @@ log = logging.getLogger("popvault.pop3")
 #: Octets asked of the socket per read: large enough for throughput, small enough
 #: that memory stays flat whatever the message size.
 READ_BLOCK = 64 * 1024
+# TCP_QUICKACK (Linux only): see Pop3Client._read.
+_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 
 _LOGIN_VERBS = frozenset({"USER", "PASS", "APOP"})
 # Most specific first: a code picks the first class whose code it matches.
@@ -749,6 +751,14 @@ class Pop3Client:
         try:
             sock.settimeout(wait)
             data = sock.recv(READ_BLOCK)
+            if _QUICKACK is not None:
+                # Pipelined, the client has nothing to send back while replies
+                # stream in, so each ACK would wait out the delayed-ACK timer (40
+                # ms on Linux) — and a server whose small writes wait for that
+                # ACK (Nagle) stalls with it. Linux resets quick-ACK mode by
+                # itself, hence once per read.
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
         except TimeoutError as exc:
             if deadline is not None:
                 raise DeadlineExceeded(f"{deadline.describe()} ({self._where})") from exc
