@@ -41,6 +41,9 @@ from power_cut import encode
 from popvault.store import durable
 
 SCRIPT = Path(__file__).resolve()
+# A child still running after this long is stuck: SIGALRM ends it (its code is
+# then -14), so that a test fails instead of waiting forever for the reply.
+CHILD_SECONDS = 60
 
 
 class LogRecorder:
@@ -72,6 +75,7 @@ def _close_without_fsync(fd: int, path: Path) -> None:
 
 def _child(request: dict[str, Any]) -> int:
     """In the forked child: output to a file, the recorder in place, then popvault."""
+    signal.alarm(CHILD_SECONDS)
     out = os.open(request["output"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.dup2(out, 1)
     os.dup2(out, 2)
