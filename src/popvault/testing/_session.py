@@ -100,6 +100,9 @@ class Session:
         self._snapshot: list[Message] = []
         self._marked: list[int] = []  # message numbers, in the order of their DELE
         self._then: Callable[[], None] | None = None
+        self._verb_counts: dict[str, int] = {}  # commands received so far, by verb
+        # Session octet count at which the reply being sent is cut (FakePop3Server.cut_reply).
+        self._reply_cut_at: int | None = None
 
     # -- life of the connection --------------------------------------------
 
@@ -186,6 +189,10 @@ class Session:
         self._server._record(text)
         verb, _, arg = text.partition(" ")
         verb = verb.upper()
+        self._observe_in_flight(verb)
+        count = self._verb_counts[verb] = self._verb_counts.get(verb, 0) + 1
+        cut = self._server._reply_cut_point(verb, count)
+        self._reply_cut_at = None if cut is None else self._sent + cut
         if verb == "UTF8":
             self._server._note_utf8(self.number, accepted=False)
         self._server._before_command(self.number, verb, arg)
@@ -204,6 +211,27 @@ class Session:
             self._answer(verb, scripted.reply)
         if self._then is not None:
             self._then()
+
+    def _observe_in_flight(self, verb: str) -> None:
+        """Tell the server which commands are received and unanswered as ``verb`` is answered.
+
+        That is this command and every complete line after it, whether this
+        session has read it already or it waits in the socket's receive
+        buffer (peeked at, not read; on a TLS connection only what was read
+        counts). A client that waits for each answer has just this one.
+        """
+        waiting = (self._buf + self._peek()).split(b"\n")[:-1]  # complete lines only
+        verbs = [verb] + [w.split(b" ", 1)[0].strip().decode("latin-1").upper() for w in waiting]
+        self._server._note_in_flight(verbs)
+
+    def _peek(self) -> bytes:
+        """What the socket has received and the session not yet read (without reading it)."""
+        if self._tls:
+            return b""  # SSL sockets cannot peek; their records are not lines anyway
+        try:
+            return self._sock.recv(_MAX_PENDING_OCTETS, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return b""
 
     def _execute(self, verb: str, arg: str, octets: int) -> bytes:
         if octets > MAX_COMMAND_OCTETS:
@@ -261,6 +289,8 @@ class Session:
 
     def _send(self, data: bytes) -> None:
         limit = self._server._cut_point()
+        if self._reply_cut_at is not None:
+            limit = self._reply_cut_at if limit is None else min(limit, self._reply_cut_at)
         if limit is not None and self._sent + len(data) >= limit:
             part = data[: max(0, limit - self._sent)]
             self._sock.sendall(part)

@@ -2,8 +2,11 @@
 
 It speaks RFC 1939 (with CAPA from RFC 2449, STLS from RFC 2595 and UTF8 from
 RFC 6856) over a real socket, one thread per connection, and can be told to
-misbehave: scripted ``-ERR`` answers, a connection cut after N octets, a hang,
-a slow server, no UIDL, no CAPA, bare LF line endings.
+misbehave: scripted ``-ERR`` answers, a connection cut after N octets (or in
+the middle of the reply to a chosen command, :meth:`FakePop3Server.cut_reply`), a hang,
+a slow server, no UIDL, no CAPA, bare LF line endings. It also reports how
+many commands a pipelining client (RFC 2449 PIPELINING) had in flight at once
+(:attr:`FakePop3Server.max_commands_in_flight`).
 
 Public hooks reproduce what real servers do without patching this package:
 ``serve`` (what RETR/TOP send), ``list_size`` (what LIST/STAT report),
@@ -92,6 +95,16 @@ class Served:
     number: int
     utf8: bool
     session: int
+
+
+@dataclass
+class _ReplyCut:
+    """FakePop3Server.cut_reply: cut the reply to a session's ``nth`` ``verb``."""
+
+    verb: str
+    nth: int
+    after_octets: int
+    times: int | None
 
 
 @dataclass
@@ -259,7 +272,10 @@ class FakePop3Server:
         self._rules: list[_Rule] = []
         self._command_hooks: list[_CommandHook] = []
         self._cut: int | None = None
+        self._reply_cuts: list[_ReplyCut] = []
         self._hangs: dict[str, int] = {}
+        self._max_in_flight = 0
+        self._max_in_flight_by_verb: dict[str, int] = {}
         self.delay = 0.0
         self.no_uidl = False
         self.bare_lf = False
@@ -376,6 +392,33 @@ class FakePop3Server:
             return list(self._commands)
 
     @property
+    def max_commands_in_flight(self) -> int:
+        """The most commands one session had received and not yet answered, at any moment.
+
+        Looked at each time a session starts on a command: that command and
+        every complete command line after it that the server host has
+        received (read by the session or waiting in the socket; on TLS
+        connections only what was read). 1 for a client that waits for each
+        answer before it sends the next command (RFC 1939); more for one that
+        pipelines (RFC 2449 section 6.6). Never more than the client had in
+        flight itself: a line received before the answer to an earlier
+        command was sent is one the client sent before it had that answer.
+        The maximum over every session so far; 0 before any command.
+        """
+        with self._lock:
+            return self._max_in_flight
+
+    @property
+    def max_in_flight_by_verb(self) -> dict[str, int]:
+        """Like :attr:`max_commands_in_flight`, per verb: ``{"RETR": 8, "DELE": 5, ...}``.
+
+        The most commands of that verb (upper case) among those in flight at
+        one moment; verbs never received are absent.
+        """
+        with self._lock:
+            return dict(self._max_in_flight_by_verb)
+
+    @property
     def sessions(self) -> int:
         """How many connections were accepted so far."""
         with self._lock:
@@ -487,6 +530,27 @@ class FakePop3Server:
         with self._lock:
             self._cut = octets
 
+    def cut_reply(
+        self, verb: str, after_octets: int = 0, *, nth: int = 1, times: int | None = 1
+    ) -> None:
+        """Close the connection after ``after_octets`` octets of the reply to the ``nth`` ``verb``.
+
+        ``nth`` counts that verb's commands in each session (1-based), so
+        ``cut_reply("RETR", 100, nth=5)`` drops the line in the middle of the
+        fifth RETR's reply, however many octets the session sent before it
+        and in whatever order a pipelining client sent its commands. The
+        command is carried out first (as with :meth:`cut_after`). ``times``
+        is how many sessions are cut (default one; None: every session until
+        :meth:`clear_faults`). An ``after_octets`` past the reply's end cuts
+        nothing in it.
+        """
+        if after_octets < 0:
+            raise ValueError("after_octets must not be negative")
+        if nth < 1:
+            raise ValueError("nth must be at least 1")
+        with self._lock:
+            self._reply_cuts.append(_ReplyCut(verb.upper(), nth, after_octets, _times(times)))
+
     def hang_on(self, verb: str, after_octets: int = 0) -> None:
         """Stop responding (socket left open) after ``after_octets`` of ``verb``'s answer.
 
@@ -532,6 +596,7 @@ class FakePop3Server:
             self._rules = []
             self._command_hooks = []
             self._cut = None
+            self._reply_cuts = []
             self._hangs = {}
         self.delay = 0.0
         self.no_uidl = False
@@ -568,6 +633,29 @@ class FakePop3Server:
         """Octets a session may send before the connection is cut, or None."""
         with self._lock:
             return self._cut
+
+    def _reply_cut_point(self, verb: str, count: int) -> int | None:
+        """Octets of the reply to this session's ``count``-th ``verb`` before the cut, or None."""
+        with self._lock:
+            cut = next((c for c in self._reply_cuts if (c.verb, c.nth) == (verb, count)), None)
+            if cut is None:
+                return None
+            if cut.times is not None:
+                cut.times -= 1
+                if cut.times == 0:
+                    self._reply_cuts.remove(cut)
+            return cut.after_octets
+
+    def _note_in_flight(self, verbs: Sequence[str]) -> None:
+        """Keep the maxima for :attr:`max_commands_in_flight` and :attr:`max_in_flight_by_verb`."""
+        counts: dict[str, int] = {}
+        for verb in verbs:
+            counts[verb] = counts.get(verb, 0) + 1
+        with self._lock:
+            self._max_in_flight = max(self._max_in_flight, len(verbs))
+            for verb, count in counts.items():
+                best = self._max_in_flight_by_verb.get(verb, 0)
+                self._max_in_flight_by_verb[verb] = max(best, count)
 
     def _record(self, line: str) -> None:
         """Keep a received command line for :attr:`commands`."""
