@@ -133,8 +133,8 @@ def child_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     for name in _PRELOAD:
         importlib.import_module(name)
-    fetch = importlib.import_module("popvault.fetch")
-    fetch.BATCH_MESSAGES = CHILD_BATCH_MESSAGES  # type: ignore[misc] # a Final, on purpose
+    # Final in popvault.fetch; rebound here on purpose, in the test child only.
+    setattr(importlib.import_module("popvault.fetch"), "BATCH_MESSAGES", CHILD_BATCH_MESSAGES)  # noqa: B010
     if args.point == "linked":
         install_linked(args.nth)
     elif args.point is not None:
