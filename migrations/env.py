@@ -14,10 +14,10 @@ from alembic import context
 from sqlalchemy import Connection
 
 from popvault.ledger.engine import create_ledger_engine, parse_url
-from popvault.ledger.models import Base
+from popvault.ledger.models import metadata
 
 config = context.config
-target_metadata = Base.metadata
+target_metadata = metadata
 
 
 def _configure(connection: Connection) -> None:

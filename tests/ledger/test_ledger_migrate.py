@@ -19,7 +19,7 @@ from popvault.errors import SchemaMismatch
 from popvault.ledger import UPGRADE_COMMAND, Ledger, check, current, upgrade
 from popvault.ledger.engine import create_ledger_engine, parse_url
 from popvault.ledger.migrate import backup_sqlite, migrations_dir
-from popvault.ledger.models import Base
+from popvault.ledger.models import metadata
 
 HEAD = "0003"
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -213,7 +213,7 @@ def test_models_match_the_migrations(ledger_url: str) -> None:
     try:
         with eng.connect() as connection:
             context = MigrationContext.configure(connection, opts={"compare_type": True})
-            diff = compare_metadata(context, Base.metadata)
+            diff = compare_metadata(context, metadata)
     finally:
         eng.dispose()
     assert diff == []

@@ -27,7 +27,6 @@ from sqlalchemy import (
     or_,
     select,
 )
-from sqlalchemy.orm import InstrumentedAttribute
 
 from popvault.errors import LedgerError
 from popvault.ledger.engine import WRITE_INTENT, redact, translate_errors
@@ -93,7 +92,7 @@ def require_reason(reason: str) -> None:
 
 
 def among(
-    column: InstrumentedAttribute[Any], values: Sequence[Any], connection: Connection
+    column: ColumnElement[Any], values: Sequence[Any], connection: Connection
 ) -> ColumnElement[bool]:
     """``column IN values`` as one statement with a bounded number of parameters.
 
@@ -132,8 +131,8 @@ def uidls_of(pairs: Iterable[Pair]) -> list[str]:
 
 
 def pairs_among(
-    uidl: InstrumentedAttribute[str],
-    occurrence: InstrumentedAttribute[int],
+    uidl: ColumnElement[str],
+    occurrence: ColumnElement[int],
     pairs: Sequence[Pair],
     connection: Connection,
 ) -> ColumnElement[bool]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import Row, Select, and_, case, func, literal, select, union, union_all
-from sqlalchemy.orm import aliased
 
 from popvault.ledger.core import LedgerCore
 from popvault.ledger.models import Failure, Message, Run
@@ -73,7 +72,7 @@ def _last_run_query() -> Select[str, datetime, str, str | None, datetime | None,
     """Per account: the latest run (the highest id: clocks may step back), when
     the latest successful one ended, and the latest server message count."""
     latest = select(func.max(Run.id)).group_by(Run.account).scalar_subquery()
-    other = aliased(Run)
+    other = Run.__table__.alias().c
     success_at = (
         select(func.max(other.ended_at))
         .where(other.account == Run.account, other.outcome == "ok")
