@@ -1,4 +1,4 @@
-"""What the ledger hands out: plain frozen dataclasses and its own errors.
+"""What the ledger hands out: plain frozen dataclasses (one named tuple) and its own errors.
 
 No SQLAlchemy type appears here; these are the values callers of
 :class:`~popvault.ledger.facade.Ledger` see.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeAlias
+from typing import NamedTuple, TypeAlias
 
 from popvault.errors import LedgerError
 
@@ -211,13 +211,17 @@ class HeldMessage:
         return MessageKey(self.uidl, self.occurrence)
 
 
-@dataclass(frozen=True, slots=True)
-class KnownRow:
+class KnownRow(NamedTuple):
     """Everything the ledger knows of one message row, for matching a listing to it.
 
     ``state`` is "pending" or "archived"; ``size`` and ``sha256`` describe
     the stored file; ``deleted`` means popvault deleted the server copy,
     ``gone`` that it vanished from the server without popvault.
+
+    A named tuple, not a dataclass like the other records: every run builds one
+    per listed message (100k for a 100k-message mailbox), and a tuple is made
+    from a database row in one step, ~3x faster than a frozen dataclass's
+    eleven attribute writes.
     """
 
     uidl: str

@@ -105,11 +105,14 @@ class RetentionMixin(LedgerCore):
         """
         require_aware(now, "now")
         on_server = frozenset(pair_of(key) for key in keys_on_server)
-        live = select(
-            Message.id, Message.uidl, Message.occurrence, Message.delete_requested_at
-        ).where(*_retained_rows(account))
+        # Only whether a DELE was requested: decoding a timestamp per retained
+        # row would cost a 100k-message mailbox ~0.1 s in every run.
+        requested = Message.delete_requested_at.is_not(None).label("requested")
+        live = select(Message.id, Message.uidl, Message.occurrence, requested).where(
+            *_retained_rows(account)
+        )
         with self._writing() as connection:
-            plan = _ReconcilePlan.of(connection.execute(live), on_server)
+            plan = _ReconcilePlan.of(connection.execute(live).all(), on_server)
             settled = plan.apply(connection, now)
             returned = _revive_returned(connection, account, on_server)
             _drop_stale_failures(connection, account, on_server)
@@ -196,18 +199,19 @@ class _ReconcilePlan:
 
     @classmethod
     def of(
-        cls, rows: Iterable[Row[int, str, int, datetime | None]], on_server: frozenset[Pair]
+        cls, rows: Iterable[Row[int, str, int, bool]], on_server: frozenset[Pair]
     ) -> _ReconcilePlan:
+        """Sort (id, uidl, occurrence, delete requested) rows; positional, one
+        pass: nearly every row is on the server and not requested."""
         plan = cls([], [], [])
-        for row in rows:
-            requested = row.delete_requested_at is not None
-            if (row.uidl, row.occurrence) in on_server:
+        for row_id, uidl, occurrence, requested in rows:
+            if (uidl, occurrence) in on_server:
                 if requested:
-                    plan.cleared.append(row.id)
+                    plan.cleared.append(row_id)
             elif requested:
-                plan.deleted.append(row.id)
+                plan.deleted.append(row_id)
             else:
-                plan.gone.append(row.id)
+                plan.gone.append(row_id)
         return plan
 
     def apply(self, connection: Connection, now: datetime) -> Reconciled:
