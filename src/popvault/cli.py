@@ -24,6 +24,7 @@ from popvault.humanize import human_size
 if TYPE_CHECKING:
     from popvault.config import Account, Config
     from popvault.ledger import Ledger
+    from popvault.progress import TerminalProgress
     from popvault.sync import RunResult
 
 EXIT_OK = 0
@@ -259,7 +260,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not accounts:
         print(f"popvault: no accounts in {cfg.file}", file=sys.stderr)
         return EXIT_USAGE
-    progress = _TerminalProgress() if sys.stderr.isatty() else None
+    progress = _terminal_progress()
     # A dry run changes nothing: not even the ledger's schema or its file.
     dry = bool(args.dry_run)
     with _open_ledger(cfg, create=not dry, upgrade=not dry) as ledger:
@@ -276,6 +277,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress.close()
     _print_summary(results, dry_run=args.dry_run)
     return _run_status(results)
+
+
+def _terminal_progress() -> TerminalProgress | None:
+    """A progress bar when standard error is a terminal; its module is loaded only then."""
+    if not sys.stderr.isatty():
+        return None
+    from popvault.progress import TerminalProgress
+
+    return TerminalProgress()
 
 
 def _run_status(results: Sequence[RunResult]) -> int:
@@ -351,43 +361,6 @@ def _print_dry_run(result: RunResult) -> None:
     for retained in result.due_for_deletion:
         when = retained.archived_at.strftime("%Y-%m-%d %H:%M")
         print(f"  remove server copy of {retained.path} (archived {when} UTC)")
-
-
-class _TerminalProgress:
-    """A one-line progress bar on standard error, redrawn in place."""
-
-    def __init__(self) -> None:
-        self._account = ""
-        self._total_messages = 0
-        self._total_octets = 0
-        self._done_messages = 0
-        self._done_octets = 0
-
-    def planned(self, account: str, messages: int, octets: int) -> None:
-        self._account = account
-        self._total_messages, self._total_octets = messages, octets
-        self._done_messages = self._done_octets = 0
-        self._draw()
-
-    def fetched(self, account: str, octets: int) -> None:
-        self._done_messages += 1
-        self._done_octets += octets
-        self._draw()
-
-    def _draw(self) -> None:
-        width = 30
-        share = self._done_octets / self._total_octets if self._total_octets else 1.0
-        filled = min(width, int(share * width))
-        bar = "#" * filled + "-" * (width - filled)
-        sys.stderr.write(
-            f"\r{self._account}: [{bar}] {self._done_messages}/{self._total_messages} "
-            f"{human_size(self._done_octets)}\x1b[K"
-        )
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        sys.stderr.write("\r\x1b[K")
-        sys.stderr.flush()
 
 
 def cmd_status(args: argparse.Namespace) -> int:
