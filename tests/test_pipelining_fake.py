@@ -189,7 +189,7 @@ def test_without_pipelining_one_command_at_a_time(
 
 
 def test_pipeline_depth_1_sends_one_retr_and_one_dele_at_a_time(tmp_path: Path) -> None:
-    """``pipeline_depth = 1`` turns the window off (the login may still go in one write)."""
+    """``pipeline_depth = 1`` turns pipelining off: one command in flight, login included."""
     with WitnessServer(mailbox(12)) as srv:
         ws = new_workspace(tmp_path)
         srv.watch(ws)
@@ -199,6 +199,7 @@ def test_pipeline_depth_1_sends_one_retr_and_one_dele_at_a_time(tmp_path: Path) 
         in_flight = srv.max_in_flight_by_verb
         assert in_flight["RETR"] == 1
         assert in_flight["DELE"] == 1
+        assert srv.max_commands_in_flight == 1
         check_invariant(ws, originals, srv.deleted, witnesses=srv.witnesses)
 
 

@@ -419,6 +419,7 @@ class _AccountRun:
             timeout=account.timeout,
             ca_file=account.ca_file,
             account=account.name,
+            pipeline=account.pipeline_depth > 1,
             limits=Limits(
                 login=account.login_timeout,
                 session=account.session_timeout,

@@ -153,6 +153,7 @@ class Pop3Client:
         listing_bounds: Mapping[str, ListingBounds] | None = None,
         limits: Limits | None = None,
         clock: Callable[[], float] = time.monotonic,
+        pipeline: bool = True,
     ) -> None:
         self.host = host
         self.port = port
@@ -169,6 +170,8 @@ class Pop3Client:
         self._sock: socket.socket | None = None
         # Verbs sent ahead (pipelined) whose replies are still to be read, in order.
         self._ahead: deque[str] = deque()
+        # False: never pipeline, whatever the server offers (pipeline_depth = 1).
+        self._pipeline = pipeline
         self._listing_bounds = dict(listing_bounds or {})
         self._core = Pop3Connection(listing_bounds=self._listing_bounds)
         # Deadlines (pace.py): of the session, of the phase under way (greeting
@@ -375,8 +378,9 @@ class Pop3Client:
 
     @property
     def pipelining(self) -> bool:
-        """Whether the server announced PIPELINING (RFC 2449 section 6.6)."""
-        return "PIPELINING" in self.capabilities
+        """Whether commands are pipelined: the server announced PIPELINING (RFC 2449
+        section 6.6) and the client was not made with ``pipeline=False``."""
+        return self._pipeline and "PIPELINING" in self.capabilities
 
     def retrieve(
         self, wanted: Iterable[tuple[int, int]], *, depth: int, octets: int
