@@ -356,8 +356,8 @@ class Fetcher:
             retrieval.read_into(sink)
             # From here the server counts the message as retrieved.
             self.session.undurable.add(message.number)
-            hold = self._check_sizes(retrieval, message, sink)
             sealed = writer.finish()
+            hold = self._check_sizes(retrieval, message, sink, writer)
             if self._known_content(message, sealed) or self._same_but_status(message, blind):
                 writer.abort()
                 self.session.undurable.discard(message.number)
@@ -383,7 +383,7 @@ class Fetcher:
         batch.add(_Stored(message, writer, record, sink.octets, hold, synced), time.monotonic())
 
     def _check_sizes(
-        self, retrieval: Retrieval, message: PlannedMessage, sink: _CountingSink
+        self, retrieval: Retrieval, message: PlannedMessage, sink: _CountingSink, writer: Writer
     ) -> str | None:
         """:func:`_check_sizes`, and whether a pipelined session is still in step.
 
@@ -395,13 +395,15 @@ class Fetcher:
         another's UIDL). Either alone is only this message's trouble.
         """
         name, trust = self.account.name, self.account.trust_list_sizes
-        if not (retrieval.pipelined and sink.status_lines):
+        if not retrieval.pipelined:
             return _check_sizes(name, message, sink, trust=trust)
         try:
             hold = _check_sizes(name, message, sink, trust=True)
         except IncompleteMessage:
-            raise self._out_of_step(message) from None
-        if hold is not None and message.size_listed:
+            if writer.holds_line_starting(*_STATUS_STARTS):
+                raise self._out_of_step(message) from None
+            raise
+        if hold is not None and message.size_listed and writer.holds_line_starting(*_STATUS_STARTS):
             raise self._out_of_step(message)
         return _check_sizes(name, message, sink, trust=trust)
 
@@ -661,9 +663,6 @@ class _CountingSink:
         self.octets = 0
         self.bare_lf = 0
         self._cr_last = False
-        # Lines starting like a POP3 status line ("+OK", "-ERR"): see Fetcher._check_sizes.
-        self.status_lines = False
-        self._tail = b"\n"  # the last octets seen, for a line start across chunks
 
     def write(self, chunk: bytes) -> int:
         if chunk:
@@ -678,10 +677,6 @@ class _CountingSink:
             crlf = chunk.count(b"\r\n") + (self._cr_last and chunk[0] == 0x0A)
             self.bare_lf += chunk.count(b"\n") - crlf
             self._cr_last = chunk[-1] == 0x0D
-            if not self.status_lines:
-                edge = self._tail + chunk[:4]
-                self.status_lines = _has_status_line(edge) or _has_status_line(chunk)
-                self._tail = chunk[-4:]
         return len(chunk)
 
     @property
@@ -690,9 +685,8 @@ class _CountingSink:
         return self.octets + self.bare_lf
 
 
-def _has_status_line(data: bytes) -> bool:
-    """Whether a line of ``data`` (after its first LF) starts with "+OK" or "-ERR"."""
-    return b"\n+OK" in data or b"\n-ERR" in data
+# How a POP3 status line starts (RFC 1939 section 3): see Fetcher._check_sizes.
+_STATUS_STARTS = (b"+OK", b"-ERR")
 
 
 class _Tee:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -221,3 +221,26 @@ def test_cleanup_tmp_before_first_use_and_with_a_negative_age(tmp_path: Path) ->
 def test_store_exposes_root_and_folder(tmp_path: Path) -> None:
     store = open_store("eml", tmp_path, "a/b")
     assert (store.root, store.folder) == (tmp_path, "a/b")
+
+
+@pytest.mark.parametrize("fmt", ["maildir", "eml"])
+@pytest.mark.parametrize(
+    ("body", "found"),
+    [
+        (b"+OK at the very start\r\nrest\r\n", True),
+        (b"line\r\n-ERR after a line end\r\n", True),
+        (b"line\r\nnot +OK mid-line\r\n", False),
+        (b"x" * ((1 << 20) - 2) + b"\r\n+OK across a block edge\r\n", True),
+        (b"x" * ((1 << 20) + 5) + b"\r\n", False),
+    ],
+)
+def test_a_finished_message_can_be_scanned_for_line_starts(
+    tmp_path: Path, fmt: str, body: bytes, found: bool
+) -> None:
+    store = open_store(fmt, tmp_path / "archive", "acct")  # type: ignore[arg-type]
+    writer = store.begin(received_at=datetime(2026, 12, 1, tzinfo=UTC))
+    for start in range(0, len(body), 70_000):
+        writer.write(body[start : start + 70_000])
+    writer.finish()
+    assert writer.holds_line_starting(b"+OK", b"-ERR") is found
+    writer.abort()

@@ -75,6 +75,8 @@ log = logging.getLogger("popvault.pop3")
 READ_BLOCK = 64 * 1024
 # TCP_QUICKACK (Linux only): see Pop3Client._read.
 _QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
+# Reads shorter than this are small segments, the ones a delayed ACK holds up.
+_SMALL_READ = 16 * 1024
 
 _LOGIN_VERBS = frozenset({"USER", "PASS", "APOP"})
 # Most specific first: a code picks the first class whose code it matches.
@@ -755,12 +757,13 @@ class Pop3Client:
         try:
             sock.settimeout(wait)
             data = sock.recv(READ_BLOCK)
-            if _QUICKACK is not None:
+            if _QUICKACK is not None and len(data) < _SMALL_READ:
                 # Pipelined, the client has nothing to send back while replies
                 # stream in, so each ACK would wait out the delayed-ACK timer (40
                 # ms on Linux) — and a server whose small writes wait for that
                 # ACK (Nagle) stalls with it. Linux resets quick-ACK mode by
-                # itself, hence once per read.
+                # itself, hence once per read; only after small reads, since
+                # bulk data is ACKed every second segment anyway.
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
         except TimeoutError as exc:

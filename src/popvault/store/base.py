@@ -194,6 +194,25 @@ class Writer:
             durable.sync_and_close(fd, self._tmp_path)
         self._state = _State.SEALED
 
+    def holds_line_starting(self, *prefixes: bytes) -> bool:
+        """Whether a line of the finished message (as stored) starts with one of ``prefixes``.
+
+        Reads the temp file back; for the rare message whose content must be
+        looked at after the fact (a body of the wrong size).
+        """
+        if self._state not in (_State.FINISHED, _State.SEALED):
+            raise RuntimeError(f"cannot scan: the message writer is {self._state.value}")
+        needles = [b"\n" + prefix for prefix in prefixes]
+        longest = max(map(len, needles), default=1)
+        with durable.open_for_reading(self._tmp_path) as stream:
+            tail = b"\n"  # the file's start is a line start
+            while block := stream.read(1 << 20):
+                window = tail + block
+                if any(needle in window for needle in needles):
+                    return True
+                tail = window[-(longest - 1) :]
+        return False
+
     @property
     def sealed(self) -> SealedMessage:
         """What :meth:`finish` (or :meth:`seal`) returned."""
@@ -280,6 +299,10 @@ class Writer:
             return
         self._hash.update(data)
         self._size += len(data)
+        if not self._buffer and len(data) >= _BUFFER_SIZE:
+            assert self._fd is not None  # noqa: S101 - only called while OPEN
+            durable.write_all(self._fd, data, self._tmp_path)  # a large chunk: no copy
+            return
         self._buffer += data
         if len(self._buffer) >= _BUFFER_SIZE:
             self._flush()
