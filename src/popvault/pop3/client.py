@@ -72,7 +72,7 @@ log = logging.getLogger("popvault.pop3")
 
 #: Octets asked of the socket per read: large enough for throughput, small enough
 #: that memory stays flat whatever the message size.
-READ_BLOCK = 64 * 1024
+READ_BLOCK = 256 * 1024
 # TCP_QUICKACK (Linux only): see Pop3Client._read.
 _QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 # Reads shorter than this are small segments, the ones a delayed ACK holds up.
