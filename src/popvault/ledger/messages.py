@@ -190,24 +190,30 @@ class MessagesMixin(LedgerCore):
         pairs = list(dict.fromkeys(pair_of(key) for key in keys))
         if not pairs:
             return
-        with self._writing() as connection:
-            for start in range(0, len(pairs), IN_LIST_LIMIT):
-                chunk = pairs[start : start + IN_LIST_LIMIT]
-                statement = (
-                    update(Message)
-                    .where(
-                        Message.account == account,
-                        Message.state == "pending",
-                        tuple_(Message.uidl, Message.occurrence).in_(chunk),
+        try:
+            with self._writing() as connection:
+                for start in range(0, len(pairs), IN_LIST_LIMIT):
+                    chunk = pairs[start : start + IN_LIST_LIMIT]
+                    statement = (
+                        update(Message)
+                        .where(
+                            Message.account == account,
+                            Message.state == "pending",
+                            tuple_(Message.uidl, Message.occurrence).in_(chunk),
+                        )
+                        .values(state="archived", archived_at=archived_at)
                     )
-                    .values(state="archived", archived_at=archived_at)
+                    if connection.execute(statement).rowcount != len(chunk):
+                        raise _NotAllPending(chunk)  # leaving the block rolls it all back
+        except _NotAllPending as short:
+            # Which one, asked after the rollback (the UPDATE changed the others).
+            with self._reading() as connection:
+                missing = next(
+                    pair for pair in short.pairs if not _is_pending(connection, account, pair)
                 )
-                if connection.execute(statement).rowcount != len(chunk):
-                    # Raising inside the block rolls the whole batch back.
-                    missing = _not_marked(connection, account, chunk, archived_at)
-                    raise LedgerError(
-                        f"account {account!r}: no pending message with {_describe(missing)}"
-                    )
+            raise LedgerError(
+                f"account {account!r}: no pending message with {_describe(missing)}"
+            ) from None
 
     def drop_pending(self, account: str, key: KeyLike) -> None:
         """Forget a pending message (its file is gone or wrong).
@@ -339,18 +345,17 @@ def _has_row(connection: Connection, account: str, pair: Pair) -> bool:
     return connection.scalar(query) is not None
 
 
-def _not_marked(
-    connection: Connection, account: str, pairs: list[Pair], archived_at: datetime
-) -> Pair:
-    """The first of ``pairs`` that the UPDATE just made did not mark archived."""
-    marked = select(Message.uidl, Message.occurrence).where(
-        Message.account == account,
-        Message.state == "archived",
-        Message.archived_at == archived_at,
-        tuple_(Message.uidl, Message.occurrence).in_(pairs),
-    )
-    done = {(uidl, occurrence) for uidl, occurrence in connection.execute(marked)}
-    return next(pair for pair in pairs if pair not in done)
+class _NotAllPending(Exception):
+    """Some keys of a batch had no pending row (see mark_archived_many)."""
+
+    def __init__(self, pairs: list[Pair]) -> None:
+        super().__init__(pairs)
+        self.pairs = pairs
+
+
+def _is_pending(connection: Connection, account: str, pair: Pair) -> bool:
+    query = select(Message.id).where(*_pending_row(account, pair))
+    return connection.scalar(query) is not None
 
 
 def _pending_values(account: str, message: NewMessage) -> dict[str, Any]:
