@@ -113,10 +113,20 @@ def plan_session(
         # What vanished since the last session: deleted by us (a lost QUIT
         # reply) or taken by another client.
         ledger.reconcile(name, session.view.keys_on_server, now=reconcile_at)
-    keys = [message.key for message in session.view.messages]
-    new = set(ledger.unarchived(name, keys, max_attempts=MAX_ATTEMPTS, retry_failed=retry_failed))
+    # A message paired with no row is one the ledger has never recorded (identify
+    # gives every other one its row, pending or archived): fetch it, unless it
+    # failed MAX_ATTEMPTS times and is set aside.
+    set_aside = (
+        set()
+        if retry_failed
+        else {f.key for f in ledger.failures(name) if f.attempts >= MAX_ATTEMPTS}
+    )
     # RETR in message order (the listing's): servers read their mailbox front to back.
-    planned = [_planned(message, sizes) for message in session.view.messages if message.key in new]
+    planned = [
+        _planned(message, sizes)
+        for message in session.view.messages
+        if message.row is None and message.key not in set_aside
+    ]
     return session, planned
 
 
