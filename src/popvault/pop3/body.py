@@ -140,6 +140,36 @@ class ListingDecoder:
         # DotDecoder, keep it as the server sent it.
         return (line[1:] if line.startswith(b"..") else line), end + 1
 
+    def take_lines(self, data: bytes | bytearray) -> tuple[list[bytes], int]:
+        """Every complete line of ``data`` up to the terminator, and the octets they used.
+
+        The bulk form of :meth:`next_line`, with the same lines, bounds and
+        errors (a whole listing of 1,000,000 lines is framed here, not one
+        event per line): stops after the terminator, which sets :attr:`done`.
+        """
+        limit = self._bounds.max_line + 2
+        end = data.rfind(b"\n")
+        if len(data) - end - 1 >= limit:
+            self._too_long()  # the incomplete last line is too long already
+        if end < 0:
+            return [], 0
+        lines: list[bytes] = []
+        used = 0
+        max_line = self._bounds.max_line
+        for raw in bytes(data[:end]).split(b"\n"):
+            octets = len(raw) + 1
+            line = raw[:-1] if raw.endswith(b"\r") else raw
+            if line == b".":
+                self.done = True
+                used += octets
+                break
+            if len(line) > max_line:
+                self._too_long()
+            self._count(octets)
+            lines.append(line[1:] if line.startswith(b"..") else line)
+            used += octets
+        return lines, used
+
     def _count(self, octets: int) -> None:
         self._lines += 1
         self._octets += octets

@@ -690,8 +690,17 @@ class Pop3Client:
         yield from self._lines()
 
     def _lines(self) -> Iterator[bytes]:
-        """The lines of the listing whose status line was just read."""
+        """The lines of the listing whose status line was just read.
+
+        Whole batches of lines as the core frames them from what arrived
+        (:meth:`Pop3Connection.next_listing_lines`); one event at a time only
+        to wait for more octets, and for the end.
+        """
         while True:
+            batch = self._core.next_listing_lines()
+            if batch:
+                yield from batch
+                continue
             event = self._next_event()
             if isinstance(event, MultilineEnd):
                 return

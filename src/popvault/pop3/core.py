@@ -369,6 +369,34 @@ class Pop3Connection:
             return MultilineEnd(command=command)
         return self._closed() if self._eof else NEED_DATA
 
+    def next_listing_lines(self) -> list[bytes] | None:
+        """Every complete line of the listing under way, at once; None if no listing is.
+
+        The bulk form of :meth:`next_event` for a listing (the same lines as
+        its :class:`~popvault.pop3.events.ListingLine` events, the same
+        bounds and errors): ``[]`` when the next line is not complete yet.
+        After the terminator the listing's
+        :class:`~popvault.pop3.events.MultilineEnd` is :meth:`next_event`'s.
+        """
+        if self._failure is not None:
+            raise self._failure
+        if self._body is None:
+            return None
+        command, decoder = self._body
+        if not isinstance(decoder, ListingDecoder):
+            return None
+        try:
+            lines, used = decoder.take_lines(self._buffer)
+        except RemoteProtocolError as exc:
+            self._failure = exc
+            self._state = State.CLOSED
+            raise
+        del self._buffer[:used]
+        if decoder.done:
+            self._body = None
+            self._end_pending = command
+        return lines
+
     def _end_of_body(self) -> Event:
         command, self._end_pending = self._end_pending, None
         if command is None:  # unreachable: called only with an end pending
