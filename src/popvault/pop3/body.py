@@ -127,18 +127,7 @@ class ListingDecoder:
             if len(data) >= limit:
                 self._too_long()
             return None, 0
-        line = bytes(data[:end])
-        line = line[:-1] if line.endswith(b"\r") else line
-        if line == b".":
-            self.done = True
-            return None, end + 1
-        if len(line) > self._bounds.max_line:
-            self._too_long()
-        self._count(end + 1)
-        # A stuffed line loses its first dot. A line with one dot that is not the
-        # terminator was not stuffed (RFC 1939 section 3 says it must be); like
-        # DotDecoder, keep it as the server sent it.
-        return (line[1:] if line.startswith(b"..") else line), end + 1
+        return self._line(bytes(data[:end])), end + 1
 
     def take_lines(self, data: bytes | bytearray) -> tuple[list[bytes], int]:
         """Every complete line of ``data`` up to the terminator, and the octets they used.
@@ -147,28 +136,33 @@ class ListingDecoder:
         errors (a whole listing of 1,000,000 lines is framed here, not one
         event per line): stops after the terminator, which sets :attr:`done`.
         """
-        limit = self._bounds.max_line + 2
         end = data.rfind(b"\n")
-        if len(data) - end - 1 >= limit:
-            self._too_long()  # the incomplete last line is too long already
-        if end < 0:
-            return [], 0
         lines: list[bytes] = []
         used = 0
-        max_line = self._bounds.max_line
-        for raw in bytes(data[:end]).split(b"\n"):
-            octets = len(raw) + 1
-            line = raw[:-1] if raw.endswith(b"\r") else raw
-            if line == b".":
-                self.done = True
-                used += octets
-                break
-            if len(line) > max_line:
-                self._too_long()
-            self._count(octets)
-            lines.append(line[1:] if line.startswith(b"..") else line)
-            used += octets
+        for raw in bytes(data[:end]).split(b"\n") if end >= 0 else ():
+            used += len(raw) + 1
+            line = self._line(raw)
+            if line is None:
+                return lines, used  # what follows the terminator is the next reply
+            lines.append(line)
+        # A line of max_line octets may take two more for its CRLF.
+        if len(data) - used >= self._bounds.max_line + 2:
+            self._too_long()  # the incomplete last line is too long already
         return lines, used
+
+    def _line(self, raw: bytes) -> bytes | None:
+        """One complete line (its LF gone) unstuffed and counted; None for the terminator."""
+        line = raw[:-1] if raw.endswith(b"\r") else raw
+        if line == b".":
+            self.done = True
+            return None
+        if len(line) > self._bounds.max_line:
+            self._too_long()
+        self._count(len(raw) + 1)
+        # A stuffed line loses its first dot. A line with one dot that is not the
+        # terminator was not stuffed (RFC 1939 section 3 says it must be); like
+        # DotDecoder, keep it as the server sent it.
+        return line[1:] if line.startswith(b"..") else line
 
     def _count(self, octets: int) -> None:
         self._lines += 1
