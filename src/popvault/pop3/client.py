@@ -372,11 +372,7 @@ class Pop3Client:
         """
         with self._operation():
             self._multiline(Command("RETR", number))
-            written = 0
-            for chunk in self._body():
-                sink.write(chunk)
-                written += len(chunk)
-            return written
+            return self._read_body_into(sink)
 
     @property
     def pipelining(self) -> bool:
@@ -453,8 +449,7 @@ class Pop3Client:
         try:
             self._multiline_reply(f"RETR {number}")
         except ServerError as exc:
-            exc.account = exc.account or self.account
-            _redact_error(exc)
+            self._own(exc)
             return Retrieval(self, number, error=exc, pipelined=pipelined)
         return Retrieval(self, number, pipelined=pipelined)
 
@@ -487,8 +482,7 @@ class Pop3Client:
                     try:
                         self._one_line_reply(f"DELE {number}")
                     except ServerError as exc:
-                        exc.account = exc.account or self.account
-                        _redact_error(exc)
+                        self._own(exc)
                         outcomes.append(exc)
                         continue
                     outcomes.append(None)
@@ -597,33 +591,25 @@ class Pop3Client:
     # -- commands and replies ----------------------------------------------------
 
     def _ok(self, command: Command) -> Ok:
-        event = self._command(command)
-        if not isinstance(event, Ok):
-            raise RemoteProtocolError(f"expected a one-line reply to {command.redacted()}")
-        return event
+        self._issue(command)
+        return self._one_line_reply(command.redacted())
 
     def _multiline(self, command: Command) -> MultilineBegin:
-        event = self._command(command)
-        if not isinstance(event, MultilineBegin):
-            raise RemoteProtocolError(f"expected a multi-line reply to {command.redacted()}")
-        return event
+        self._issue(command)
+        return self._multiline_reply(command.redacted())
 
     def _command(self, command: Command) -> Event:
-        """Send ``command`` and return its reply; ``-ERR`` raises its ServerError.
-
-        A command :meth:`_send_ahead` already sent is not sent again: its
-        reply is the next one.
-        """
-        if self._ahead:
-            if self._ahead[0] != command.verb:
-                raise LocalProtocolError(
-                    f"{command.verb} while the replies to {list(self._ahead)} are due",
-                    account=self.account,
-                )
-            self._ahead.popleft()
-        else:
-            self._write(command)
+        """Send ``command`` and return its reply; ``-ERR`` raises its ServerError."""
+        self._issue(command)
         return self._reply(command.redacted())
+
+    def _issue(self, command: Command) -> None:
+        """Send ``command``, unless :meth:`_send_ahead` did: then its reply is the next one."""
+        if self._ahead and self._ahead[0] == command.verb:
+            self._ahead.popleft()
+            return
+        self._nothing_ahead(command.verb)
+        self._write(command)
 
     def _send_ahead(self, commands: Sequence[Command]) -> None:
         """With PIPELINING, send ``commands`` now in one write; their replies are read
@@ -815,6 +801,11 @@ class Pop3Client:
             raise LocalProtocolError("not connected (or the connection was dropped)")
         return self._sock
 
+    def _own(self, exc: Pop3Error) -> None:
+        """Tag ``exc`` with the account; its text passes the redaction point once."""
+        exc.account = exc.account or self.account
+        _redact_error(exc)
+
     @contextlib.contextmanager
     def _operation(self, *, drop_on_refusal: bool = False) -> Iterator[None]:
         """Tag errors with the account; drop the connection unless the error was -ERR.
@@ -825,14 +816,12 @@ class Pop3Client:
         try:
             yield
         except ServerError as exc:
-            exc.account = exc.account or self.account
-            _redact_error(exc)
+            self._own(exc)
             if drop_on_refusal:
                 self.close()
             raise
         except Pop3Error as exc:
-            exc.account = exc.account or self.account
-            _redact_error(exc)  # a protocol error may quote a server line
+            self._own(exc)  # a protocol error may quote a server line
             self.close()
             raise
         except BaseException:
