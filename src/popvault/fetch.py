@@ -202,16 +202,14 @@ class Fetcher:
         self.clock = clock
         self.progress = progress
         self.stop = stop or _never
-        self._failing: set[MessageKey] = set()
 
     def fetch_all(self, client: Pop3Client, planned: Sequence[PlannedMessage]) -> None:
         """RETR every planned message (failing ones last), archive each durably."""
         if not planned:
             return
-        self._failing = {failure.key for failure in self.ledger.failures(self.account.name)}
         # Messages that failed before go last, so that one that kills the session
         # (a body that never ends) cannot keep the ones after it from being archived.
-        ordered = sorted(planned, key=lambda message: message.ledger_key in self._failing)
+        ordered = sorted(planned, key=lambda message: message.ledger_key in self.session.failing)
         sent: deque[PlannedMessage] = deque()
         batch = _Batch()
         # One worker: fsyncs of one file system serialise in its journal anyway;
@@ -394,18 +392,23 @@ class Fetcher:
         kept (a size that matched by chance would file one message under
         another's UIDL). Either alone is only this message's trouble.
         """
-        name, trust = self.account.name, self.account.trust_list_sizes
-        if not retrieval.pipelined:
-            return _check_sizes(name, message, sink, trust=trust)
+        # Pipelined only with trust_list_sizes (see _pipeline): the sizes count.
         try:
-            hold = _check_sizes(name, message, sink, trust=True)
+            hold = _check_sizes(
+                self.account.name, message, sink, trust=self.account.trust_list_sizes
+            )
         except IncompleteMessage:
-            if writer.holds_line_starting(*_STATUS_STARTS):
+            if retrieval.pipelined and writer.holds_line_starting(*_STATUS_STARTS):
                 raise self._out_of_step(message) from None
             raise
-        if hold is not None and message.size_listed and writer.holds_line_starting(*_STATUS_STARTS):
+        if (
+            retrieval.pipelined
+            and hold is not None
+            and message.size_listed
+            and writer.holds_line_starting(*_STATUS_STARTS)
+        ):
             raise self._out_of_step(message)
-        return _check_sizes(name, message, sink, trust=trust)
+        return hold
 
     def _commit(self, batch: _Batch) -> None:
         """Make the batch durable: fsyncs, pending rows, publish, archived rows (module doc)."""
@@ -460,7 +463,7 @@ class Fetcher:
 
     def _succeeded(self, message: PlannedMessage) -> None:
         """A message fetched and archived (or found archived already): forget its failures."""
-        if message.ledger_key in self._failing:
+        if message.ledger_key in self.session.failing:
             self.ledger.clear_failure(self.account.name, message.ledger_key)
 
     def _archived(self, stored: _Stored) -> None:

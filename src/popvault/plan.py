@@ -79,6 +79,8 @@ class Session:
     undurable: set[int] = field(default_factory=set)
     # Problems of the run found while listing: "a line ... was skipped: ...".
     problems: list[str] = field(default_factory=list)
+    # Keys that failed in earlier runs (as the session began): fetched last.
+    failing: frozenset[MessageKey] = frozenset()
     on_server: int = 0
 
 
@@ -116,11 +118,9 @@ def plan_session(
     # A message paired with no row is one the ledger has never recorded (identify
     # gives every other one its row, pending or archived): fetch it, unless it
     # failed MAX_ATTEMPTS times and is set aside.
-    set_aside = (
-        set()
-        if retry_failed
-        else {f.key for f in ledger.failures(name) if f.attempts >= MAX_ATTEMPTS}
-    )
+    failures = ledger.failures(name)
+    session.failing = frozenset(failure.key for failure in failures)
+    set_aside = set() if retry_failed else {f.key for f in failures if f.attempts >= MAX_ATTEMPTS}
     # RETR in message order (the listing's): servers read their mailbox front to back.
     planned = [
         _planned(message, sizes)

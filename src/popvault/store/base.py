@@ -213,13 +213,6 @@ class Writer:
                 tail = window[-(longest - 1) :]
         return False
 
-    @property
-    def sealed(self) -> SealedMessage:
-        """What :meth:`finish` (or :meth:`seal`) returned."""
-        if self._sealed is None:
-            raise RuntimeError("the message writer is not finished")
-        return self._sealed
-
     def commit(self) -> None:
         """Publish the sealed message under its relpath and make that durable.
 
