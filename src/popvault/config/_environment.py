@@ -10,7 +10,6 @@ the variable and not the config file.
 
 from __future__ import annotations
 
-import difflib
 import logging
 from collections.abc import Mapping
 from typing import Final
@@ -107,6 +106,9 @@ def closest_variable(name: str) -> str | None:
     Compared without the common prefix, which would otherwise make every
     name look alike (``POPVAULT_FOO`` is not "close" to ``POPVAULT_DAEMON``).
     """
+    # Imported here: only a misspelt variable needs it, and no run of a valid setup does.
+    import difflib  # noqa: PLC0415
+
     valid = {candidate.removeprefix(PREFIX): candidate for candidate in valid_names()}
     close = difflib.get_close_matches(name.upper().removeprefix(PREFIX), valid, n=1, cutoff=0.6)
     return valid[close[0]] if close else None

@@ -13,7 +13,6 @@ from pydantic import ValidationError as PydanticValidationError
 from pydantic_settings import SettingsError
 
 from popvault.config._environment import warn_about_unknown
-from popvault.config._messages import translate
 from popvault.config._model import (
     DEFAULT_LOGIN_TIMEOUT,
     DEFAULT_MIN_RATE,
@@ -130,6 +129,10 @@ def _read_settings(context: LoadContext, overrides: Mapping[str, Any]) -> Settin
     try:
         return Settings(**overrides)
     except PydanticValidationError as exc:
+        # Imported only here: a valid config (every run) never needs the messages, nor
+        # the difflib and key tables they build.
+        from popvault.config._messages import translate  # noqa: PLC0415
+
         # "from None": pydantic's own text quotes input values, which may be passwords.
         raise translate(exc, context) from None
     except SettingsError as exc:
