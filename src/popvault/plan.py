@@ -9,8 +9,10 @@ saw to be their rows, which are retrieved but not durable yet).
 
 from __future__ import annotations
 
+import gc
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TypeVar
@@ -97,6 +99,42 @@ def plan_session(
     ``reconcile_at`` (a datetime, or None for a dry run) is when rows of
     messages no longer listed are marked gone.
     """
+    with _collection_paused():
+        return _plan_session(
+            client, ledger, account, reconcile_at=reconcile_at, retry_failed=retry_failed
+        )
+
+
+@contextmanager
+def _collection_paused() -> Iterator[None]:
+    """Hold off the cyclic garbage collector while a session's plan is built.
+
+    A plan builds a few objects per listed message (entries, rows, Listed,
+    keys: ~200k for 20,000 messages), none of them garbage, and every 700
+    such allocations start a collection; the older generations' ones walk
+    the whole heap (SQLAlchemy's included). On a 20,000-message no-op run
+    that was ~40% of the planning CPU (0.45 s with collection, 0.26 s
+    without). Reference counting still frees everything as usual; only
+    cycles made meanwhile wait for the next collection. The collector is
+    turned back on only if it was on (another thread may hold it off too).
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _plan_session(
+    client: Pop3Client,
+    ledger: Ledger,
+    account: Account,
+    *,
+    reconcile_at: datetime | None,
+    retry_failed: bool,
+) -> tuple[Session, list[PlannedMessage]]:
     name = account.name
     session = Session()
     client.prefetch_listings()
