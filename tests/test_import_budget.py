@@ -1,7 +1,8 @@
 """What the fast commands import: the structural guard of the no-op run's budget (issue 9).
 
 A no-op `popvault run` must stay cheap, so its process must not load what it
-does not use: Alembic (and Mako) when no migration is pending, APScheduler and
+does not use: Alembic (and Mako) when no migration is pending (a new ledger is
+created without them), APScheduler and
 the daemon, SQLAlchemy's ORM (the ledger uses Core only), the progress bar off
 a terminal. `popvault --help` loads none of the heavy libraries at all. Each
 command runs in a fresh interpreter and reports ``sys.modules`` at its end; no
@@ -16,7 +17,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from alembic import command
 
+from popvault.ledger.engine import create_ledger_engine, parse_url
+from popvault.ledger.migrate import alembic_config
 from popvault.testing import FakePop3Server, sample_messages
 from workspace import Workspace, fake_account
 
@@ -106,10 +110,36 @@ def test_a_run_at_the_current_schema_loads_only_what_it_needs(
     assert {"sqlalchemy", "popvault.ledger", "popvault.config"} <= modules
 
 
+@pytest.mark.parametrize("command", [["run"], ["db", "upgrade"]])
+def test_creating_a_new_ledger_loads_no_alembic(tmp_path: Path, command: list[str]) -> None:
+    # A new ledger is made from the models and stamped at the head (issue 9):
+    # the first run of a new install pays for no migration machinery.
+    ws = _workspace(tmp_path)
+    with FakePop3Server(sample_messages(5), username="alice", password=PASSWORD) as server:
+        ws.write_config([fake_account(server, "fake")])
+        code, modules = _modules_after(tmp_path, "--config", str(ws.config), *command)
+    assert code == 0
+    assert ws.ledger_file.stat().st_size > 0  # it did create the ledger
+    assert _loaded(modules, NEVER_IN_A_RUN) == []
+
+
+def _ledger_at(url: str, revision: str) -> None:
+    """A ledger migrated by Alembic to ``revision`` (behind the head)."""
+    engine = create_ledger_engine(parse_url(url))
+    try:
+        with engine.begin() as connection:
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+    finally:
+        engine.dispose()
+
+
 def test_a_pending_migration_still_loads_alembic(tmp_path: Path) -> None:
     # The other side of the rule: a ledger behind the head is upgraded by Alembic.
     ws = _workspace(tmp_path)
     ws.write_config([])
+    _ledger_at(f"sqlite:///{ws.ledger_file}", "0003")
     code, modules = _modules_after(tmp_path, "--config", str(ws.config), "db", "upgrade")
     assert code == 0
     assert "alembic" in modules

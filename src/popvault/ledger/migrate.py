@@ -8,8 +8,12 @@ names the command to run) or ahead (a newer popvault wrote it: it is never
 touched).
 
 Alembic (and Mako, which it loads) costs ~90 ms to import, a third of a no-op
-``popvault run``: it is imported only when the ledger's revision is not
-:data:`HEAD_REVISION`, that is when there is something to migrate or to refuse.
+``popvault run``: it is imported only when there is something to migrate or to
+refuse. A ledger at :data:`HEAD_REVISION` needs nothing; a new one (none of the
+ledger's tables exist yet) is created straight from the models' metadata and
+stamped with :data:`HEAD_REVISION` (:func:`create_fresh`), which is the schema
+the migrations build from nothing: tests/ledger/test_ledger_fresh_schema.py
+compares the two on both backends.
 """
 
 from __future__ import annotations
@@ -22,7 +26,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    text,
+)
+from sqlalchemy import inspect as sa_inspect
 
 from popvault.errors import LedgerError, SchemaMismatch
 from popvault.ledger.engine import (
@@ -34,6 +48,7 @@ from popvault.ledger.engine import (
     sqlite_file,
     translate_errors,
 )
+from popvault.ledger.models import metadata
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -44,10 +59,24 @@ UPGRADE_COMMAND = "popvault db upgrade"
 # The newest revision of migrations/versions, known without importing Alembic:
 # a ledger at it has nothing to migrate. tests/ledger/test_ledger_head.py checks
 # it against the scripts, so a new migration cannot leave it stale.
-HEAD_REVISION: Final = "0003"
+HEAD_REVISION: Final = "0004"
 
 # Alembic's version table (its default name; env.py does not change it).
 _VERSION_TABLE: Final = "alembic_version"
+
+# The version table as Alembic creates it (alembic.runtime.migration, 1.x:
+# version_num VARCHAR(32), primary key "<table>_pkc"), so that a ledger
+# created without Alembic is the one Alembic would have made. Its own
+# MetaData: the models' naming convention would rename the key.
+_VERSION = Table(
+    _VERSION_TABLE,
+    MetaData(),
+    Column("version_num", String(32), nullable=False),
+    PrimaryKeyConstraint("version_num", name=f"{_VERSION_TABLE}_pkc"),
+)
+
+# Every table a ledger has: if none exists, the ledger is new.
+_LEDGER_TABLES: Final = frozenset({*metadata.tables, _VERSION_TABLE})
 
 # pg_advisory_xact_lock key for schema upgrades: b"popvault" read as a
 # big-endian int64, so that it cannot collide with small keys other apps pick.
@@ -127,8 +156,12 @@ def check_engine(engine: Engine, *, script_location: Path | None = None) -> None
 
 def upgrade_engine(engine: Engine, *, script_location: Path | None = None) -> None:
     """:func:`upgrade` on an engine the caller owns."""
-    if script_location is None and _revision_of(engine) == HEAD_REVISION:
-        return  # the common case, without Alembic and without taking the write lock
+    if script_location is None:
+        revision = _revision_of(engine)
+        if revision == HEAD_REVISION:
+            return  # the common case, without Alembic and without taking the write lock
+        if revision is None and create_fresh(engine):
+            return  # a new ledger, made without Alembic
     config = alembic_config(script_location)
     script = _script_directory(config)
     if _is_current(engine, script):
@@ -144,6 +177,31 @@ def upgrade_engine(engine: Engine, *, script_location: Path | None = None) -> No
             _backup_before_upgrade(engine, revision)
             config.attributes["connection"] = connection
             _run_alembic_upgrade(config, engine)
+
+
+def create_fresh(engine: Engine) -> bool:
+    """Create a new ledger at :data:`HEAD_REVISION` from the models, without Alembic.
+
+    Returns False, changing nothing, when the database already has any of the
+    ledger's tables: then the migrations decide (an older schema to upgrade, a
+    newer one to refuse). Tables of other applications sharing a PostgreSQL
+    database do not count. Tables and version row are written in one
+    transaction under the upgrade lock, so a concurrent creator (or upgrader)
+    waits and then finds the ledger at head; on SQLite and PostgreSQL DDL is
+    transactional, so a failure leaves the database empty.
+    """
+    with translate_errors(engine.url), engine.connect() as connection:
+        connection.execution_options(**{WRITE_INTENT: True})
+        with connection.begin():
+            _lock_for_upgrade(connection)
+            # Read again under the lock: another process may just have made it.
+            existing = _LEDGER_TABLES.intersection(sa_inspect(connection).get_table_names())
+            if existing:
+                return _current_revision(connection) == HEAD_REVISION
+            metadata.create_all(connection, checkfirst=False)
+            _VERSION.create(connection, checkfirst=False)
+            connection.execute(_VERSION.insert().values(version_num=HEAD_REVISION))
+    return True
 
 
 def _script_directory(config: Config) -> ScriptDirectory:

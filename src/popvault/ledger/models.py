@@ -1,8 +1,13 @@
 """The ledger's tables, as SQLAlchemy Core tables.
 
-These tables describe the schema that the Alembic migrations build; a test
-(``compare_metadata``) keeps the two in step. Code outside ``popvault.ledger``
-never sees them: the facade hands out plain dataclasses.
+These tables describe the schema that the Alembic migrations build, and a new
+ledger is created from them directly (``migrate.create_fresh``), so the two
+must be the same schema down to constraint names and column order:
+tests/ledger/test_ledger_fresh_schema.py compares them. Columns therefore keep
+the order in which the migrations added them (``occurrence`` came with 0002,
+after the 0001 columns), and a migration names a constraint through ``op.f()``
+so that the naming convention below does not prefix it twice. Code outside
+``popvault.ledger`` never sees them: the facade hands out plain dataclasses.
 
 Core, not the ORM: the ledger never loads mapped objects (every query selects
 columns and every write is a Core insert/update), and ``sqlalchemy.orm`` costs
@@ -35,7 +40,11 @@ from sqlalchemy import (
 )
 
 # Stable constraint names, so that migrations (and SQLite batch rebuilds) can
-# refer to constraints by name on every backend.
+# refer to constraints by name on every backend. A CHECK takes its short name
+# (``name="state"`` -> ck_messages_state); a full name given without op.f() or
+# conv() is prefixed once more, which is how 0001 made ck_messages_ck_messages_state
+# (renamed by 0004). Alembic applies this convention to its ops too, because
+# migrations/env.py passes this metadata as target_metadata.
 NAMING_CONVENTION: dict[str, str] = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -149,8 +158,6 @@ class Message(Base):
         Column("id", Integer, primary_key=True),
         Column("account", binary_string(), nullable=False),
         Column("uidl", binary_string(), nullable=False),
-        # Rows written before occurrences existed are the first (and only) one.
-        Column("occurrence", Integer, default=1, server_default="1", nullable=False),
         Column("state", String(16), nullable=False),
         # Octets can pass 2**31 (a 2 GiB message, a run's total): 64-bit columns.
         Column("size", BigInteger, nullable=False),
@@ -162,6 +169,8 @@ class Message(Base):
         Column("deleted_at", UTCDateTime()),
         Column("gone_at", UTCDateTime()),
         Column("delete_requested_at", UTCDateTime()),
+        # Rows written before occurrences existed are the first (and only) one.
+        Column("occurrence", Integer, default=1, server_default="1", nullable=False),
         # Octets popvault received for the message, line ends counted as CRLF (as
         # the server's LIST counts them, RFC 1939 section 5), whatever the store
         # wrote; NULL for rows recorded before popvault kept it.
@@ -248,11 +257,11 @@ class Failure(Base):
         Column("id", Integer, primary_key=True),
         Column("account", binary_string(), nullable=False),
         Column("uidl", binary_string(), nullable=False),
-        Column("occurrence", Integer, default=1, server_default="1", nullable=False),
         Column("attempts", Integer, nullable=False),
         Column("first_failed_at", UTCDateTime(), nullable=False),
         Column("last_failed_at", UTCDateTime(), nullable=False),
         Column("last_error", Text, nullable=False),
+        Column("occurrence", Integer, default=1, server_default="1", nullable=False),
         UniqueConstraint("account", "uidl", "occurrence"),
         CheckConstraint("attempts >= 1", name="attempts"),
         CheckConstraint("occurrence >= 1", name="occurrence"),
