@@ -1,6 +1,6 @@
 """What one session will do: the server's listing matched to the ledger, and the RETRs to make.
 
-:func:`plan_session` reads UIDL and LIST (each line parsed on its own, a bad
+:func:`plan_session` reads UIDL and LIST (plain lines parsed in bulk, a bad
 line skipped and reported), matches the listing to the ledger's rows
 (:mod:`popvault.identity`) and returns a :class:`Session`: the frozen view of
 the server, plus the few facts the run learns as it goes (which messages it
@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import islice
+from operator import itemgetter
 from typing import TypeVar
 
 from popvault.config import Account
@@ -22,6 +24,7 @@ from popvault.errors import RemoteProtocolError, ServerError
 from popvault.identity import Listed, ServerView, identify
 from popvault.ledger import KnownRow, Ledger, MessageKey
 from popvault.pop3.client import Pop3Client
+from popvault.pop3.listing import BATCH_LINES, list_entries, uidl_entries
 from popvault.pop3.parsing import parse_list_line, parse_uidl_entry
 from popvault.redaction import redact
 
@@ -140,7 +143,14 @@ def _plan_session(
     client.prefetch_listings()
     listing = _uidl_listing(client, account, session)
     session.sizes = sizes = dict(
-        _listing(client.list_lines(), parse_list_line, "LIST", account, session)
+        _listing(
+            client.list_lines(),
+            bulk=list_entries,
+            parse=parse_list_line,
+            verb="LIST",
+            account=account,
+            session=session,
+        )
     )
     _check_listings_agree(listing, sizes, account, session)
     session.on_server = len(listing)
@@ -203,7 +213,14 @@ def _check_listings_agree(
 def _uidl_listing(client: Pop3Client, account: Account, session: Session) -> list[tuple[int, str]]:
     """The UIDL listing, each line parsed on its own (see :func:`_listing`)."""
     try:
-        return _listing(client.uidl_lines(), parse_uidl_entry, "UIDL", account, session)
+        return _listing(
+            client.uidl_lines(),
+            bulk=uidl_entries,
+            parse=parse_uidl_entry,
+            verb="UIDL",
+            account=account,
+            session=session,
+        )
     except ServerError as exc:
         raise RemoteProtocolError(
             f"the server refused UIDL ({exc.text!r}); popvault needs unique ids "
@@ -214,6 +231,8 @@ def _uidl_listing(client: Pop3Client, account: Account, session: Session) -> lis
 
 def _listing(
     lines: Iterable[bytes],
+    *,
+    bulk: Callable[[Sequence[bytes]], list[tuple[int, T]] | None],
     parse: Callable[[bytes], tuple[int, T]],
     verb: str,
     account: Account,
@@ -224,10 +243,38 @@ def _listing(
     One malformed line (a negative size, a line without a number, a number
     listed twice) must not fail the whole account on every run: that one
     message is left out — which the check that UIDL and LIST agree then
-    names — and the rest of the mailbox is archived.
+    names — and the rest of the mailbox is archived. Lines come in batches
+    of BATCH_LINES; a batch whose every line ``bulk`` reads (see
+    :mod:`popvault.pop3.listing`) and whose numbers are all new is taken at
+    once, any other one line by line with ``parse``: the same entries and
+    problems either way, and only a batch of lines held at a time.
     """
     entries: list[tuple[int, T]] = []
     seen: set[int] = set()
+    remaining = iter(lines)
+    while batch := list(islice(remaining, BATCH_LINES)):
+        parsed = bulk(batch)
+        if parsed is not None:
+            numbers = set(map(itemgetter(0), parsed))
+            if len(numbers) == len(parsed) and seen.isdisjoint(numbers):
+                seen |= numbers
+                entries += parsed
+                continue
+        _add_lines(entries, seen, batch, parse=parse, verb=verb, account=account, session=session)
+    return entries
+
+
+def _add_lines(
+    entries: list[tuple[int, T]],
+    seen: set[int],
+    lines: Iterable[bytes],
+    *,
+    parse: Callable[[bytes], tuple[int, T]],
+    verb: str,
+    account: Account,
+    session: Session,
+) -> None:
+    """Parse ``lines`` one by one into ``entries``, skipping (and reporting) bad ones."""
     for line in lines:
         try:
             number, value = parse(line)
@@ -239,7 +286,6 @@ def _listing(
             continue
         seen.add(number)
         entries.append((number, value))
-    return entries
 
 
 def _bad_listing_line(verb: str, problem: str, account: Account, session: Session) -> None:
