@@ -935,8 +935,14 @@ def measure(
     work: Path,
     digests: collections.Counter[str],
     template: dict[str, Path],
+    rep: int,
 ) -> Measurement:
-    state = work / f"s{scenario.key}-{tool.name}"
+    # A first run gets a new folder per repetition, none deleted until the benchmark
+    # ends: on ext4 without a journal (this VM's disk) creating files right after
+    # thousands were deleted makes the inode allocator skip the recently freed ones
+    # (the kernel's recently_deleted()), a cost of the harness, not of the tool that
+    # runs next. A no-op run creates no files: its state is copied to one path.
+    state = work / f"s{scenario.key}-{tool.name}" / ("noop" if scenario.noop else f"r{rep}")
     shutil.rmtree(state, ignore_errors=True)
     if scenario.noop:
         # Fresh state that has archived everything: one untimed first run, copied for each
@@ -966,11 +972,10 @@ def measure(
     ok, note = check(tool, state, digests)
     if not ok:
         say(
-            f"!! MISMATCH {tool.name} scenario {scenario.key}: {note} (its state: {state}, until"
-            " the next repetition; after the run only with --work)"
+            f"!! MISMATCH {tool.name} scenario {scenario.key}: {note} (its state: {state};"
+            " kept after the run only with --work)"
         )
         return Measurement(wall, rss, False, note)
-    shutil.rmtree(state, ignore_errors=True)
     return Measurement(wall, rss, True)
 
 
@@ -1032,6 +1037,7 @@ def repetitions(
                 work=work,
                 digests=expected[tool.name],
                 template=template,
+                rep=rep,
             )
             row.runs.append(m)
             status = "ok" if m.ok else f"FAILED {m.note}"
@@ -1039,8 +1045,6 @@ def repetitions(
                 f"   scenario {scenario.key} rep {rep + 1} {tool.name:9} "
                 f"{m.wall:8.3f} s {m.maxrss_kb / 1024:7.1f} MB {status}"
             )
-    for saved in template.values():
-        shutil.rmtree(saved, ignore_errors=True)
     return rows
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from popvault.errors import StoreError
-from popvault.store import open_store
+from popvault.store import durable, open_store
 from popvault.testing import FakePop3Server, sample_messages
 from workspace import Workspace, fake_account, maildir_form, wire_form
 
@@ -173,8 +173,9 @@ def test_connection_cut_mid_retr_records_nothing_half_and_next_run_completes(
 
 
 # finish: writing out the file's last bytes (the fetching thread); sync: its
-# fsync (the fetch worker thread, seen at the batch's commit).
-@pytest.mark.parametrize("step", ["finish", "sync"])
+# fsync (the fetch worker thread, seen at the batch's commit, with the batch
+# sync of the whole file system switched off); filesystem: that batch sync.
+@pytest.mark.parametrize("step", ["finish", "sync", "filesystem"])
 def test_a_store_failure_after_retr_ends_the_session_without_quit(
     ws: Workspace, server, monkeypatch: pytest.MonkeyPatch, step: str
 ) -> None:
@@ -185,7 +186,13 @@ def test_a_store_failure_after_retr_ends_the_session_without_quit(
     def full_disk(self: Any) -> Any:
         raise StoreError("disk full (ENOSPC) writing test")
 
-    monkeypatch.setattr(writer_class, step, full_disk)
+    if step == "filesystem":
+        if store_probe.filesystem_sync() is None:
+            pytest.skip("the test's file system gets an fsync per file, no batch sync")
+        monkeypatch.setattr(durable.FileSystemSync, "sync", full_disk)
+    else:
+        monkeypatch.setattr(durable, "WHOLE_FILE_SYSTEM_SYNC", step == "finish")
+        monkeypatch.setattr(writer_class, step, full_disk)
     result = ws.cli("run")
     assert result.code == 1
     assert "disk full" in result.out

@@ -8,7 +8,10 @@ keeps reading. A *batch* — bounded by :data:`BATCH_MESSAGES`,
 :data:`BATCH_OCTETS` and :data:`BATCH_SECONDS` — is then made durable
 together, in the order that keeps every crash safe:
 
-1. every file of the batch fsynced (the worker's jobs waited for);
+1. every file of the batch durable: one ``syncfs`` for the whole batch where
+   the file system is known to do that right
+   (:class:`~popvault.store.durable.FileSystemSync`), else each file's fsync
+   (run on the worker as it arrived) waited for;
 2. the batch's pending rows recorded in one ledger transaction;
 3. every file linked to its final name, each folder fsynced once
    (:func:`~popvault.store.base.publish_together`);
@@ -52,6 +55,7 @@ from popvault.pop3.client import Pop3Client, Retrieval
 from popvault.redaction import redact
 from popvault.store import SealedMessage, Store, Writer
 from popvault.store.base import publish_together
+from popvault.store.durable import FileSystemSync
 
 log = logging.getLogger("popvault.sync")
 
@@ -142,7 +146,7 @@ class _Stored:
     record: NewMessage
     octets: int
     hold: str | None
-    synced: Future[None]
+    synced: Future[None] | None  # its fsync on the worker; None: synced with the batch
 
 
 @dataclass
@@ -202,6 +206,8 @@ class Fetcher:
         self.clock = clock
         self.progress = progress
         self.stop = stop or _never
+        # The batch's one sync while fetch_all runs where the file system allows it.
+        self._filesystem: FileSystemSync | None = None
 
     def fetch_all(self, client: Pop3Client, planned: Sequence[PlannedMessage]) -> None:
         """RETR every planned message (failing ones last), archive each durably."""
@@ -212,20 +218,40 @@ class Fetcher:
         ordered = sorted(planned, key=lambda message: message.ledger_key in self.session.failing)
         sent: deque[PlannedMessage] = deque()
         batch = _Batch()
-        # One worker: fsyncs of one file system serialise in its journal anyway;
-        # what matters is that they overlap with the network, not with each other.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="popvault-fsync") as syncer:
-            try:
-                self._pipeline(client, self._requests(ordered, sent), sent, batch, syncer)
-            except Pop3Error:
-                # The session died: what was fetched whole is still made durable.
-                self._commit(batch)
-                raise
-            except BaseException:
-                self._discard(batch)
-                raise
-            self._commit(batch)
+        # Opened before the first file is written: it reports every write error since.
+        self._filesystem = self.store.filesystem_sync()
+        try:
+            if self._filesystem is not None:
+                self._fetch_batches(client, self._requests(ordered, sent), sent, batch, None)
+            else:
+                # One worker: fsyncs of one file system serialise in its journal anyway;
+                # what matters is that they overlap with the network, not with each other.
+                with ThreadPoolExecutor(1, thread_name_prefix="popvault-fsync") as syncer:
+                    self._fetch_batches(client, self._requests(ordered, sent), sent, batch, syncer)
+        finally:
+            if self._filesystem is not None:
+                self._filesystem.close()
+            self._filesystem = None
         self._summarise_holds()
+
+    def _fetch_batches(
+        self,
+        client: Pop3Client,
+        requests: Iterator[tuple[int, int]],
+        sent: deque[PlannedMessage],
+        batch: _Batch,
+        syncer: ThreadPoolExecutor | None,
+    ) -> None:
+        try:
+            self._pipeline(client, requests, sent, batch, syncer)
+        except Pop3Error:
+            # The session died: what was fetched whole is still made durable.
+            self._commit(batch)
+            raise
+        except BaseException:
+            self._discard(batch)
+            raise
+        self._commit(batch)
 
     def _requests(
         self, ordered: Sequence[PlannedMessage], sent: deque[PlannedMessage]
@@ -250,7 +276,7 @@ class Fetcher:
         requests: Iterator[tuple[int, int]],
         sent: deque[PlannedMessage],
         batch: _Batch,
-        syncer: ThreadPoolExecutor,
+        syncer: ThreadPoolExecutor | None,
     ) -> None:
         # Pipelining needs sizes to trust: a body that is not its LIST size is how
         # a lost terminator shows (OutOfStep). Without them, one RETR at a time.
@@ -281,7 +307,7 @@ class Fetcher:
         message: PlannedMessage,
         *,
         batch: _Batch,
-        syncer: ThreadPoolExecutor,
+        syncer: ThreadPoolExecutor | None,
         counts: _Counts,
     ) -> bool:
         """:meth:`_receive` one message; False when it failed on its own (counted).
@@ -330,12 +356,13 @@ class Fetcher:
         retrieval: Retrieval,
         message: PlannedMessage,
         batch: _Batch,
-        syncer: ThreadPoolExecutor,
+        syncer: ThreadPoolExecutor | None,
     ) -> None:
         """Stream one RETR reply into a temp file; queue it for the batch (or drop it).
 
         A message whose content is an archived row's (identity.py) is dropped:
-        nothing new is stored. Otherwise its fsync is queued on the worker.
+        nothing new is stored. Otherwise its fsync is queued on the worker
+        (``syncer``), or left to the batch's file-system sync (no worker).
         """
         if retrieval.error is not None:
             raise retrieval.error
@@ -374,7 +401,7 @@ class Fetcher:
                 hold_reason=hold,
                 held_at=self.clock() if hold else None,
             )
-            synced = syncer.submit(writer.sync)
+            synced = None if syncer is None else syncer.submit(writer.sync)
         except BaseException:
             writer.abort()
             raise
@@ -416,17 +443,7 @@ class Fetcher:
         if not members:
             return
         name = self.account.name
-        failure: StoreError | None = None
-        synced: list[_Stored] = []
-        for stored in members:
-            error = stored.synced.exception()
-            if error is None:
-                synced.append(stored)
-            elif isinstance(error, StoreError):
-                failure = failure or error  # the writer aborted itself
-            else:
-                self._discard_members(members)
-                raise error
+        synced, failure = self._synced(members)
         try:
             self.ledger.record_pending_many(name, [stored.record for stored in synced])
         except BaseException:
@@ -450,6 +467,31 @@ class Fetcher:
         if failure is not None:
             raise failure
 
+    def _synced(self, members: list[_Stored]) -> tuple[list[_Stored], StoreError | None]:
+        """Step 1: the members whose files are durable, and the first failure of the others."""
+        if self._filesystem is not None:
+            try:
+                self._filesystem.sync()
+            except BaseException:
+                self._discard_members(members)  # which file failed is unknown: none is kept
+                raise
+            for stored in members:
+                stored.writer.seal_synced()
+            return members, None
+        failure: StoreError | None = None
+        synced: list[_Stored] = []
+        for stored in members:
+            assert stored.synced is not None  # noqa: S101 - queued on the worker (_receive)
+            error = stored.synced.exception()
+            if error is None:
+                synced.append(stored)
+            elif isinstance(error, StoreError):
+                failure = failure or error  # the writer aborted itself
+            else:
+                self._discard_members(members)
+                raise error
+        return synced, failure
+
     def _discard(self, batch: _Batch) -> None:
         self._discard_members(batch.take())
 
@@ -458,7 +500,8 @@ class Fetcher:
         """Drop messages that will not be recorded: their temp files go."""
         for stored in members:
             # Never race the worker: an abort while its fsync runs would close its fd.
-            stored.synced.exception()
+            if stored.synced is not None:
+                stored.synced.exception()
             stored.writer.abort()
 
     def _succeeded(self, message: PlannedMessage) -> None:

@@ -38,8 +38,8 @@ POINTS: dict[str, tuple[str, str, str]] = {
     # Reading one message's body (of a pipelined RETR reply).
     "retr_into": ("popvault.pop3.client", "Retrieval", "read_into"),
     "write": ("popvault.store.base", "Writer", "write"),
-    # One message's file fsync (on the fetch worker thread).
-    "seal": ("popvault.store.base", "Writer", "sync"),
+    # A batch's files made durable (one syncfs, or each file's fsync on the worker).
+    "seal": ("popvault.fetch", "Fetcher", "_synced"),
     # A batch's pending rows (one transaction).
     "record_pending": ("popvault.ledger.facade", "Ledger", "record_pending_many"),
     # One message's link to its final name (its folder fsynced per batch after).
@@ -51,8 +51,9 @@ POINTS: dict[str, tuple[str, str, str]] = {
     "mark_delete_requested": ("popvault.ledger.facade", "Ledger", "mark_delete_requested"),
     "quit": ("popvault.pop3.client", "Pop3Client", "quit"),
     "mark_deleted": ("popvault.ledger.facade", "Ledger", "mark_deleted"),
-    # Inside the first run's schema migration (one table made, the next not yet).
-    "create_table": ("alembic.operations", "Operations", "create_table"),
+    # Inside the first run's creation of the ledger (one table made, the next not yet):
+    # a new ledger is made from the models' metadata, without Alembic (issue 9).
+    "create_table": ("sqlalchemy.sql.ddl", "SchemaGenerator", "visit_table"),
 }
 
 # Messages per durable batch in the child: 2, so that the 5-message mailboxes of

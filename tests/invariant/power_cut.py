@@ -8,7 +8,9 @@ system allows (ext4 ``data=ordered``, XFS):
 
 * a file keeps the content it had at its last fsync — the store writes each
   file once, front to back, so that is the bytes written before that fsync;
-  a file never fsynced is empty;
+  a file never fsynced is empty; a ``filesystem_sync`` (one ``syncfs`` for a
+  batch) counts as an fsync of every file, and of no folder (on ext4 without
+  a journal syncfs may leave folder blocks for a later flush);
 * a folder keeps the entries it had at its last fsync: names created or
   linked after it are gone, names removed after it come back (with the file
   they named);
@@ -95,6 +97,9 @@ class PowerCut:
         elif op.kind == "file_fsync":
             node = self._file(op.path)
             node.synced = len(node.data)
+        elif op.kind == "filesystem_sync":
+            for node in _files(self.tree):
+                node.synced = len(node.data)
         elif op.kind == "folder_fsync":
             folder = self._folder(op.path)
             folder.durable = dict(folder.entries)
@@ -157,6 +162,21 @@ def _relative(root: Path, path: Path) -> tuple[str, ...] | None:
         return path.relative_to(root).parts
     except ValueError:
         return None
+
+
+def _files(folder: FolderNode) -> list[FileNode]:
+    """Every file under ``folder``, by its names now and as of the last folder fsyncs."""
+    found: dict[int, FileNode] = {}
+    folders, seen = [folder], {id(folder)}
+    while folders:
+        current = folders.pop()
+        for node in [*current.entries.values(), *current.durable.values()]:
+            if isinstance(node, FileNode):
+                found[id(node)] = node
+            elif id(node) not in seen:
+                seen.add(id(node))
+                folders.append(node)
+    return list(found.values())
 
 
 def _seed(path: Path) -> FolderNode:

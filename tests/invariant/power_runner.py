@@ -15,7 +15,10 @@ operation K is reported (logged, marked as the cut, not to be replayed): the
 power cut is modelled at the instant operation K would take effect, while
 everything the process did before (ledger commits, DELE, QUIT) has happened.
 ``skip_file_fsync`` breaks the store on purpose — files are closed without
-their fsync — for the test's self-check.
+their fsync, and a batch's file-system sync does nothing — for the test's
+self-check. A runner makes batches durable with one file-system sync where
+:class:`~popvault.store.durable.FileSystemSync` allows it, or with an fsync
+per file (``whole_file_system_sync=False``).
 
 :class:`Runner` is the parent's side.
 """
@@ -73,6 +76,10 @@ def _close_without_fsync(fd: int, path: Path) -> None:
     durable.close_quietly(fd)
 
 
+def _sync_nothing(self: durable.FileSystemSync) -> None:
+    del self
+
+
 def _child(request: dict[str, Any]) -> int:
     """In the forked child: output to a file, the recorder in place, then popvault."""
     signal.alarm(CHILD_SECONDS)
@@ -82,8 +89,10 @@ def _child(request: dict[str, Any]) -> int:
     sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 - lives as long as the child
     sys.stderr = sys.stdout
     os.environ.update(request["env"])  # the helper's environment is the one it started with
+    durable.WHOLE_FILE_SYSTEM_SYNC = request["whole_file_system_sync"]
     if request["skip_file_fsync"]:
         durable.sync_and_close = _close_without_fsync  # the Writer's fsync, left out
+        durable.FileSystemSync.sync = _sync_nothing  # type: ignore[method-assign]
     with durable.observe(LogRecorder(Path(request["log"]), request["cut"])):
         return crash_runner.child_main(["--", *request["args"]])
 
@@ -118,7 +127,8 @@ class Outcome:
 class Runner:
     """The parent's side: a helper process that forks one recorded ``popvault run`` per call."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, whole_file_system_sync: bool = True) -> None:
+        self.whole_file_system_sync = whole_file_system_sync
         self._helper = subprocess.Popen(
             [sys.executable, str(SCRIPT), "--serve"],
             stdin=subprocess.PIPE,
@@ -146,6 +156,7 @@ class Runner:
             "log": str(log),
             "cut": cut,
             "skip_file_fsync": skip_file_fsync,
+            "whole_file_system_sync": self.whole_file_system_sync,
             "env": dict(env or {}),
             "output": str(output),
         }

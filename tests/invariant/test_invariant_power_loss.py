@@ -98,10 +98,19 @@ def mailbox() -> list[bytes]:
     return messages
 
 
-@pytest.fixture(scope="module")
-def runners() -> Iterator[list[Runner]]:
-    """One helper per lane (see :func:`in_lanes`)."""
-    helpers = [Runner() for _ in range(LANES)]
+@pytest.fixture(scope="module", params=["filesystem-sync", "fsync-each-file"])
+def runners(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[Runner]]:
+    """One helper per lane (see :func:`in_lanes`), in each way of making a batch durable.
+
+    ``filesystem-sync``: one syncfs per batch, as on ext4 or XFS; skipped where
+    the test's own file system is not one of those (the run would fall back).
+    """
+    whole = request.param == "filesystem-sync"
+    if whole and durable.FileSystemSync.open_for(tmp_path_factory.getbasetemp()) is None:
+        pytest.skip("the tests' temp folder is on a file system without a trusted syncfs")
+    helpers = [Runner(whole_file_system_sync=whole) for _ in range(LANES)]
     try:
         yield helpers
     finally:
@@ -333,6 +342,13 @@ def test_a_power_cut_at_every_operation_loses_and_doubles_nothing(
     seed = power_seed()
     total = power_cut_then_recover(runners[0], tmp_path / "uncut", None, fmt=fmt)
     assert total > 20, "too few operations recorded: is the store reporting to observe()?"
+    operations, _ = read_log(tmp_path / "uncut" / "cut.log")
+    kinds = Counter(op.kind for op in operations)
+    synced_by, not_by = ("filesystem_sync", "file_fsync")
+    if not runners[0].whole_file_system_sync:
+        synced_by, not_by = not_by, synced_by
+    assert kinds[synced_by] >= 2, kinds
+    assert not kinds[not_by], kinds
     cuts = cut_points(total, sample, seed)
     with replayable(seed):
         in_lanes(
@@ -460,6 +476,39 @@ def test_the_model_keeps_only_what_was_fsynced(tmp_path: Path) -> None:
     assert (tmp_path / "old").read_bytes() == b"there before"
 
 
+def test_the_model_counts_a_filesystem_sync_for_file_contents_only(tmp_path: Path) -> None:
+    """One syncfs: every file's bytes so far survive, no folder entry made since its fsync."""
+    model = PowerCut(tmp_path)
+    d, tmp = tmp_path / "d", tmp_path / "d" / "tmp"
+    steps = [
+        ("mkdir", d),
+        ("mkdir", tmp),
+        ("folder_fsync", d),
+        ("folder_fsync", tmp_path),  # d and d/tmp survive
+        ("create", tmp / "a"),
+        ("write", tmp / "a", b"first"),
+        ("folder_fsync", tmp),  # a's name survives
+        ("create", tmp / "b"),
+        ("write", tmp / "b", b"second"),
+        ("filesystem_sync", tmp),  # a's and b's contents; not b's name
+        ("write", tmp / "a", b" and after"),  # after the sync: lost
+        ("link", tmp / "b", d / "b"),
+        ("folder_fsync", d),  # b survives under d, with its synced content
+        ("create", tmp / "c"),
+        ("write", tmp / "c", b"too late"),
+        ("folder_fsync", tmp),  # c's name survives, its content does not
+    ]
+    for kind, path, *rest in steps:
+        target = rest[0] if rest and isinstance(rest[0], Path) else None
+        data = rest[0] if rest and isinstance(rest[0], bytes) else b""
+        model.apply(Operation(kind, path, target, data))  # type: ignore[arg-type]
+    model.rebuild("d")
+    assert sorted(p.name for p in tmp.iterdir()) == ["a", "b", "c"]
+    assert (tmp / "a").read_bytes() == b"first"
+    assert (d / "b").read_bytes() == b"second"
+    assert (tmp / "c").read_bytes() == b""
+
+
 # -- a real Dovecot ------------------------------------------------------------
 
 
@@ -533,6 +582,6 @@ def test_self_check_a_lost_folder_fsync_is_caught(runner: Runner, tmp_path: Path
 def test_self_check_a_writer_without_its_file_fsync_is_caught(
     runner: Runner, tmp_path: Path
 ) -> None:
-    """A child whose writer closes each file without fsync: the power takes the contents."""
+    """A child whose files are never synced (no fsync, no syncfs): the power takes them."""
     with pytest.raises(AssertionError, match="deleted from the server without a surviving copy"):
         power_cut_then_recover(runner, tmp_path, None, skip_file_fsync=True)

@@ -83,6 +83,14 @@ class Store(Protocol):
         """The relpaths of every published message file of this store (never temp files)."""
         ...
 
+    def filesystem_sync(self) -> durable.FileSystemSync | None:
+        """One sync for every file this store writes from now on, or None: fsync each file.
+
+        Opened before a batch's first file is written (see
+        :class:`~popvault.store.durable.FileSystemSync`); the caller closes it.
+        """
+        ...
+
     def cleanup_tmp(self, *, older_than: timedelta = timedelta(hours=36)) -> int:
         """Remove temp files older than ``older_than``; return how many were removed."""
         ...
@@ -192,6 +200,20 @@ class Writer:
             fd, self._fd = self._fd, None
             assert fd is not None  # noqa: S101 - FINISHED always holds a descriptor
             durable.sync_and_close(fd, self._tmp_path)
+        self._state = _State.SEALED
+
+    def seal_synced(self) -> None:
+        """Close the finished temp file whose content a file-system sync made durable.
+
+        The other second half of :meth:`seal`, for a batch made durable by one
+        :meth:`~popvault.store.durable.FileSystemSync.sync`: the caller calls
+        it after that sync returned, which came after every file of the batch
+        was finished.
+        """
+        self._expect(_State.FINISHED, "seal")
+        fd, self._fd = self._fd, None
+        assert fd is not None  # noqa: S101 - FINISHED always holds a descriptor
+        durable.close_quietly(fd)
         self._state = _State.SEALED
 
     def holds_line_starting(self, *prefixes: bytes) -> bool:
@@ -419,6 +441,10 @@ class BaseStore:
     def require_root(self) -> None:
         """Fail unless the archive root exists: an unmounted disk must not look empty."""
         durable.require_dir(self.root, "archive root")
+
+    def filesystem_sync(self) -> durable.FileSystemSync | None:
+        """A sync of the file system the temp files are on (links cannot leave it)."""
+        return durable.FileSystemSync.open_for(self.tmp_dir)
 
     def fingerprint(self) -> Fingerprint:
         """A sink that hashes a message as stored, writing nothing (bytes kept as sent)."""
