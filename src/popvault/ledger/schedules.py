@@ -13,7 +13,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from popvault.ledger.core import LedgerCore, require_aware
 from popvault.ledger.models import Schedule
@@ -41,9 +40,14 @@ def upsert(connection: Connection, entry: ScheduleEntry) -> None:
     """Insert the entry, or replace the account's row."""
     values: dict[str, Any] = asdict(entry)
     if connection.dialect.name == "postgresql":
-        statement: Any = postgresql.insert(Schedule).values(values)
+        # Imported where used: a SQLite ledger need not load the PostgreSQL dialect.
+        from sqlalchemy.dialects.postgresql import insert as postgresql_insert  # noqa: PLC0415
+
+        statement: Any = postgresql_insert(Schedule).values(values)
     else:
-        statement = sqlite.insert(Schedule).values(values)
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert  # noqa: PLC0415
+
+        statement = sqlite_insert(Schedule).values(values)
     changed = {key: value for key, value in values.items() if key != "account"}
     connection.execute(
         statement.on_conflict_do_update(index_elements=[Schedule.account], set_=changed)
