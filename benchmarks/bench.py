@@ -260,7 +260,8 @@ class LatencyProxy:
 
     Chunks are forwarded in order as soon as their delay has passed; nothing is throttled (the
     bandwidth stays loopback's), so it models a long link, not a slow one. With no delay it only
-    counts connections: ``peak`` is the most that were open at once (exact, not sampled).
+    counts connections: ``peak`` is the most that were open at once (exact, not sampled;
+    from the accept until the client's end of stream).
     """
 
     def __init__(self, target_port: int, delay: float) -> None:
@@ -291,8 +292,19 @@ class LatencyProxy:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        # A connection counts from its accept until its client closes its side (its
+        # end of stream), not until both halves are closed: a run that has just ended
+        # must not overlap the next one's connect in the count.
         self.active += 1
         self.peak = max(self.peak, self.active)
+        counted = True
+
+        def client_gone() -> None:
+            nonlocal counted
+            if counted:
+                counted = False
+                self.active -= 1
+
         try:
             try:
                 server_r, server_w = await asyncio.open_connection(HOST, self.target_port)
@@ -300,13 +312,22 @@ class LatencyProxy:
                 client_w.close()
                 return
             with contextlib.suppress(OSError, asyncio.CancelledError):
-                await asyncio.gather(self._pipe(client_r, server_w), self._pipe(server_r, client_w))
+                await asyncio.gather(
+                    self._pipe(client_r, server_w, on_end=client_gone),
+                    self._pipe(server_r, client_w),
+                )
             for writer in (client_w, server_w):
                 writer.close()
         finally:
-            self.active -= 1
+            client_gone()
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        on_end: Callable[[], None] | None = None,
+    ) -> None:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
 
@@ -332,6 +353,8 @@ class LatencyProxy:
                     break
         except OSError:
             queue.put_nowait((loop.time(), b""))
+        if on_end is not None:
+            on_end()
         await sender
 
 
