@@ -360,7 +360,7 @@ class _AccountRun:
             client.login(
                 self.account.username,
                 password,
-                method="apop" if self.account.auth == "apop" else "user",
+                method=self.account.auth,
                 allow_plaintext=self.account.allow_plaintext,
             )
             del password

@@ -118,7 +118,11 @@ def test_section_given_as_a_value(write_config):
         ('port = "pop3s"', "port", "invalid port 'pop3s'"),
         ("port = true", "port", "invalid port True"),
         ('security = "ssl"', "security", "'ssl'"),
-        ('auth = "cram-md5"', "auth", "'auto', 'user' or 'apop'"),
+        (
+            'auth = "cram-md5"',
+            "auth",
+            "'scram-sha-256', 'scram-sha-1', 'xoauth2' or 'oauthbearer', got 'cram-md5'",
+        ),
         ('format = "mbox"', "format", "'maildir' or 'eml'"),
         ('retention = "forever"', "retention", "invalid retention 'forever'"),
         ('retention = "0d"', "retention", "must be more than zero"),

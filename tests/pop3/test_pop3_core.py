@@ -321,7 +321,7 @@ def test_auth_exchange() -> None:
         conn.send(Command("CAPA"))
     assert conn.send(AuthResponse("AGJvYgBzZWNyZXQ=")) == b"AGJvYgBzZWNyZXQ=\r\n"
     with pytest.raises(LocalProtocolError, match="without a server challenge"):
-        conn.send(AuthResponse("x"))
+        conn.send(AuthResponse("eA=="))
     assert feed(conn, [b"+OK welcome\r\n"]) == [Ok(auth, "welcome")]
     assert conn.state is State.TRANSACTION
 

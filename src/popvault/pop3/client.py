@@ -47,6 +47,7 @@ from popvault.pop3.core import Pop3Connection
 from popvault.pop3.events import (
     NEED_DATA,
     ConnectionClosed,
+    Continuation,
     Data,
     Err,
     Event,
@@ -65,6 +66,15 @@ from popvault.pop3.parsing import (
     parse_stat,
     parse_uidl_line,
 )
+from popvault.pop3.sasl import (
+    OAUTH_PLANS,
+    AuthMethod,
+    LoginPlan,
+    SaslExchange,
+    XOAuth2Form,
+    choose_mechanism,
+    make_mechanism,
+)
 from popvault.pop3.tls import make_client_context
 from popvault.redaction import redact, register
 
@@ -78,7 +88,7 @@ _QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 # Reads shorter than this are small segments, the ones a delayed ACK holds up.
 _SMALL_READ = 16 * 1024
 
-_LOGIN_VERBS = frozenset({"USER", "PASS", "APOP"})
+_LOGIN_VERBS = frozenset({"USER", "PASS", "APOP", "AUTH"})
 # Most specific first: a code picks the first class whose code it matches.
 _CODE_CLASSES: tuple[tuple[str, type[ServerError]], ...] = (
     ("AUTH", AuthError),  # RFC 3206 section 5
@@ -88,6 +98,8 @@ _CODE_CLASSES: tuple[tuple[str, type[ServerError]], ...] = (
 )
 
 Security = Literal["tls", "starttls", "plain"]
+#: Gives the OAuth 2.0 access token for one login (called once per login).
+TokenProvider = Callable[[], str]
 # Per command of a pipelined batch: the server's refusal, or None for +OK.
 Refusals = list[ServerError | None]
 T_contra = TypeVar("T_contra", contravariant=True)
@@ -124,6 +136,19 @@ def error_for(err: Err, *, announces_codes: bool = False) -> ServerError:
         return AuthError(text, command=command, certain=False, note=_NO_CODES_NOTE)
     return LoginRefused(text, code=err.code, command=command)
 
+
+# What each login method would expose without TLS (Pop3Client._check_login_policy).
+_EXPOSED: Mapping[str, str] = {
+    "user": "the password unencrypted",
+    "PLAIN": "the password unencrypted (SASL PLAIN)",
+    "apop": "an MD5 digest of the password (APOP), which allows offline guessing",
+    # SCRAM never sends the password, but a recorded exchange (salt, nonces,
+    # proof) lets an eavesdropper test guesses offline, as APOP's digest does.
+    "SCRAM-SHA-256": "a SCRAM-SHA-256 exchange, which allows offline guessing of the password",
+    "SCRAM-SHA-1": "a SCRAM-SHA-1 exchange, which allows offline guessing of the password",
+    "XOAUTH2": "the OAuth access token unencrypted (XOAUTH2)",
+    "OAUTHBEARER": "the OAuth access token unencrypted (OAUTHBEARER)",
+}
 
 _NO_CODES_NOTE = (
     "the server announces no response codes (RFC 3206), so popvault cannot tell "
@@ -169,6 +194,10 @@ class Pop3Client:
         # Whether the server accepted UTF8 (RFC 6856 section 3) in this session.
         self.utf8 = False
         self._apop_timestamp: str | None = None
+        # The capabilities read in clear text before STLS (for a downgrade's error).
+        self._capabilities_before_tls: dict[str, list[str]] | None = None
+        #: How the last login logged in: "user", "apop" or a SASL mechanism's name.
+        self.login_method: LoginPlan | None = None
         self._sock: socket.socket | None = None
         # Verbs sent ahead (pipelined) whose replies are still to be read, in order.
         self._ahead: deque[str] = deque()
@@ -215,6 +244,7 @@ class Pop3Client:
         if self._sock is not None:
             raise LocalProtocolError("already connected", account=self.account)
         self.greeting, self.capabilities, self._apop_timestamp = "", {}, None
+        self._capabilities_before_tls, self.login_method = None, None
         self._ahead.clear()
         self.utf8 = False
         now = self._clock()
@@ -234,40 +264,156 @@ class Pop3Client:
     def login(
         self,
         username: str,
-        password: str,
+        password: str | None = None,
         *,
-        method: Literal["user", "apop"] = "user",
+        method: AuthMethod = "user",
         allow_plaintext: bool = False,
+        token: TokenProvider | None = None,
+        xoauth2_form: XOAuth2Form = "one-line",
     ) -> None:
-        """Log in with USER/PASS or APOP; then refresh :attr:`capabilities`.
+        """Log in as ``username``; then refresh :attr:`capabilities`.
+
+        ``method`` is an account's ``auth``: ``"user"`` (USER/PASS), ``"apop"``,
+        a SASL mechanism (``"plain"``, ``"scram-sha-256"``, ``"scram-sha-1"``,
+        ``"xoauth2"``, ``"oauthbearer"``; RFC 5034), or ``"auto"``: the
+        strongest mechanism the server offers (its CAPA ``SASL`` line, read
+        after STLS) for the credentials given — with ``token``, OAUTHBEARER,
+        then XOAUTH2; with ``password``, SCRAM-SHA-256, SCRAM-SHA-1, PLAIN,
+        then USER/PASS. A named mechanism the server does not offer raises
+        :class:`~popvault.errors.SecurityPolicyError` naming what it offers:
+        there is no fall back to a weaker one.
+
+        ``token`` is called once per login for the OAuth 2.0 access token
+        (XOAUTH2, OAUTHBEARER); what it raises goes to the caller unchanged,
+        after the connection is dropped. ``xoauth2_form`` is ``"one-line"``
+        (the token on the AUTH line when it fits 255 octets) or
+        ``"two-step"`` (always after the server's ``+``, as Microsoft's POP3
+        server requires). The chosen mechanism is :attr:`login_method`.
 
         Over a stream that is not TLS this raises
         :class:`~popvault.errors.SecurityPolicyError` unless
-        ``allow_plaintext`` is true. A refusal raises
-        :class:`~popvault.errors.AuthError` (or the class its code names).
+        ``allow_plaintext`` is true, for every method: USER/PASS, PLAIN and
+        the OAuth mechanisms send the secret as it is; APOP's digest and a
+        recorded SCRAM exchange let an eavesdropper guess the password
+        offline. A refusal raises :class:`~popvault.errors.AuthError` (or the
+        class its code names); a SCRAM server whose signature is wrong, a
+        :class:`~popvault.errors.SecurityPolicyError`. Every secret is
+        registered with :mod:`popvault.redaction` before it is sent.
         """
-        self._check_login_policy(method, allow_plaintext)
+        plan = self._login_plan(method, allow_plaintext, password is not None, token is not None)
         with self._operation():
-            # Whatever the server sends back from here on may quote it.
-            register(password)
-            if method == "apop":
-                digest = apop_digest(self._apop_timestamp or "", password)
-                steps = [Command("APOP", username, register(digest))]
+            if plan in ("user", "apop"):
+                if password is None:  # unreachable: choose_mechanism checked it
+                    raise LocalProtocolError(f"{plan} needs a password")
+                self._password_login(username, password, plan)
             else:
-                steps = [Command("USER", username), Command("PASS", password)]
-            utf8 = [Command("UTF8")] if "UTF8" in self.capabilities else []
-            # One round trip for the whole login when the server pipelines (RFC
-            # 2449 section 6.6); a refusal of one step still fails the login.
-            self._send_ahead([*utf8, *steps, Command("CAPA")])
-            self._enable_utf8()
-            try:
-                for step in steps:
-                    self._command(step)
-            except ServerError:
-                self._drain_ahead()  # the session stays in step, as without pipelining
-                raise
+                self._sasl_login(plan, username, password, token, xoauth2_form)
+            self.login_method = plan
             self._refresh_capabilities()
         self._phase = None  # logged in: from here the session's deadline and the rates count
+
+    def _login_plan(
+        self, method: AuthMethod, allow_plaintext: bool, has_password: bool, has_token: bool
+    ) -> LoginPlan:
+        """The login method to use, or the refusal; nothing is sent, the session stays usable."""
+        if self._sock is None:
+            raise LocalProtocolError("login before connect", account=self.account)
+        try:
+            plan = choose_mechanism(
+                method,
+                self.capabilities,
+                has_password=has_password,
+                has_token=has_token,
+                before_tls=self._capabilities_before_tls,
+            )
+            self._check_login_policy(plan, allow_plaintext)
+        except Pop3Error as exc:
+            self._own(exc)
+            raise
+        return plan
+
+    def _password_login(self, username: str, password: str, method: str) -> None:
+        """USER/PASS or APOP, pipelined with UTF8 and CAPA when the server allows it."""
+        # Whatever the server sends back from here on may quote it.
+        register(password)
+        if method == "apop":
+            digest = apop_digest(self._apop_timestamp or "", password)
+            steps = [Command("APOP", username, register(digest))]
+        else:
+            steps = [Command("USER", username), Command("PASS", password)]
+        utf8 = [Command("UTF8")] if "UTF8" in self.capabilities else []
+        # One round trip for the whole login when the server pipelines (RFC
+        # 2449 section 6.6); a refusal of one step still fails the login.
+        self._send_ahead([*utf8, *steps, Command("CAPA")])
+        self._enable_utf8()
+        try:
+            for step in steps:
+                self._command(step)
+        except ServerError:
+            self._drain_ahead()  # the session stays in step, as without pipelining
+            raise
+
+    def _sasl_login(
+        self,
+        plan: LoginPlan,
+        username: str,
+        password: str | None,
+        token: TokenProvider | None,
+        xoauth2_form: XOAuth2Form,
+    ) -> None:
+        """One AUTH exchange (RFC 5034 section 4): the command, a response per challenge."""
+        if password is not None:
+            register(password)
+        access = register(token()) if plan in OAUTH_PLANS and token is not None else None
+        mechanism = make_mechanism(plan, username, password=password, token=access)
+        two_step = plan == "XOAUTH2" and xoauth2_form == "two-step"
+        exchange = SaslExchange(mechanism, initial_response=not two_step, on_secret=register)
+        self._enable_utf8()  # RFC 6856 section 3: in AUTHORIZATION, before the login
+        command = exchange.command()
+        self._write(command)
+        while True:
+            event = self._next_event()
+            if isinstance(event, Continuation):
+                log.debug("%s S: + (%d octets)", self._where, len(event.challenge))
+                self._answer_challenge(exchange, event.challenge)
+            elif isinstance(event, Err):
+                raise self._auth_refusal(event, exchange, on_command_line=len(command.args) > 1)
+            elif isinstance(event, Ok):
+                log.debug("%s S: +OK %s", self._where, redact(event.text))
+                exchange.succeeded()
+                return
+            else:
+                raise RemoteProtocolError(f"unexpected {event!r} in reply to AUTH {plan}")
+
+    def _answer_challenge(self, exchange: SaslExchange, challenge: bytes) -> None:
+        try:
+            response = exchange.answer(challenge)
+        except Pop3Error:
+            # RFC 5034 section 4: "*" cancels; the connection is dropped anyway.
+            with contextlib.suppress(Pop3Error):
+                self._send_line(self._core.send(exchange.cancel()), "AUTH", "*")
+            raise
+        shown = "*" if response.cancels else ("(empty)" if not response.data else "***")
+        self._send_line(self._core.send(response), "AUTH", shown)
+
+    def _auth_refusal(
+        self, event: Err, exchange: SaslExchange, *, on_command_line: bool
+    ) -> ServerError:
+        code = f"[{event.code}] " if event.code else ""
+        log.debug("%s S: -ERR %s%s", self._where, redact(code), redact(event.text))
+        error = error_for(event, announces_codes=self._announces_codes)
+        notes = []
+        if exchange.mechanism.server_error:
+            notes.append(f"its {exchange.name} error: {exchange.mechanism.server_error}")
+        if exchange.name == "XOAUTH2" and on_command_line and event.code is None:
+            notes.append(
+                "the token went on the AUTH line; a server that wants it after a '+' "
+                "(Microsoft's) refuses that: use the two-step XOAUTH2 form"
+            )
+        if notes:
+            error.message = f"{error.message} ({'; '.join(notes)})"
+            error.args = (error.message,)
+        return error
 
     @property
     def _announces_codes(self) -> bool:
@@ -298,21 +444,14 @@ class Pop3Client:
             return
         self.utf8 = True
 
-    def _check_login_policy(self, method: str, allow_plaintext: bool) -> None:
-        if self._sock is None:
-            raise LocalProtocolError("login before connect", account=self.account)
+    def _check_login_policy(self, plan: LoginPlan, allow_plaintext: bool) -> None:
         if not self.is_secure and not allow_plaintext:
-            exposed = (
-                "an MD5 digest of the password (APOP), which allows offline guessing"
-                if method == "apop"
-                else "the password unencrypted"
-            )
             raise SecurityPolicyError(
-                f"refusing to send {exposed} to {self._where} over a connection "
-                "without TLS (allow_plaintext is off)",
+                f"refusing to send {_EXPOSED.get(plan, _EXPOSED['user'])} to {self._where} "
+                "over a connection without TLS (allow_plaintext is off)",
                 account=self.account,
             )
-        if method == "apop" and self._apop_timestamp is None:
+        if plan == "apop" and self._apop_timestamp is None:
             raise SecurityPolicyError(
                 f"APOP: the greeting of {self._where} has no timestamp, so the server "
                 "does not support APOP",
@@ -585,7 +724,7 @@ class Pop3Client:
         # RFC 2595 section 4: a new session over the new stream, and capabilities
         # learnt in clear text are forgotten.
         self._core = Pop3Connection(after_stls=True, listing_bounds=self._listing_bounds)
-        self.capabilities = {}
+        self._capabilities_before_tls, self.capabilities = self.capabilities, {}
         self._refresh_capabilities()
 
     # -- commands and replies ----------------------------------------------------
@@ -713,7 +852,14 @@ class Pop3Client:
         data = b"".join(self._core.send(command) for command in commands)
         for command in commands:
             log.debug("%s C: %s", self._where, command.redacted())
-        verb = commands[0].verb
+        self._sendall(data, commands[0].verb)
+
+    def _send_line(self, data: bytes, verb: str, shown: str) -> None:
+        """Send one line that is not a command (an AUTH response), logged as ``shown``."""
+        log.debug("%s C: %s", self._where, shown)
+        self._sendall(data, verb)
+
+    def _sendall(self, data: bytes, verb: str) -> None:
         try:
             self._connected().sendall(data)
         except TimeoutError as exc:

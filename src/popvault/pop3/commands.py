@@ -7,6 +7,9 @@ line early and inject a second command of the attacker's choosing.
 
 from __future__ import annotations
 
+import base64
+import re
+
 from popvault.errors import LocalProtocolError
 
 #: Replies that are multi-line whenever they are positive (RFC 1939 sections 5 and 7,
@@ -20,6 +23,15 @@ SECRET_VERBS = frozenset({"PASS", "APOP", "AUTH"})
 
 _FORBIDDEN_OCTETS = ("\r", "\n", "\0")
 _REDACTED = "***"
+
+# RFC 2449 section 4: a command line is at most 255 octets, CRLF included. Only
+# AUTH is held to it here (RFC 5034 section 4: an initial response that would
+# make AUTH longer is sent as a continuation instead); the lines answering a
+# challenge are not commands and have no such limit (an OAuth token is often
+# 2-4 KB, Microsoft's can pass 4 KB), and other commands keep what servers take.
+MAX_COMMAND_LINE = 255
+# RFC 4648 section 4 base64, as RFC 5034 section 4 sends SASL data.
+_BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 
 
 def _check_argument(verb: str, argument: str, *, last: bool) -> None:
@@ -58,6 +70,12 @@ class Command:
         for index, text in enumerate(texts):
             _check_argument(self.verb, text, last=index == len(texts) - 1)
         self.args = texts
+        if self.verb == "AUTH" and len(self.encode()) > MAX_COMMAND_LINE:
+            raise LocalProtocolError(
+                f"AUTH {texts[0] if texts else ''}: the command line would pass "
+                f"{MAX_COMMAND_LINE} octets (RFC 2449 section 4); send the initial "
+                "response after the server's challenge (RFC 5034 section 4)"
+            )
 
     @property
     def multiline(self) -> bool:
@@ -86,15 +104,47 @@ class Command:
         return f"Command({self.redacted()!r})"
 
 
+def fits_command_line(verb: str, *args: str) -> bool:
+    """Whether ``verb`` with ``args`` fits the 255-octet command line (RFC 2449 section 4)."""
+    return len(" ".join((verb, *args))) + 2 <= MAX_COMMAND_LINE
+
+
+def initial_response_argument(data: bytes) -> str:
+    """AUTH's initial-response argument for ``data``: base64, ``=`` when empty (RFC 5034 s. 4)."""
+    return base64.b64encode(data).decode("ascii") if data else "="
+
+
 class AuthResponse:
-    """A client line answering an AUTH challenge (RFC 5034 section 4): base64 or ``*``."""
+    """A client line answering an AUTH challenge (RFC 5034 section 4).
+
+    ``data`` is base64 (empty for an empty response) or ``*``, which cancels
+    the exchange. :meth:`of` encodes raw bytes; :meth:`cancel` makes ``*``.
+    There is no length limit: a response is not a command line.
+    """
 
     __slots__ = ("data",)
 
     def __init__(self, data: str) -> None:
         if any(octet in data for octet in _FORBIDDEN_OCTETS):
             raise LocalProtocolError("AUTH response: must not contain CR, LF or NUL")
+        if data != "*" and not _BASE64.fullmatch(data):
+            raise LocalProtocolError("AUTH response: must be base64 or '*' (RFC 5034 section 4)")
         self.data = data
+
+    @classmethod
+    def of(cls, raw: bytes) -> AuthResponse:
+        """The response carrying ``raw`` (an empty line for ``b""``)."""
+        return cls(base64.b64encode(raw).decode("ascii"))
+
+    @classmethod
+    def cancel(cls) -> AuthResponse:
+        """``*``: the client cancels the exchange; the server answers ``-ERR``."""
+        return cls("*")
+
+    @property
+    def cancels(self) -> bool:
+        """Whether this response cancels the exchange."""
+        return self.data == "*"
 
     def encode(self) -> bytes:
         """The line as sent, CRLF included."""
@@ -120,6 +170,11 @@ def redact(line: bytes | str, *, auth_continuation: bool = False) -> str:
 
 def _redact_one(text: str) -> str:
     verb, _, rest = text.strip().partition(" ")
+    if verb.upper() == "AUTH":
+        # The mechanism name is no secret and tells what was tried; the
+        # initial response after it is all secret.
+        mechanism, _, initial = rest.partition(" ")
+        return f"{verb} {mechanism} {_REDACTED}" if initial else text.strip()
     if verb.upper() in SECRET_VERBS and rest:
         return f"{verb} {_REDACTED}"
     return text

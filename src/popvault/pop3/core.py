@@ -41,7 +41,12 @@ from popvault.pop3.events import (
     Ok,
     Sentinel,
 )
-from popvault.pop3.parsing import apop_timestamp, parse_response_code, parse_status
+from popvault.pop3.parsing import (
+    apop_timestamp,
+    parse_challenge,
+    parse_response_code,
+    parse_status,
+)
 
 # RFC 2449 section 4 caps a response line at 512 octets; real servers overshoot
 # (long greetings, chatty -ERR texts), so we allow 16 times that before calling
@@ -235,6 +240,8 @@ class Pop3Connection:
         return state
 
     def _send_auth_response(self, response: AuthResponse) -> bytes:
+        if self._failure is not None:
+            raise LocalProtocolError("the connection failed earlier; start a new one")
         if not self._challenged:
             raise LocalProtocolError("AUTH response without a server challenge")
         self._challenged = False
@@ -320,8 +327,14 @@ class Pop3Connection:
     def _on_continuation(self, command: Command, text: str) -> Event:
         if command.verb != "AUTH":
             raise RemoteProtocolError(f"'+' continuation in reply to {command.verb}")
+        if self._challenged:
+            # RFC 5034 section 4: one challenge, then the client's response.
+            raise RemoteProtocolError(
+                "a second AUTH challenge before the client answered the first"
+            )
+        challenge = parse_challenge(text)
         self._challenged = True
-        return Continuation(command=command, text=text)
+        return Continuation(command=command, text=text, challenge=challenge)
 
     def _on_err(self, command: Command, text: str) -> Event:
         self._state = state_after_err(self._state, command.verb)

@@ -56,10 +56,19 @@ class Err:
 
 @dataclass(frozen=True, slots=True)
 class Continuation:
-    """A ``+ challenge`` line during AUTH (RFC 5034 section 4)."""
+    """A ``+ challenge`` line during AUTH (RFC 5034 section 4).
+
+    ``text`` is the line's base64 as sent; ``challenge`` the octets it
+    decodes to (the core refuses a line that is not base64).
+    """
 
     command: Command
     text: str
+    challenge: bytes = b""
+
+    def __repr__(self) -> str:
+        # A challenge may quote the client's identity or an error about its token.
+        return f"Continuation({self.command!r}, <{len(self.challenge)} octets>)"
 
 
 @dataclass(frozen=True, slots=True)
