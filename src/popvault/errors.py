@@ -26,6 +26,11 @@ they arise, into one of these; callers never see the foreign type.
      |    |    +-- LoginDelayError     [LOGIN-DELAY]  (RFC 2449 section 8.1.2)
      |    |    +-- TemporaryError      [SYS/TEMP]     (RFC 3206 section 4)
      |    +-- SecurityPolicyError                      we refused to go on (no STLS, plaintext)
+     +-- CredentialsError(account)                     no credentials to log in with
+     |    +-- OAuthError(error)                        an OAuth 2.0 authorization server refused
+     |         +-- ReauthorizationRequired             the grant is gone: `popvault auth login NAME`
+     |         +-- OAuthUnavailable                    network, timeout, 5xx, 429: retry later
+     |         +-- AuthorizationFailed                 a login did not complete (denied, expired)
      +-- StoreError                                    disk full, read-only, permissions
      +-- LedgerError
           +-- DatabaseUnavailable
@@ -242,6 +247,71 @@ class LoginDelayError(ServerError):
 
 class TemporaryError(ServerError):
     """A temporary server-side failure ([SYS/TEMP])."""
+
+
+class CredentialsError(PopvaultError):
+    """popvault could not get the credentials to log in to one account with.
+
+    Not a refusal by the POP3 server (that is :class:`AuthError`): the
+    credentials never reached it. ``account`` names the account, when known.
+    """
+
+    def __init__(self, message: str, *, account: str | None = None) -> None:
+        self.message = message
+        self.account = account
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        if self.account is not None:
+            return f"account {self.account!r}: {self.message}"
+        return self.message
+
+
+class OAuthError(CredentialsError):
+    """An exchange with an OAuth 2.0 authorization server failed.
+
+    ``error`` is the OAuth error code the server sent (RFC 6749 section 5.2,
+    e.g. ``"invalid_client"``), or None when it sent none. Raised as this
+    class itself for refusals a person must look at that are not about the
+    grant (a wrong client id or secret, a scope the client may not ask for).
+    """
+
+    def __init__(
+        self, message: str, *, error: str | None = None, account: str | None = None
+    ) -> None:
+        self.error = error
+        super().__init__(message, account=account)
+
+
+class ReauthorizationRequired(OAuthError):
+    """The account's OAuth grant is gone: only a new login brings it back.
+
+    The refresh token was refused (``invalid_grant``: revoked, expired, the
+    password changed, consent withdrawn) or there is no token file. Retrying
+    cannot help, so the daemon should wait for a person (a slow backoff). The
+    message says what to do: ``popvault auth login NAME``.
+    """
+
+    def __init__(self, reason: str, *, account: str, error: str | None = "invalid_grant") -> None:
+        self.reason = reason
+        message = f"{reason}; run `popvault auth login {account}` to sign in again"
+        super().__init__(message, error=error, account=account)
+
+
+class OAuthUnavailable(OAuthError):
+    """The authorization server could not be reached or failed (network, timeout, 5xx, 429).
+
+    Transient: the same request may well succeed later (a network backoff).
+    """
+
+
+class AuthorizationFailed(OAuthError):
+    """An interactive login did not complete.
+
+    The user denied access, the device code expired, the redirect carried the
+    wrong ``state``, or the login timed out. ``popvault auth login`` reports
+    it; nothing retries it on its own.
+    """
 
 
 class StoreError(PopvaultError):
