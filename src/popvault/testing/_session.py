@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from popvault.testing import _wire
+from popvault.testing import _sasl, _wire
 
 if TYPE_CHECKING:
     from popvault.testing.fake_server import FakePop3Server
@@ -103,6 +103,7 @@ class Session:
         self._verb_counts: dict[str, int] = {}  # commands received so far, by verb
         # Session octet count at which the reply being sent is cut (FakePop3Server.cut_reply).
         self._reply_cut_at: int | None = None
+        self._auth_lines: list[str] = []  # the client's lines of the AUTH exchange under way
 
     # -- life of the connection --------------------------------------------
 
@@ -346,10 +347,11 @@ class Session:
     def _content(self, number: int, message: Message) -> bytes:
         return self._server._content(message, number, self.number, utf8=self._utf8)
 
-    def _login(self) -> bytes:
+    def _login(self, method: str) -> bytes:
         snapshot = self._server._lock_maildrop(self)
         if snapshot is None:
             raise _Refused(self._server.lock_refusal)
+        self._server._note_login(self.number, method)
         self._snapshot, self._state = snapshot, TRANSACTION
         live = self._live()
         return _ok(f"maildrop locked and ready, {len(live)} messages ({self._octets(live)} octets)")
@@ -368,7 +370,7 @@ class Session:
             raise _Refused("give USER first")
         if user != self._server.username or arg != self._server.password:
             raise _Refused(self._server.login_refusal)
-        return self._login()
+        return self._login("USER")
 
     def _cmd_apop(self, arg: str) -> bytes:
         stamp = self._server.apop_timestamp
@@ -381,7 +383,37 @@ class Session:
         given = digest.strip().lower().encode("latin-1")
         if name != self._server.username or not hmac.compare_digest(given, expected.encode()):
             raise _Refused(self._server.login_refusal)
-        return self._login()
+        return self._login("APOP")
+
+    def _cmd_auth(self, arg: str) -> bytes:
+        """RFC 5034 AUTH: the mechanism and an optional initial response, then challenges."""
+        server = self._server
+        mechanism, _, initial = arg.partition(" ")
+        mechanism = mechanism.upper()
+        if mechanism not in server._sasl_offer(tls=self._tls):
+            raise _Refused("unsupported authentication mechanism")
+        if mechanism == "XOAUTH2" and initial and not server.xoauth2_one_line:
+            raise _Refused("Protocol error")  # Microsoft's answer to the one-line form
+        self._auth_lines = [initial] if initial else []
+        try:
+            _sasl.run(mechanism, server._sasl_exchange(self._auth_challenge), initial or None)
+        except _sasl.Refused as refusal:
+            # The longest line the client sent in the exchange: its credentials.
+            echoed = max(self._auth_lines, key=len, default="")
+            text = str(refusal).replace("{response}", echoed)
+            raise _Refused(text.replace("{decoded}", _decoded(echoed))) from None
+        return self._login(mechanism)
+
+    def _auth_challenge(self, data: bytes) -> bytes:
+        """Send ``+ base64(data)``; the client's response line, decoded."""
+        self._respond("AUTH", _wire.challenge_line(data))
+        line = self._read_line()
+        if line is None:
+            raise _EndSession
+        text = line.rstrip(b"\r\n").decode("latin-1")
+        self._server._record(text)
+        self._auth_lines.append(text)
+        return _sasl.decode_response(text)
 
     def _cmd_utf8(self, arg: str) -> bytes:
         # RFC 6856 section 3.1: UTF8 is valid only in the AUTHORIZATION state
@@ -408,7 +440,9 @@ class Session:
         if not self._server._offers_capa():
             raise _Refused("unknown command")
         offer = self._server.stls_context is not None and not self._tls
-        lines = self._server._capability_lines(offer_stls=offer and self._state == AUTHORIZATION)
+        lines = self._server._capability_lines(
+            offer_stls=offer and self._state == AUTHORIZATION, tls=self._tls
+        )
         return _ok("capability list follows") + _wire.listing(lines)
 
     def _cmd_quit(self, arg: str) -> bytes:
@@ -475,6 +509,14 @@ class Session:
         return _ok(f"maildrop has {len(live)} messages ({self._octets(live)} octets)")
 
 
+def _decoded(line: str) -> str:
+    """What a response line decodes to, for an echoing refusal ("" if it is not base64)."""
+    try:
+        return _sasl.decode_response(line).decode("latin-1")
+    except _sasl.Refused:
+        return ""
+
+
 _Handler = Callable[[Session, str], bytes]
 _AUTH = frozenset({AUTHORIZATION})
 _TRANS = frozenset({TRANSACTION})
@@ -483,6 +525,7 @@ _COMMANDS: dict[str, tuple[_Handler, frozenset[str]]] = {
     "USER": (Session._cmd_user, _AUTH),
     "PASS": (Session._cmd_pass, _AUTH),
     "APOP": (Session._cmd_apop, _AUTH),
+    "AUTH": (Session._cmd_auth, _AUTH),
     "STLS": (Session._cmd_stls, _AUTH),
     # Both states, so that _cmd_utf8 can answer an unknown command on a
     # server without the capability before the state is considered.

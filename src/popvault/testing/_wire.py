@@ -7,6 +7,7 @@ would cancel out.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterable
 
 CRLF = b"\r\n"
@@ -19,6 +20,11 @@ def status_line(ok: bool, text: str = "") -> bytes:
     word = "+OK" if ok else "-ERR"
     line = f"{word} {text}" if text else word
     return line.encode("utf-8") + CRLF
+
+
+def challenge_line(data: bytes) -> bytes:
+    """An AUTH challenge (RFC 5034 section 4): ``+``, a space, base64, CRLF."""
+    return b"+ " + base64.b64encode(data) + CRLF
 
 
 def raw_line(text: str) -> bytes:

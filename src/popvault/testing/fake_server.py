@@ -36,11 +36,17 @@ import hashlib
 import socket
 import ssl
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
+from popvault.testing._sasl import (
+    DEFAULT_OAUTHBEARER_ERROR,
+    DEFAULT_XOAUTH2_ERROR,
+    MECHANISMS,
+    Exchange,
+)
 from popvault.testing._session import VANISHED_REFUSAL, Message, Scripted, Session, Stream
 
 __all__ = [
@@ -136,6 +142,28 @@ def _times(times: int | None) -> int | None:
     return times
 
 
+def _mechanisms(names: Sequence[str]) -> tuple[str, ...]:
+    """SASL mechanism names, upper-cased; one the fake server cannot serve is an error."""
+    upper = tuple(name.upper() for name in names)
+    unknown = sorted(set(upper) - MECHANISMS)
+    if unknown:
+        raise ValueError(
+            f"the fake server cannot serve SASL {unknown}; it has {sorted(MECHANISMS)}"
+        )
+    return upper
+
+
+def _offer_before_stls(names: Sequence[str] | None) -> tuple[str, ...] | None:
+    return None if names is None else _mechanisms(names)
+
+
+def _errors(
+    xoauth2: Mapping[str, Any] | None, oauthbearer: Mapping[str, Any] | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The JSON error challenges of XOAUTH2 and OAUTHBEARER, defaults filled in."""
+    return dict(xoauth2 or DEFAULT_XOAUTH2_ERROR), dict(oauthbearer or DEFAULT_OAUTHBEARER_ERROR)
+
+
 def _wanted(arg: str | None) -> str | None:
     """An ``arg`` filter, its whitespace normalised as commands' arguments are."""
     return None if arg is None else " ".join(arg.split())
@@ -173,10 +201,28 @@ class FakePop3Server:
       answers included) and returns the octets to send. It runs before
       ``bare_lf``, ``delay``, :meth:`hang_on` and :meth:`cut_after` apply.
 
+    SASL (RFC 5034 ``AUTH``), server side: ``sasl`` names the mechanisms
+    offered in CAPA's ``SASL`` line and accepted by ``AUTH`` over TLS (or on
+    a server without STLS), out of ``PLAIN``, ``SCRAM-SHA-256``,
+    ``SCRAM-SHA-1`` (scramp's server), ``XOAUTH2`` and ``OAUTHBEARER``;
+    ``sasl_before_stls`` the ones offered in clear text before STLS (default:
+    the same), so a test can withdraw one after STLS. ``check_token(user,
+    token) -> bool`` judges an OAuth token (default: equal to ``token``; a
+    callable lets a test revoke one); a refused token gets the error JSON
+    challenge (``xoauth2_error``, ``oauthbearer_error``) before the ``-ERR``.
+    ``xoauth2_one_line=False`` answers an ``AUTH XOAUTH2`` that carries the
+    token ``-ERR Protocol error``, as Microsoft's server does. The attribute
+    ``wrong_scram_signature = True`` makes SCRAM accept the proof and send a
+    wrong server signature (a fault: :meth:`clear_faults` resets it).
+    :attr:`logins` records how each session logged in.
+
     ``login_refusal`` is the ``-ERR`` text for a wrong USER/PASS or APOP, and
     ``lock_refusal`` the one for a locked maildrop: a server that does not
     offer RESP-CODES (RFC 2449 section 8) or AUTH-RESP-CODE (RFC 3206) sends
-    them without the bracketed codes.
+    them without the bracketed codes. A refused ``AUTH`` also sends
+    ``login_refusal``, with ``{response}`` replaced by the longest line the
+    client sent in the exchange (its credentials, base64, as received) and
+    ``{decoded}`` by what that decodes to: a server echoing what it was sent.
 
     ``exclusive_lock`` (default) gives one session at a time the maildrop
     (RFC 1939 section 4); with False, any number of sessions may be in the
@@ -232,6 +278,13 @@ class FakePop3Server:
         lock_refusal: str = DEFAULT_LOCK_REFUSAL,
         exclusive_lock: bool = True,
         vanished: Vanished = "err",
+        sasl: Sequence[str] = (),
+        sasl_before_stls: Sequence[str] | None = None,
+        token: str | None = None,
+        check_token: Callable[[str, str], bool] | None = None,
+        xoauth2_one_line: bool = True,
+        xoauth2_error: Mapping[str, Any] | None = None,
+        oauthbearer_error: Mapping[str, Any] | None = None,
     ) -> None:
         if uidls is not None and len(uidls) != len(messages):
             raise ValueError(f"{len(messages)} messages but {len(uidls)} uidls")
@@ -252,6 +305,11 @@ class FakePop3Server:
         self.lock_refusal = lock_refusal
         self.exclusive_lock = exclusive_lock
         self.vanished: Vanished = vanished
+        # SASL (see the class docstring); wrong_scram_signature is a fault.
+        self.sasl, self.sasl_before_stls = _mechanisms(sasl), _offer_before_stls(sasl_before_stls)
+        self.token, self.check_token = token, check_token
+        self.xoauth2_one_line, self.wrong_scram_signature = xoauth2_one_line, False
+        self.xoauth2_error, self.oauthbearer_error = _errors(xoauth2_error, oauthbearer_error)
         self.host = HOST
         self.port = 0
         self._lock = threading.Lock()
@@ -262,6 +320,7 @@ class FakePop3Server:
         self._holder: Session | None = None  # the exclusive lock's holder
         self._transacting: set[Session] = set()  # every session in TRANSACTION
         self._utf8: dict[int, bool] = {}
+        self._logins: list[tuple[int, str]] = []
         self._live: set[Session] = set()
         self._threads: list[threading.Thread] = []
         self._errors: list[BaseException] = []
@@ -276,10 +335,7 @@ class FakePop3Server:
         self._hangs: dict[str, int] = {}
         self._max_in_flight = 0
         self._max_in_flight_by_verb: dict[str, int] = {}
-        self.delay = 0.0
-        self.no_uidl = False
-        self.bare_lf = False
-        self.no_capa = False
+        self.delay, self.no_uidl, self.bare_lf, self.no_capa = 0.0, False, False, False
         for index, raw in enumerate(messages):
             self.add_message(raw, None if uidls is None else uidls[index])
 
@@ -438,6 +494,12 @@ class FakePop3Server:
         """How many sessions are in the TRANSACTION state now (logged in, no QUIT yet)."""
         with self._lock:
             return len(self._transacting)
+
+    @property
+    def logins(self) -> list[tuple[int, str]]:
+        """``(session, method)`` of each login: ``"USER"``, ``"APOP"`` or a SASL mechanism."""
+        with self._lock:
+            return list(self._logins)
 
     @property
     def utf8_sessions(self) -> dict[int, bool]:
@@ -602,6 +664,7 @@ class FakePop3Server:
         self.no_uidl = False
         self.bare_lf = False
         self.no_capa = False
+        self.wrong_scram_signature = False
 
     # -- for the sessions (private to this package) -------------------------
 
@@ -733,7 +796,7 @@ class FakePop3Server:
                     self._messages = [m for m in self._messages if m is not message]
                     self._deleted.append(message.uidl)
 
-    def _capability_lines(self, *, offer_stls: bool) -> list[str]:
+    def _capability_lines(self, *, offer_stls: bool, tls: bool = False) -> list[str]:
         """The CAPA listing (RFC 2449 section 5) for a session in this state."""
         if self.capabilities is not None:
             lines = list(self.capabilities)
@@ -741,7 +804,42 @@ class FakePop3Server:
             lines = [c for c in DEFAULT_CAPABILITIES if not (self.no_uidl and c == "UIDL")]
         if offer_stls and "STLS" not in lines:
             lines.append("STLS")
+        offer = self._sasl_offer(tls=tls)
+        if offer:
+            # RFC 2449 section 6.3: one SASL line naming every mechanism.
+            lines = [line for line in lines if line.split()[:1] != ["SASL"]]
+            lines.append("SASL " + " ".join(offer))
         return lines
+
+    def _sasl_offer(self, *, tls: bool) -> tuple[str, ...]:
+        """The SASL mechanisms on offer to a session (over TLS or not)."""
+        clear_text = self.stls_context is not None and not tls
+        if clear_text and self.sasl_before_stls is not None:
+            return self.sasl_before_stls
+        return self.sasl
+
+    def _sasl_exchange(self, challenge: Callable[[bytes], bytes]) -> Exchange:
+        """The server side's settings for one AUTH exchange of a session."""
+        return Exchange(
+            challenge=challenge,
+            username=self.username,
+            password=self.password,
+            check_token=self._token_is_good,
+            wrong_scram_signature=self.wrong_scram_signature,
+            xoauth2_error=self.xoauth2_error,
+            oauthbearer_error=self.oauthbearer_error,
+            refusal=self.login_refusal,
+        )
+
+    def _token_is_good(self, user: str, token: str) -> bool:
+        if self.check_token is not None:
+            return self.check_token(user, token)
+        return self.token is not None and (user, token) == (self.username, self.token)
+
+    def _note_login(self, session: int, method: str) -> None:
+        """Keep for :attr:`logins` that ``session`` logged in by ``method``."""
+        with self._lock:
+            self._logins.append((session, method))
 
     def _offers_capa(self) -> bool:
         """Whether CAPA is answered at all (RFC 2449) right now."""

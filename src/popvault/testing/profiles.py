@@ -73,6 +73,8 @@ class ServerProfile:
     list_size: Callable[[bytes], int] | None = None
     uidl_for: Callable[[bytes], str] | None = None
     rewrite_reply: Callable[[str, bytes], bytes] | None = None
+    sasl: tuple[str, ...] = ()
+    xoauth2_one_line: bool = True
 
     def options(self) -> dict[str, Any]:
         """The FakePop3Server keyword arguments of this profile."""
@@ -87,6 +89,8 @@ class ServerProfile:
             "list_size": self.list_size,
             "uidl_for": self.uidl_for,
             "rewrite_reply": self.rewrite_reply,
+            "sasl": self.sasl,
+            "xoauth2_one_line": self.xoauth2_one_line,
         }
 
     def server(self, messages: Sequence[bytes] = (), **kwargs: Any) -> FakePop3Server:
@@ -246,11 +250,31 @@ _PROFILES: tuple[ServerProfile, ...] = (
     ),
     ServerProfile(
         name="dovecot-like",
-        description="Dovecot's CAPA (RESP-CODES, AUTH-RESP-CODE, UIDL, TOP, PIPELINING) and "
-        "login refusal; a message without a final newline gets a CRLF added while "
-        "LIST reports its stored length.",
+        description="Dovecot's CAPA (RESP-CODES, AUTH-RESP-CODE, UIDL, TOP, PIPELINING, "
+        "SASL PLAIN SCRAM-SHA-1 SCRAM-SHA-256) and login refusal; a message without a final "
+        "newline gets a CRLF added while LIST reports its stored length.",
         capabilities=("CAPA", "TOP", "UIDL", "RESP-CODES", "PIPELINING", "AUTH-RESP-CODE", "USER"),
         login_refusal="[AUTH] Authentication failed.",
+        sasl=("PLAIN", "SCRAM-SHA-1", "SCRAM-SHA-256"),
+    ),
+    ServerProfile(
+        name="outlook",
+        description="Microsoft's POP3 (outlook.office365.com): CAPA TOP, UIDL, USER and SASL "
+        "PLAIN XOAUTH2, no response codes; XOAUTH2 only in two steps (AUTH XOAUTH2, '+', "
+        "then the token): the token on the AUTH line gets '-ERR Protocol error'.",
+        capabilities=("TOP", "UIDL", "USER"),
+        login_refusal="Authentication failure: unknown user name or bad password.",
+        lock_refusal=_PLAIN_LOCK_REFUSAL,
+        sasl=("PLAIN", "XOAUTH2"),
+        xoauth2_one_line=False,
+    ),
+    ServerProfile(
+        name="gmail-like",
+        description="Google's POP3 style: SASL PLAIN XOAUTH2 OAUTHBEARER, the token on the AUTH "
+        "line when it fits; a refused token gets a JSON error challenge before -ERR.",
+        capabilities=("USER", "RESP-CODES", "EXPIRE 0", "LOGIN-DELAY 300", "TOP", "UIDL"),
+        login_refusal="[AUTH] Username and password not accepted.",
+        sasl=("PLAIN", "XOAUTH2", "OAUTHBEARER"),
     ),
     ServerProfile(
         name="utf8-substituting",
