@@ -44,6 +44,22 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
         "popvault.ledger",
         "popvault.sync",
         "sqlalchemy",
+        # The provider presets are plain data (popvault.oauth.providers); the flows and
+        # the tokens talk to servers and files, which config never does.
+        "popvault.oauth.flows",
+        "popvault.oauth.tokens",
+        "authlib",
+        "httpx",
+    ),
+    "oauth": (
+        "popvault.pop3",
+        "popvault.ledger",
+        "popvault.config",
+        "popvault.sync",
+        "popvault.daemon",
+        "popvault.cli",
+        "popvault.testing",
+        "sqlalchemy",
     ),
     "sync": ("sqlalchemy", "alembic", "socket", "ssl", "apscheduler"),
     "status": ("sqlalchemy", "socket", "popvault.pop3"),
@@ -58,6 +74,9 @@ CORE_EXEMPT = {"client.py", "tls.py"}
 
 # Only these may import SQLAlchemy/Alembic; only the store may fsync.
 SQLALCHEMY_OWNERS = ("ledger",)
+# Only the OAuth package talks HTTP (Authlib over httpx; joserfc is Authlib's JOSE).
+HTTP_OWNERS = ("oauth",)
+HTTP_LIBRARIES = ("authlib", "httpx", "httpcore", "joserfc")
 
 
 def _modules() -> list[Path]:
@@ -105,6 +124,14 @@ def test_only_the_ledger_imports_sqlalchemy(path: Path) -> None:
         name for name in _imports(path) if _matches(name, "sqlalchemy") or _matches(name, "alembic")
     )
     assert not bad, f"{path.relative_to(SRC)} imports {bad}; only popvault.ledger may"
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(SRC)))
+def test_only_the_oauth_package_imports_an_http_client(path: Path) -> None:
+    if _area(path) in HTTP_OWNERS:
+        return
+    bad = sorted(name for name in _imports(path) for lib in HTTP_LIBRARIES if _matches(name, lib))
+    assert not bad, f"{path.relative_to(SRC)} imports {bad}; only popvault.oauth may"
 
 
 def test_the_pop3_core_does_no_io() -> None:

@@ -40,6 +40,9 @@ OTHER_COMMANDS = (
 # A SQLite ledger's run needs no PostgreSQL dialect or driver (the ledger imports
 # each dialect's upsert where it is used).
 POSTGRESQL_ONLY = ("sqlalchemy.dialects.postgresql", "psycopg")
+# A password account's run needs no OAuth flow, token store or HTTP client (the
+# config reads only the provider presets, plain data).
+OAUTH_ONLY = ("popvault.oauth.flows", "popvault.oauth.tokens", "authlib", "httpx")
 # `--help` and `--version` exit inside argument parsing, before any logging or clock.
 NOT_FOR_HELP = ("logging", "datetime", "popvault.redaction", "popvault.errors")
 
@@ -93,7 +96,7 @@ def test_a_run_loads_neither_error_messages_nor_other_commands(
         assert ws.cli("run").code == 0  # creates the ledger: the next run migrates nothing
         code, modules, stderr = _run(tmp_path, "--config", str(ws.config), *command)
     assert code == 0, stderr
-    assert _loaded(modules, ERROR_ONLY + OTHER_COMMANDS + POSTGRESQL_ONLY) == []
+    assert _loaded(modules, ERROR_ONLY + OTHER_COMMANDS + POSTGRESQL_ONLY + OAUTH_ONLY) == []
     # It did run: the config was validated and the session's modules are there.
     assert {"popvault.config._schema", "popvault.sync", "popvault.pop3.client"} <= modules
 

@@ -28,8 +28,11 @@ from popvault.config._model import (
     AuthMethod,
     Config,
     DaemonSettings,
+    OAuthGrant,
+    OAuthSettings,
     Retention,
     Schedule,
+    SecretSource,
     Security,
     format_seconds,
     parse_every,
@@ -38,7 +41,7 @@ from popvault.config._model import (
     redact_url,
     sqlite_path,
 )
-from popvault.config._secrets import read_password
+from popvault.config._secrets import read_client_secret, read_password
 
 __all__ = [
     "Account",
@@ -46,8 +49,11 @@ __all__ = [
     "AuthMethod",
     "Config",
     "DaemonSettings",
+    "OAuthGrant",
+    "OAuthSettings",
     "Retention",
     "Schedule",
+    "SecretSource",
     "Security",
     "crontab_fields",
     "default_archive_root",
@@ -58,6 +64,7 @@ __all__ = [
     "parse_every",
     "parse_retention",
     "parse_timeout",
+    "read_client_secret",
     "read_password",
     "redact_url",
     "sqlite_path",

@@ -22,6 +22,7 @@ from popvault.config._model import (
     DEFAULT_RATE_WINDOW,
     DEFAULT_SESSION_TIMEOUT,
     DEFAULT_TIMEOUT,
+    OAUTH_SELECTING_KEYS,
     PASSWORD_KEYS,
     Account,
     Config,
@@ -29,6 +30,13 @@ from popvault.config._model import (
     Retention,
     Schedule,
     Security,
+)
+from popvault.config._oauth import (
+    check_password_auth,
+    oauth_auth,
+    provider_defaults,
+    resolve_oauth,
+    wants_oauth,
 )
 from popvault.config._schema import (
     CONTEXT,
@@ -145,8 +153,9 @@ def _read_settings(context: LoadContext, overrides: Mapping[str, Any]) -> Settin
 def _build(settings: Settings, file: Path, environ: Mapping[str, str]) -> Config:
     folder = file.parent
     _check_one_schedule(settings.defaults.model_fields_set, str(file), "[defaults]")
+    state_home = _xdg(environ, "XDG_STATE_HOME", ".local/state")
     accounts = tuple(
-        _resolve_account(_merge(settings.defaults, entry), folder, str(file))
+        _resolve_account(_merge(settings.defaults, entry), folder, str(file), state_home)
         for entry in settings.accounts
     )
     _check_unique(accounts, str(file))
@@ -211,18 +220,31 @@ def _merge(defaults: AccountKeys, entry: AccountEntry) -> dict[str, Any]:
     """The entry's keys over the defaults'.
 
     A password key in the entry replaces all four of [defaults], and ``every`` or
-    ``cron`` in the entry replaces both of [defaults].
+    ``cron`` in the entry replaces both of [defaults]. How to sign in is one
+    choice too: an entry with a password inherits no OAuth provider or client
+    id, and an entry with ``provider``, ``oauth_client_id`` or
+    ``oauth_token_endpoint`` inherits no password.
     """
     inherited = {key: getattr(defaults, key) for key in defaults.model_fields_set}
-    for group in (PASSWORD_KEYS, _SCHEDULE_KEYS):
-        if entry.model_fields_set.intersection(group):
+    given = entry.model_fields_set
+    for group in (PASSWORD_KEYS, _SCHEDULE_KEYS, OAUTH_SELECTING_KEYS):
+        if given.intersection(group):
             for key in group:
                 inherited.pop(key, None)
-    return inherited | {key: getattr(entry, key) for key in entry.model_fields_set}
+    if given.intersection(PASSWORD_KEYS):
+        for key in OAUTH_SELECTING_KEYS:
+            inherited.pop(key, None)
+    if given.intersection(OAUTH_SELECTING_KEYS):
+        for key in PASSWORD_KEYS:
+            inherited.pop(key, None)
+    return inherited | {key: getattr(entry, key) for key in given}
 
 
-def _resolve_account(raw: Mapping[str, Any], folder: Path, file: str) -> Account:
-    name: str = raw["name"]
+def _resolve_account(
+    given: Mapping[str, Any], folder: Path, file: str, state_home: Path
+) -> Account:
+    name: str = given["name"]
+    raw = provider_defaults(given)
     for key in ("host", "username"):
         if key not in raw:
             message = "required key is missing (set it in the account or in [defaults])"
@@ -237,6 +259,8 @@ def _resolve_account(raw: Mapping[str, Any], folder: Path, file: str) -> Account
         exposed = (
             "an MD5 digest of the password that an eavesdropper can use to guess it offline"
             if raw.get("auth") == "apop"
+            else "the OAuth 2.0 access token unencrypted"
+            if wants_oauth(raw)
             else "the password unencrypted"
         )
         message = (
@@ -244,13 +268,30 @@ def _resolve_account(raw: Mapping[str, Any], folder: Path, file: str) -> Account
             " or set allow_plaintext = true to accept that"
         )
         raise ConfigError(message, file=file, account=name, key="security")
+    if wants_oauth(raw):
+        oauth = resolve_oauth(
+            raw,
+            file=file,
+            name=name,
+            absolute=lambda value: _absolute(value, folder),
+            state_home=state_home,
+        )
+        auth = oauth_auth(raw, oauth.provider, file, name)
+        sign_in: dict[str, Any] = {
+            "oauth": oauth,
+            "password_source": f"OAuth 2.0 ({oauth.provider.name}, token file {oauth.token_file})",
+        }
+    else:
+        check_password_auth(raw, file, name)
+        auth = raw.get("auth", "auto")
+        sign_in = _password_fields(raw, folder, file, name)
     return Account(
         name=name,
         host=raw["host"],
         port=raw.get("port", DEFAULT_PORTS[security]),
         security=security,
         username=raw["username"],
-        auth=raw.get("auth", "auto"),
+        auth=auth,
         ca_file=_ca_file(raw.get("ca_file"), folder, file, name),
         allow_plaintext=allow_plaintext,
         timeout=raw.get("timeout", DEFAULT_TIMEOUT),
@@ -266,7 +307,7 @@ def _resolve_account(raw: Mapping[str, Any], folder: Path, file: str) -> Account
         rate_window=raw.get("rate_window", DEFAULT_RATE_WINDOW),
         pipeline_depth=raw.get("pipeline_depth", DEFAULT_PIPELINE_DEPTH),
         pipeline_octets=raw.get("pipeline_octets", DEFAULT_PIPELINE_OCTETS),
-        **_password_fields(raw, folder, file, name),
+        **sign_in,
     )
 
 

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import SecretStr
 
 from popvault.errors import ConfigError
+from popvault.oauth.providers import OAuthProvider
 
 # The schema's placeholders only: load() gives a config that does not set
 # [ledger] url or [archive] root the XDG state and data folders instead
@@ -24,6 +25,15 @@ DEFAULT_TIMEOUT: Final = 60.0
 # RFC 8314 section 3.3 (pop3s, implicit TLS) and RFC 1939 section 3 (POP3, also used for STLS).
 DEFAULT_PORTS: Final[Mapping[str, int]] = {"tls": 995, "starttls": 110, "plain": 110}
 PASSWORD_KEYS: Final = ("password", "password_env", "password_file", "password_command")
+# An account signs in with OAuth 2.0 (issue 10) when it sets one of these (or
+# inherits them from [defaults] without a password of its own).
+OAUTH_SELECTING_KEYS: Final = ("provider", "oauth_client_id", "oauth_token_endpoint")
+OAUTH_SECRET_KEYS: Final = (
+    "oauth_client_secret",
+    "oauth_client_secret_env",
+    "oauth_client_secret_file",
+    "oauth_client_secret_command",
+)
 # socket.settimeout() overflows on absurd values, and a timeout over a day is a typo.
 _MAX_TIMEOUT: Final = 86_400.0
 _UNIT_SECONDS: Final[Mapping[str, int]] = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -68,6 +78,10 @@ AuthMethod = Literal[
     "auto", "user", "apop", "plain", "scram-sha-256", "scram-sha-1", "xoauth2", "oauthbearer"
 ]
 ArchiveFormat = Literal["maildir", "eml"]
+# How `popvault auth login` gets the first tokens: RFC 8628's device code (a URL
+# and a code, for a headless machine), a browser with a loopback redirect
+# (RFC 8252, PKCE), or app-only client credentials (no user, no refresh token).
+OAuthGrant = Literal["device", "browser", "client-credentials"]
 
 
 # --- the public, resolved types -------------------------------------------------------------
@@ -123,6 +137,37 @@ class DaemonSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SecretSource:
+    """Where one secret is read from when it is needed: ``key`` names the config key.
+
+    ``kind`` is ``inline`` (``value`` is the secret), ``env`` (a variable's
+    name), ``file`` (a path) or ``command`` (a shell command's first line).
+    """
+
+    key: str
+    kind: Literal["inline", "env", "file", "command"]
+    value: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OAuthSettings:
+    """An account's OAuth 2.0 sign-in: the provider (a preset with overrides), the client.
+
+    ``client_secret`` is a :class:`SecretSource` or None (a public client, or a
+    certificate); ``token_file`` where the account's tokens live.
+    """
+
+    provider: OAuthProvider
+    client_id: str
+    grant: OAuthGrant
+    token_file: Path
+    client_secret: SecretSource | None = None
+    certificate_file: Path | None = None
+    private_key_file: Path | None = None
+    xoauth2_two_step: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Account:
     """One POP3 account, with ``[defaults]`` merged in and every path absolute.
 
@@ -143,6 +188,8 @@ class Account:
     path: str
     retention: Retention
     password_source: str
+    # Set for an account that signs in with OAuth 2.0 (then there is no password).
+    oauth: OAuthSettings | None = None
     password: SecretStr | None = field(default=None, repr=False)
     password_env: str | None = None
     password_file: Path | None = None

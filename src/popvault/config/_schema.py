@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from popvault.config._model import (
     MAX_PIPELINE_DEPTH,
     ArchiveFormat,
     AuthMethod,
+    OAuthGrant,
     Retention,
     Security,
     parse_every,
@@ -38,6 +40,7 @@ from popvault.config._model import (
     parse_window_size,
 )
 from popvault.errors import ConfigError
+from popvault.oauth.providers import PresetName
 
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _ENV_NAME_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -147,6 +150,19 @@ Timeout = Annotated[float, PlainValidator(parse_timeout)]
 Interval = Annotated[float, PlainValidator(parse_every)]
 Cron = Annotated[str, AfterValidator(_cron)]
 RetentionValue = Annotated[Retention, PlainValidator(parse_retention)]
+
+
+def _endpoint(value: str) -> str:
+    """An OAuth endpoint: https, or http only to this machine (a local test server)."""
+    parts = urllib.parse.urlsplit(value)
+    local = parts.hostname in ("127.0.0.1", "::1", "localhost")
+    if parts.scheme != "https" and not (parts.scheme == "http" and local):
+        raise ValueError("must be an https:// URL (http:// only to 127.0.0.1 or localhost)")
+    if not parts.hostname:
+        raise ValueError("must be a URL with a host name")
+    return value
+
+
 Port = Annotated[int, PlainValidator(_port)]
 OneLine = Annotated[str, AfterValidator(_one_line)]
 
@@ -201,6 +217,25 @@ class AccountKeys(_Section):
     retention: RetentionValue | None = None
     every: Interval | None = None
     cron: Cron | None = None
+    # OAuth 2.0 sign-in (issue 10): a provider preset and the user's own client id,
+    # every preset value overridable (see README "Sign-in with OAuth 2.0").
+    provider: PresetName | None = None
+    oauth_client_id: OneLine | None = None
+    oauth_client_secret: Annotated[SecretStr, Field(min_length=1)] | None = None
+    oauth_client_secret_env: Annotated[str, AfterValidator(_env_name)] | None = None
+    oauth_client_secret_file: OneLine | None = None
+    oauth_client_secret_command: OneLine | None = None
+    oauth_certificate_file: OneLine | None = None
+    oauth_private_key_file: OneLine | None = None
+    oauth_tenant: OneLine | None = None
+    oauth_grant: OAuthGrant | None = None
+    oauth_scopes: tuple[OneLine, ...] | None = None
+    oauth_authorization_endpoint: Annotated[str, AfterValidator(_endpoint)] | None = None
+    oauth_token_endpoint: Annotated[str, AfterValidator(_endpoint)] | None = None
+    oauth_device_endpoint: Annotated[str, AfterValidator(_endpoint)] | None = None
+    oauth_revocation_endpoint: Annotated[str, AfterValidator(_endpoint)] | None = None
+    oauth_token_file: OneLine | None = None
+    xoauth2_two_step: bool | None = None
 
 
 class AccountEntry(AccountKeys):

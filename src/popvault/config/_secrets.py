@@ -80,34 +80,47 @@ def read_password(
     return secret
 
 
-def _from_env(account: Account, environ: Mapping[str, str], file: str) -> str:
-    variable = account.password_env or ""
+def _from_env(
+    account: Account,
+    environ: Mapping[str, str],
+    file: str,
+    *,
+    variable: str | None = None,
+    key: str = "password_env",
+) -> str:
+    variable = variable or account.password_env or ""
     value = environ.get(variable, "")
     if not value:
         message = f"environment variable {variable} is not set or is empty"
-        raise ConfigError(message, file=file, account=account.name, key="password_env")
+        raise ConfigError(message, file=file, account=account.name, key=key)
     return value
 
 
-def _from_file(account: Account, path: Path, file: str) -> str:
+def _from_file(
+    account: Account, path: Path, file: str, *, key: str = "password_file", what: str = "password"
+) -> str:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        message = f"cannot read password file {path}: {reason}"
-        raise ConfigError(message, file=file, account=account.name, key="password_file") from None
-    warn_if_readable_by_others(path, f"holds the password of account {account.name!r}")
-    # Exactly one trailing newline is the file's line end; anything else is the password.
+        message = f"cannot read {what} file {path}: {reason}"
+        raise ConfigError(message, file=file, account=account.name, key=key) from None
+    warn_if_readable_by_others(path, f"holds the {what} of account {account.name!r}")
+    # Exactly one trailing newline is the file's line end; anything else is the secret.
     return text.removesuffix("\n").removesuffix("\r")
 
 
 def _from_command(
-    account: Account, command: str, config_file: Path, environ: Mapping[str, str]
+    account: Account,
+    command: str,
+    config_file: Path,
+    environ: Mapping[str, str],
+    *,
+    key: str = "password_command",
+    what: str = "password",
 ) -> str:
     def fail(message: str) -> ConfigError:
-        return ConfigError(
-            message, file=str(config_file), account=account.name, key="password_command"
-        )
+        return ConfigError(message, file=str(config_file), account=account.name, key=key)
 
     folder = config_file.parent
     try:
@@ -121,16 +134,14 @@ def _from_command(
             start_new_session=True,  # its own process group, so a timeout kills its children too
         )
     except OSError as exc:
-        raise fail(f"cannot run password_command: {exc.strerror}") from None
+        raise fail(f"cannot run {key}: {exc.strerror}") from None
     try:
         stdout, stderr = process.communicate(timeout=PASSWORD_COMMAND_TIMEOUT)
     except subprocess.TimeoutExpired:
         with suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.communicate()
-        raise fail(
-            f"password_command did not finish within {PASSWORD_COMMAND_TIMEOUT:g} s"
-        ) from None
+        raise fail(f"{key} did not finish within {PASSWORD_COMMAND_TIMEOUT:g} s") from None
     if process.returncode != 0:
         # Neither stream is shown: stdout may hold the password even when the
         # command fails, and stderr may too (a `set -x` in a script echoes every
@@ -139,11 +150,39 @@ def _from_command(
         # POSIX sh: 127 is "command not found", 126 "found but not executable".
         meaning = _SHELL_STATUS.get(process.returncode, "")
         raise fail(
-            f"password_command exited with status {process.returncode}{meaning} (its output "
-            "is not shown, since it may contain the password: run the command yourself to see "
-            "why)"
+            f"{key} exited with status {process.returncode}{meaning} (its output is not "
+            f"shown, since it may contain the {what}: run the command yourself to see why)"
         )
     try:
         return stdout.split(b"\n", 1)[0].removesuffix(b"\r").decode("utf-8")
     except UnicodeDecodeError:
-        raise fail("password_command printed something that is not UTF-8") from None
+        raise fail(f"{key} printed something that is not UTF-8") from None
+
+
+def read_client_secret(
+    config: Config, account: Account, *, environ: Mapping[str, str] | None = None
+) -> str | None:
+    """The OAuth 2.0 client secret of ``account``, read now; None if it has none.
+
+    From the one ``oauth_client_secret*`` key the account sets, as
+    :func:`read_password` reads a password (and registered for redaction).
+    """
+    source = None if account.oauth is None else account.oauth.client_secret
+    if source is None:
+        return None
+    file = str(config.file)
+    env = os.environ if environ is None else environ
+    what = "OAuth client secret"
+    if source.kind == "inline":
+        secret = source.value
+    elif source.kind == "env":
+        secret = _from_env(account, env, file, variable=source.value, key=source.key)
+    elif source.kind == "file":
+        secret = _from_file(account, Path(source.value), file, key=source.key, what=what)
+    else:
+        secret = _from_command(account, source.value, config.file, env, key=source.key, what=what)
+    register(secret)
+    if not secret or any(char in secret for char in "\r\n\0"):
+        message = "the client secret is empty or contains a line break or NUL"
+        raise ConfigError(message, file=file, account=account.name, key=source.key)
+    return secret

@@ -17,25 +17,70 @@ httpx: they are imported by the functions that talk to a server. Only this
 package imports them.
 """
 
-from popvault.oauth.flows import (
-    ClientCertificate,
-    DeviceLogin,
-    LoginResult,
-    LoopbackLogin,
-    OAuthClient,
-    pkce_challenge,
-    scope_warnings,
-)
-from popvault.oauth.providers import PRESETS, OAuthProvider, custom, preset
-from popvault.oauth.tokens import (
-    LogoutResult,
-    TokenFile,
-    TokenSet,
-    TokenSource,
-    TokenStatus,
-    default_token_path,
-    refresh_margin,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from popvault.oauth.flows import (
+        ClientCertificate,
+        DeviceLogin,
+        LoginResult,
+        LoopbackLogin,
+        OAuthClient,
+        pkce_challenge,
+        scope_warnings,
+    )
+    from popvault.oauth.providers import PRESETS, OAuthProvider, custom, preset
+    from popvault.oauth.tokens import (
+        LogoutResult,
+        TokenFile,
+        TokenSet,
+        TokenSource,
+        TokenStatus,
+        default_token_path,
+        refresh_margin,
+    )
+
+# Each name from the module that defines it, loaded on first use (PEP 562): the
+# config layer reads the presets on every run and must not load the flows and the
+# token store with them.
+_HOMES = {
+    **dict.fromkeys(
+        (
+            "ClientCertificate",
+            "DeviceLogin",
+            "LoginResult",
+            "LoopbackLogin",
+            "OAuthClient",
+            "pkce_challenge",
+            "scope_warnings",
+        ),
+        "flows",
+    ),
+    **dict.fromkeys(("PRESETS", "OAuthProvider", "custom", "preset"), "providers"),
+    **dict.fromkeys(
+        (
+            "LogoutResult",
+            "TokenFile",
+            "TokenSet",
+            "TokenSource",
+            "TokenStatus",
+            "default_token_path",
+            "refresh_margin",
+        ),
+        "tokens",
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'popvault.oauth' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"popvault.oauth.{home}"), name)
+
 
 __all__ = [
     "PRESETS",
