@@ -217,6 +217,8 @@ ssl_key = <{key}
 # ECDHE and does not ask for DH parameters (which are slow to generate).
 ssl_min_protocol = TLSv1.2
 disable_plaintext_auth = no
+# No delay after a failed login (default 2 s): tests fail logins on purpose.
+auth_failure_delay = 0
 auth_mechanisms = {mechanisms}
 first_valid_uid = {uid}
 first_valid_gid = {gid}
