@@ -11,6 +11,7 @@ import base64
 import itertools
 import json
 from collections.abc import Iterable
+from typing import get_args
 
 import pytest
 import scramp
@@ -18,6 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pop3_helpers import greeted, three_ways
 
+from popvault.config._model import AuthMethod as ConfigAuthMethod
 from popvault.errors import LocalProtocolError, RemoteProtocolError, SecurityPolicyError
 from popvault.pop3 import (
     NEED_DATA,
@@ -34,6 +36,7 @@ from popvault.pop3.commands import MAX_COMMAND_LINE, fits_command_line
 from popvault.pop3.sasl import (
     OAUTH_ORDER,
     PASSWORD_ORDER,
+    AuthMethod,
     OAuthBearer,
     Plain,
     SaslExchange,
@@ -441,3 +444,7 @@ def test_missing_credentials_for_a_named_method() -> None:
     with pytest.raises(LocalProtocolError, match="password"):
         choose_mechanism("plain", {"SASL": ["PLAIN"]}, has_password=False, has_token=True)
     assert choose_mechanism("apop", {}, has_password=True, has_token=False) == "apop"
+
+
+def test_the_configs_auth_values_are_the_clients() -> None:
+    assert get_args(ConfigAuthMethod) == get_args(AuthMethod)
