@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from popvault import redaction
+from popvault.pop3.client import Pop3Client
 from popvault.redaction import MASK, SecretRegistry, neutralise, redact, register
 from popvault.testing import FakePop3Server, sample_messages
 from workspace import Workspace, fake_account
@@ -167,3 +169,45 @@ def test_a_login_accepted_with_the_password_echoed_in_its_ok_leaks_nothing(
     assert "PASSWORD-WAS ***" in caplog.text, "the debug log shows the reply, masked"
     for text in _channels(ws, caplog, run.output):
         assert PASSWORD not in text
+
+
+def test_the_registry_is_bounded_and_keeps_what_is_registered_again() -> None:
+    registry = SecretRegistry()
+    registry.add("the-password-of-a-daemon")
+    for number in range(redaction.MAX_SECRETS * 2):
+        registry.add(f"access-token-number-{number:06d}")
+        if number % 100 == 0:
+            registry.add("the-password-of-a-daemon")  # a run reads it again
+    assert len(registry) == redaction.MAX_SECRETS
+    assert registry.scrub("pw the-password-of-a-daemon") == f"pw {MASK}"
+    newest = f"access-token-number-{redaction.MAX_SECRETS * 2 - 1:06d}"
+    assert registry.scrub(newest) == MASK
+    assert registry.scrub("access-token-number-000000") == "access-token-number-000000"
+
+
+def test_temporary_secrets_are_masked_in_their_block_only_and_add_nothing() -> None:
+    registry = SecretRegistry()
+    registry.add("long-lived-secret")
+    with registry.temporarily() as passing:
+        passing("c=biws,r=nonce-1,p=proof-of-this-login")
+        with registry.temporarily() as other:  # another account's login, in another thread
+            other("c=biws,r=nonce-1,p=proof-of-this-login")
+        echoed = "-ERR bad proof c=biws,r=nonce-1,p=proof-of-this-login long-lived-secret"
+        assert registry.scrub(echoed) == f"-ERR bad proof {MASK} {MASK}"
+        assert "c=biws,r=nonce-1,p=proof-of-this-login" in registry
+    assert len(registry) == 1
+    assert "c=biws,r=nonce-1,p=proof-of-this-login" not in registry
+    assert registry.scrub("p=proof-of-this-login").endswith("proof-of-this-login")
+
+
+def test_many_scram_logins_do_not_grow_the_registry() -> None:
+    before = len(redaction.SECRETS)
+    with FakePop3Server(
+        sample_messages(1), username="alice", password="scram-Pa55word", sasl=("SCRAM-SHA-256",)
+    ) as srv:
+        for _ in range(20):
+            client = Pop3Client(srv.host, srv.port, security="plain", timeout=5, account="a")
+            client.connect()
+            client.login("alice", "scram-Pa55word", method="scram-sha-256", allow_plaintext=True)
+            client.quit()
+    assert len(redaction.SECRETS) <= before + 1  # the password, once

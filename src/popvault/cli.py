@@ -15,7 +15,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from popvault import __version__
 from popvault.humanize import human_size
@@ -147,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     init.set_defaults(func=cmd_init)
 
+    _add_auth_commands(commands, common)
+
     db = commands.add_parser("db", parents=[common], help="ledger database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
     upgrade = db_commands.add_parser(
@@ -158,6 +160,59 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(func=cmd_db_check)
     return parser
+
+
+def _add_auth_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    """``popvault auth login | status | logout`` (issue 10)."""
+    auth = commands.add_parser(
+        "auth", parents=[common], help="OAuth 2.0 sign-in of accounts (Gmail, Outlook, M365)"
+    )
+    auth_commands = auth.add_subparsers(dest="auth_command", required=True, metavar="AUTH_COMMAND")
+    auth_login = auth_commands.add_parser(
+        "login",
+        parents=[common],
+        help="sign an account in and keep its tokens (a device code, or a browser)",
+    )
+    auth_login.add_argument("name", metavar="ACCOUNT")
+    how = auth_login.add_mutually_exclusive_group()
+    how.add_argument(
+        "--device",
+        dest="grant",
+        action="store_const",
+        const="device",
+        help="show a URL and a code to enter on any device (a headless machine)",
+    )
+    how.add_argument(
+        "--browser",
+        dest="grant",
+        action="store_const",
+        const="browser",
+        help="sign in with a browser on this machine (a redirect to 127.0.0.1)",
+    )
+    auth_login.add_argument(
+        "--no-open",
+        action="store_true",
+        help="with --browser: only print the address, do not start a browser",
+    )
+    auth_login.set_defaults(func=cmd_auth_login, grant=None)
+    auth_status = auth_commands.add_parser(
+        "status", parents=[common], help="show each OAuth account's tokens (never a secret)"
+    )
+    _add_account_option(auth_status)
+    auth_status.add_argument("--json", action="store_true", help="print JSON for scripts")
+    auth_status.set_defaults(func=cmd_auth_status)
+    auth_logout = auth_commands.add_parser(
+        "logout",
+        parents=[common],
+        help="revoke an account's grant (where the provider can) and delete its tokens",
+    )
+    auth_logout.add_argument("name", metavar="ACCOUNT")
+    auth_logout.add_argument(
+        "--keep-grant",
+        action="store_true",
+        help="only delete the local tokens; do not ask the provider to revoke them",
+    )
+    auth_logout.set_defaults(func=cmd_auth_logout)
 
 
 def _add_account_option(parser: argparse.ArgumentParser) -> None:
@@ -492,6 +547,38 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     gc.freeze()  # as in cmd_run: the start-up objects live as long as the daemon
     return run_daemon(cfg)
+
+
+def cmd_auth_login(args: argparse.Namespace) -> int:
+    """``popvault auth login ACCOUNT``: sign in with OAuth 2.0, keep the tokens."""
+    from popvault import authcli
+
+    cfg = _load_config(args)
+    account = authcli.oauth_account(cfg, args.name)
+    authcli.login(cfg, account, grant=args.grant, open_browser=not args.no_open)
+    return EXIT_OK
+
+
+def cmd_auth_status(args: argparse.Namespace) -> int:
+    """``popvault auth status``: every OAuth account's tokens; 1 if one needs a login."""
+    from popvault import authcli
+
+    cfg = _load_config(args)
+    names = args.account or [a.name for a in cfg.accounts if a.oauth is not None]
+    accounts = [authcli.oauth_account(cfg, name) for name in names]
+    if not accounts:
+        print("popvault: no account signs in with OAuth 2.0", file=sys.stderr)
+        return EXIT_OK
+    return authcli.status(cfg, accounts, as_json=args.json, out=sys.stdout)
+
+
+def cmd_auth_logout(args: argparse.Namespace) -> int:
+    """``popvault auth logout ACCOUNT``: revoke and forget the account's tokens."""
+    from popvault import authcli
+
+    cfg = _load_config(args)
+    account = authcli.oauth_account(cfg, args.name)
+    return authcli.logout(cfg, account, revoke=not args.keep_grant, out=sys.stdout)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

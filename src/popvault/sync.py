@@ -42,8 +42,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from popvault.archive_check import refuse_unknown_archive
-from popvault.config import Account, Config, read_password
-from popvault.errors import PopvaultError
+from popvault.config import Account, Config
+from popvault.errors import AuthError, PopvaultError
 from popvault.fetch import (
     OVERRUN_FLOOR,
     Fetcher,
@@ -60,6 +60,7 @@ from popvault.pop3.client import Pop3Client
 from popvault.pop3.pace import Limits
 from popvault.redaction import install_log_redaction, redact
 from popvault.retention import is_due
+from popvault.signin import Credentials, credentials
 from popvault.store import Store, open_store
 
 __all__ = [
@@ -344,6 +345,25 @@ class _AccountRun:
             self.result.octets = self.tally.octets
             self.result.interrupted = self.tally.interrupted
 
+    def _login(self, client: Pop3Client, signin: Credentials) -> None:
+        """Log in with the account's password or OAuth token (see :mod:`popvault.signin`)."""
+        try:
+            client.login(
+                self.account.username,
+                signin.password,
+                method=self.account.auth,
+                allow_plaintext=self.account.allow_plaintext,
+                token=signin.token,
+                xoauth2_form="two-step" if signin.two_step else "one-line",
+            )
+        except AuthError:
+            # The server refused the token: whatever its expiry says, the next
+            # run renews it instead of offering the same one again.
+            invalidate = getattr(signin.token, "invalidate", None)
+            if invalidate is not None:
+                invalidate()
+            raise
+
     def _run(self) -> None:
         name, options, result = self.account.name, self.options, self.result
         store = self._open_store()
@@ -354,16 +374,11 @@ class _AccountRun:
             # A ledger that knows none of the folder's files fails the run before
             # any fetch (a lost ledger would archive everything again).
             refuse_unknown_archive(self.config, self.account, self.ledger, store)
-        password = read_password(self.config, self.account)
+        signin = credentials(self.config, self.account)
         with self._client() as client:
             client.connect()
-            client.login(
-                self.account.username,
-                password,
-                method=self.account.auth,
-                allow_plaintext=self.account.allow_plaintext,
-            )
-            del password
+            self._login(client, signin)
+            del signin
             result.capabilities = client.capabilities
             self.session, result.planned = plan_session(
                 client,

@@ -58,7 +58,7 @@ def test_every_metric_is_documented():
 
 def test_the_example_config_documents_the_daemon():
     config = load(ROOT / "config.example.toml", environ={})
-    personal, work = config.accounts
+    personal, work, _office = config.accounts
     assert personal.schedule.every == 900
     assert work.schedule.cron == "0 * * * *"
     assert config.daemon.metrics is None

@@ -154,10 +154,16 @@ def test_a_revoked_grant_says_to_log_in_again(
     status = source.status()
     assert status.refresh_failures == 1
     assert status.last_failure == message
-    # It does not hammer: the error is raised again, one request each time.
-    with pytest.raises(ReauthorizationRequired):
+    # It does not hammer: the dead refresh token is dropped from the file, so the
+    # next try (in this process or any other) asks for a login without a request.
+    assert not status.has_refresh_token
+    assert status.needs_login(time.time())
+    with pytest.raises(ReauthorizationRequired, match="popvault auth login work"):
         source.access_token()
-    assert oauth_server.counts["refresh_token"] == 2
+    again = TokenSource(ACCOUNT, client_for(oauth_server), path=tmp_path / "work.json")
+    with pytest.raises(ReauthorizationRequired, match="popvault auth login work"):
+        again.access_token()
+    assert oauth_server.counts["refresh_token"] == 1
 
 
 def test_no_token_file_says_to_log_in(oauth_server: FakeOAuthServer, tmp_path: Path) -> None:

@@ -325,6 +325,8 @@ def _password_fields(raw: Mapping[str, Any], folder: Path, file: str, name: str)
     if len(given) != 1:
         found = f"found {', '.join(given)}" if given else "found none"
         message = f"set exactly one of {', '.join(PASSWORD_KEYS)} ({found})"
+        if not given:
+            message += ", or sign in with OAuth 2.0 instead: set provider or oauth_client_id"
         raise ConfigError(message, file=file, account=name, key=given[-1] if given else None)
     key = given[0]
     value = raw[key]

@@ -15,9 +15,11 @@ from typing import Final
 from popvault.errors import (
     AuthError,
     ConfigError,
+    CredentialsError,
     InUseError,
     LedgerError,
     LoginDelayError,
+    OAuthUnavailable,
     Pop3Error,
     SecurityPolicyError,
     StoreError,
@@ -55,8 +57,13 @@ CREDENTIALS: Final = Policy("the server refused the credentials", 30 * MINUTE, 2
 UNSURE_LOGIN: Final = Policy(
     "the server refused the login without saying why", 30 * MINUTE, 24 * HOUR
 )
+# An OAuth refresh refused (the grant revoked or expired: `popvault auth login`),
+# or a client the provider does not accept: as slow, since only a person can fix it.
+OAUTH_SIGN_IN: Final = Policy(
+    "the OAuth sign-in needs `popvault auth login` or a fixed client", 30 * MINUTE, 24 * HOUR
+)
 #: The policies that wait for a person to check the login.
-LOGIN_POLICIES: Final = (CREDENTIALS, UNSURE_LOGIN)
+LOGIN_POLICIES: Final = (CREDENTIALS, UNSURE_LOGIN, OAUTH_SIGN_IN)
 # [IN-USE], [SYS/TEMP], [LOGIN-DELAY]: the server asks to come back later.
 BUSY: Final = Policy("the mailbox is busy or the server is unavailable", MINUTE, 30 * MINUTE)
 # Our own account lock, held by a `popvault run` started by hand: no server was
@@ -69,18 +76,26 @@ NETWORK: Final = Policy("network or protocol failure", MINUTE, HOUR)
 LOCAL: Final = Policy("local failure (archive, ledger or configuration)", 5 * MINUTE, HOUR)
 
 
+# The policy of each kind of failure, most specific first (AuthError: see policy_for).
+_Kinds = type[BaseException] | tuple[type[BaseException], ...]
+_POLICIES: Final[tuple[tuple[_Kinds, Policy], ...]] = (
+    (AccountBusy, LOCKED),
+    ((InUseError, TemporaryError, LoginDelayError), BUSY),
+    # The authorization server down or busy: retried as a network failure.
+    (OAuthUnavailable, NETWORK),
+    (CredentialsError, OAUTH_SIGN_IN),
+    ((StoreError, LedgerError, ConfigError, SecurityPolicyError), LOCAL),
+    (Pop3Error, NETWORK),  # transport, protocol, any other -ERR
+)
+
+
 def policy_for(error: BaseException) -> Policy:
     """The backoff policy for the exception that failed a run (most specific first)."""
     if isinstance(error, AuthError):
         return CREDENTIALS if error.certain else UNSURE_LOGIN
-    if isinstance(error, AccountBusy):
-        return LOCKED
-    if isinstance(error, InUseError | TemporaryError | LoginDelayError):
-        return BUSY
-    if isinstance(error, StoreError | LedgerError | ConfigError | SecurityPolicyError):
-        return LOCAL
-    if isinstance(error, Pop3Error):  # transport, protocol, any other -ERR
-        return NETWORK
+    for kinds, policy in _POLICIES:
+        if isinstance(error, kinds):
+            return policy
     return LOCAL  # a bug of ours: slowly, never a tight loop
 
 

@@ -55,6 +55,7 @@ from the secret sources), since database backups travel further than a
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import json
@@ -421,12 +422,26 @@ class TokenStatus:
     refresh_failures: int = 0
     last_failure: str | None = None
 
+    def needs_login(self, now: float) -> bool:
+        """Whether only ``popvault auth login`` can give this account a token again.
+
+        No tokens, or an expired access token that nothing can renew: no
+        refresh token (never issued, or dropped when the grant was revoked),
+        and not app-only access (which renews by client credentials).
+        """
+        if not self.logged_in:
+            return True
+        renewable = self.has_refresh_token or self.grant == "client_credentials"
+        expired = self.expires_at is not None and self.expires_at <= now
+        return expired and not renewable
+
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (``popvault auth status --json``)."""
         return {
             "account": self.account,
             "path": str(self.path),
             "logged_in": self.logged_in,
+            "needs_login": self.needs_login(time.time()),
             "grant": self.grant,
             "expires_at": self.expires_at,
             "scopes": list(self.scopes),
@@ -560,6 +575,15 @@ class TokenSource:
                 return fresh
             try:
                 renewed = self._renewer.renew(tokens)
+            except ReauthorizationRequired as exc:
+                self.refresh_failures += 1
+                self.last_failure = str(exc)
+                if tokens.refresh_token is not None:
+                    # The grant is gone (RFC 6749 invalid_grant is final): forget the
+                    # dead refresh token on disk, so that no process offers it again
+                    # and `popvault auth status` anywhere says a login is needed.
+                    self.file.save(dataclasses.replace(tokens, refresh_token=None))
+                raise
             except OAuthError as exc:
                 self.refresh_failures += 1
                 self.last_failure = str(exc)

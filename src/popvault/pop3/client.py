@@ -76,7 +76,7 @@ from popvault.pop3.sasl import (
     make_mechanism,
 )
 from popvault.pop3.tls import make_client_context
-from popvault.redaction import redact, register
+from popvault.redaction import redact, register, temporary_secrets
 
 log = logging.getLogger("popvault.pop3")
 
@@ -367,7 +367,14 @@ class Pop3Client:
         access = register(token()) if plan in OAUTH_PLANS and token is not None else None
         mechanism = make_mechanism(plan, username, password=password, token=access)
         two_step = plan == "XOAUTH2" and xoauth2_form == "two-step"
-        exchange = SaslExchange(mechanism, initial_response=not two_step, on_secret=register)
+        # What this exchange sends (its base64, SCRAM's nonces and proof) is a
+        # secret only while the exchange runs: only its replies could echo it.
+        # The password and the token themselves are registered for good above.
+        with temporary_secrets() as passing:
+            exchange = SaslExchange(mechanism, initial_response=not two_step, on_secret=passing)
+            self._sasl_exchange(exchange, plan)
+
+    def _sasl_exchange(self, exchange: SaslExchange, plan: LoginPlan) -> None:
         self._enable_utf8()  # RFC 6856 section 3: in AUTHORIZATION, before the login
         command = exchange.command()
         self._write(command)
