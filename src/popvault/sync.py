@@ -346,23 +346,38 @@ class _AccountRun:
             self.result.interrupted = self.tally.interrupted
 
     def _login(self, client: Pop3Client, signin: Credentials) -> None:
-        """Log in with the account's password or OAuth token (see :mod:`popvault.signin`)."""
+        """Log in with the account's password or OAuth token (see :mod:`popvault.signin`).
+
+        A refused OAuth token is renewed once at once, on a new connection
+        (the server may have revoked it before its expiry): a revoked grant
+        then fails as the refresh it is (`popvault auth login`), not as a
+        refused password, and a token that was only stale costs no backoff.
+        """
         try:
-            client.login(
-                self.account.username,
-                signin.password,
-                method=self.account.auth,
-                allow_plaintext=self.account.allow_plaintext,
-                token=signin.token,
-                xoauth2_form="two-step" if signin.two_step else "one-line",
-            )
+            self._login_once(client, signin)
         except AuthError:
-            # The server refused the token: whatever its expiry says, the next
-            # run renews it instead of offering the same one again.
-            invalidate = getattr(signin.token, "invalidate", None)
-            if invalidate is not None:
-                invalidate()
-            raise
+            renew = getattr(signin.token, "invalidate", None)
+            if renew is None:
+                raise
+            renew()
+            assert signin.token is not None  # noqa: S101 - a token source has invalidate
+            signin.token()  # a refresh now: a revoked grant raises ReauthorizationRequired
+            log.info(
+                "account %r: the server refused the access token; renewed it", self.account.name
+            )
+            client.close()
+            client.connect()
+            self._login_once(client, signin)
+
+    def _login_once(self, client: Pop3Client, signin: Credentials) -> None:
+        client.login(
+            self.account.username,
+            signin.password,
+            method=self.account.auth,
+            allow_plaintext=self.account.allow_plaintext,
+            token=signin.token,
+            xoauth2_form="two-step" if signin.two_step else "one-line",
+        )
 
     def _run(self) -> None:
         name, options, result = self.account.name, self.options, self.result

@@ -42,8 +42,9 @@ from popvault.daemon.backoff import (
 )
 from popvault.daemon.metrics import Metrics
 from popvault.daemon.runlog import RunLine, log_run
-from popvault.errors import LedgerError
+from popvault.errors import LedgerError, PopvaultError
 from popvault.ledger import Ledger, ScheduleEntry
+from popvault.signin import token_source
 from popvault.sync import RunResult, sync_account, utc_now
 
 log = logging.getLogger("popvault.daemon")
@@ -96,6 +97,8 @@ class _AccountState:
     # many long-run warnings it got (one per LONG_RUN_S it has been going).
     running_since: float | None = None
     long_run_warnings: int = 0
+    # The OAuth token source's refresh failures already counted into the metrics.
+    oauth_failures: int = 0
 
 
 class ArchiveDaemon:
@@ -454,6 +457,25 @@ class ArchiveDaemon:
         # After the run's deletions, as `status` shows it.
         if result.left_on_server is not None:
             metrics.on_server.labels(name).set(result.left_on_server)
+        if state.account.oauth is not None:
+            self._count_oauth(state)
+
+    def _count_oauth(self, state: _AccountState) -> None:
+        """The token's expiry and the refresh failures since the last run (no secret)."""
+        metrics, name = self._metrics, state.account.name
+        assert metrics is not None  # noqa: S101 - _count checked it
+        try:
+            source = token_source(self.config, state.account)
+            status = source.status()
+        except PopvaultError as exc:  # a client secret that cannot be read: the run said so
+            log.debug("account %r: no OAuth status for the metrics: %s", name, exc)
+            return
+        if status.expires_at is not None:
+            metrics.oauth_expiry.labels(name).set(status.expires_at)
+        new_failures = source.refresh_failures - state.oauth_failures
+        if new_failures > 0:
+            metrics.oauth_refresh_failures.labels(name).inc(new_failures)
+        state.oauth_failures = source.refresh_failures
 
 
 OUTCOMES: Final = ("ok", "partial", "failed", "interrupted")

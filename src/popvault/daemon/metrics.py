@@ -79,6 +79,19 @@ class Metrics:
             registry=reg,
         )
 
+        self.oauth_expiry = Gauge(
+            "popvault_oauth_token_expiry_timestamp_seconds",
+            "Unix time at which the account's OAuth 2.0 access token expires (OAuth accounts).",
+            labels,
+            registry=reg,
+        )
+        self.oauth_refresh_failures = Counter(
+            "popvault_oauth_refresh_failures",
+            "OAuth 2.0 token refreshes that failed (a refused grant, or the server unreachable).",
+            labels,
+            registry=reg,
+        )
+
     def grow_archive(self, account: str, messages: int, octets: int) -> None:
         """Add newly archived messages (never negative: a counter only grows)."""
         if messages > 0:
@@ -88,9 +101,10 @@ class Metrics:
 
     def forget(self, account: str) -> None:
         """Drop an account's series (it left the configuration)."""
-        for metric in (self.archived, self.archived_bytes, self.deleted, self.duration):
+        counters = (self.archived, self.archived_bytes, self.deleted, self.duration)
+        for metric in (*counters, self.oauth_refresh_failures):
             _remove(metric, account)
-        for gauge in (self.last_success, self.failures, self.on_server):
+        for gauge in (self.last_success, self.failures, self.on_server, self.oauth_expiry):
             _remove(gauge, account)
         for outcome in ("ok", "partial", "failed", "interrupted"):
             _remove(self.runs, account, outcome)
