@@ -432,6 +432,7 @@ host = "{HOST}"
 port = {account.port}
 security = "plain"
 allow_plaintext = true
+auth = "user"
 username = "{account.username}"
 password = "{account.password}"
 format = "maildir"
@@ -741,6 +742,7 @@ max_concurrent = {DAEMON_MAX_CONCURRENT}
 [defaults]
 security = "plain"
 allow_plaintext = true
+auth = "user"
 format = "maildir"
 retention = "keep"
 every = "{every:g}s"

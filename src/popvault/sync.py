@@ -377,6 +377,7 @@ class _AccountRun:
             allow_plaintext=self.account.allow_plaintext,
             token=signin.token,
             xoauth2_form="two-step" if signin.two_step else "one-line",
+            prefetch_listings=True,  # the plan reads UIDL and LIST next
         )
 
     def _run(self) -> None:

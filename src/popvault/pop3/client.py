@@ -270,6 +270,7 @@ class Pop3Client:
         allow_plaintext: bool = False,
         token: TokenProvider | None = None,
         xoauth2_form: XOAuth2Form = "one-line",
+        prefetch_listings: bool = False,
     ) -> None:
         """Log in as ``username``; then refresh :attr:`capabilities`.
 
@@ -299,15 +300,24 @@ class Pop3Client:
         class its code names); a SCRAM server whose signature is wrong, a
         :class:`~popvault.errors.SecurityPolicyError`. Every secret is
         registered with :mod:`popvault.redaction` before it is sent.
+
+        ``prefetch_listings``: with PIPELINING, UIDL and LIST go out with the
+        login's last write (USER/PASS and CAPA, or CAPA after an AUTH), as
+        :meth:`prefetch_listings` would send them after it: one round trip
+        less. A refused login reads and drops their replies.
         """
         plan = self._login_plan(method, allow_plaintext, password is not None, token is not None)
+        listings = [Command("UIDL"), Command("LIST")] if prefetch_listings else []
         with self._operation():
             if plan in ("user", "apop"):
                 if password is None:  # unreachable: choose_mechanism checked it
                     raise LocalProtocolError(f"{plan} needs a password")
-                self._password_login(username, password, plan)
+                self._password_login(username, password, plan, listings)
             else:
                 self._sasl_login(plan, username, password, token, xoauth2_form)
+                # Not with the AUTH: a continuation could take a pipelined line as
+                # the SASL response. After its +OK the session is authenticated.
+                self._send_ahead([Command("CAPA"), *listings])
             self.login_method = plan
             self._refresh_capabilities()
         self._phase = None  # logged in: from here the session's deadline and the rates count
@@ -332,7 +342,9 @@ class Pop3Client:
             raise
         return plan
 
-    def _password_login(self, username: str, password: str, method: str) -> None:
+    def _password_login(
+        self, username: str, password: str, method: str, listings: Sequence[Command] = ()
+    ) -> None:
         """USER/PASS or APOP, pipelined with UTF8 and CAPA when the server allows it."""
         # Whatever the server sends back from here on may quote it.
         register(password)
@@ -344,7 +356,7 @@ class Pop3Client:
         utf8 = [Command("UTF8")] if "UTF8" in self.capabilities else []
         # One round trip for the whole login when the server pipelines (RFC
         # 2449 section 6.6); a refusal of one step still fails the login.
-        self._send_ahead([*utf8, *steps, Command("CAPA")])
+        self._send_ahead([*utf8, *steps, Command("CAPA"), *listings])
         self._enable_utf8()
         try:
             for step in steps:
@@ -784,6 +796,8 @@ class Pop3Client:
         Their lines are then read with :meth:`uidl_lines` and :meth:`list_lines`,
         in that order.
         """
+        if list(self._ahead) == ["UIDL", "LIST"]:
+            return  # the login sent them (login(prefetch_listings=True))
         with self._operation():
             self._send_ahead([Command("UIDL"), Command("LIST")])
 
