@@ -14,6 +14,8 @@ import json
 import logging
 import re
 import shutil
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -231,6 +233,59 @@ def test_auto_with_a_token_takes_oauthbearer_from_dovecot(
 # (anvil's auth penalty: 2 s after the first failure, doubling up to 15 s; no setting
 # turns it off), so the two failures of this module come after everything else. The
 # fake-server tests cover the other refusals.
+
+
+def test_auth_login_by_device_code_then_runs_across_token_expiries(
+    tmp_path: Path,
+    sasl_dovecot: DovecotServer,
+    oauth_server: FakeOAuthServer,
+    mailbox: DovecotMailbox,
+) -> None:
+    """`popvault auth login` (device code) and `popvault run`, Dovecot checking each token."""
+    oauth_server.add_client("device-client")
+    ws = Workspace(tmp_path)
+    entry = account(sasl_dovecot, mailbox, tls=True)
+    del entry["password_file"]
+    entry.update(
+        {
+            "oauth_client_id": "device-client",
+            "oauth_token_endpoint": oauth_server.token_url,
+            "oauth_device_endpoint": oauth_server.device_authorization_url,
+            "oauth_scopes": ["pop", "offline_access"],
+            "oauth_token_file": "tokens/main.json",
+        }
+    )
+    ws.write_config([entry])
+    lifetime, oauth_server.access_token_lifetime = oauth_server.access_token_lifetime, 3.0
+    oauth_server.device_interval = 1
+    try:
+
+        def user() -> None:  # on another device: approves the code as the mailbox's owner
+            for _ in range(400):
+                codes = oauth_server.pending_user_codes()
+                if codes:
+                    oauth_server.approve(codes[0], username=mailbox.username)
+                    return
+                time.sleep(0.05)
+
+        approver = threading.Thread(target=user, daemon=True)
+        approver.start()
+        login = ws.cli("auth", "login", "main")
+        approver.join()
+        assert login.code == 0, login.output
+        assert ws.cli("run").code == 0
+        refreshes = oauth_server.refreshes
+        for number in range(3):  # each run after the 3 s token expired: refreshed first
+            time.sleep(3.2)
+            mailbox.deliver(f"Subject: later {number}\r\n\r\nnew mail\r\n".encode())
+            again = ws.cli("run")
+            assert again.code == 0, again.output
+        assert oauth_server.refreshes >= refreshes + 3
+    finally:
+        oauth_server.access_token_lifetime = lifetime
+    assert len(ws.archived_files("main")) == 7
+    methods = methods_in_log(sasl_dovecot, mailbox.username)
+    assert methods == ["XOAUTH2"] * 4, methods
 
 
 def test_a_wrong_password_fails_cleanly(

@@ -66,8 +66,8 @@ def oauth_client(config: Config, account: Account) -> OAuthClient:
         settings.client_id,
         client_secret=read_client_secret(config, account),
         certificate=certificate,
+        # The system's trust store: ca_file is the POP3 server's, not the provider's.
         account=account.name,
-        verify=str(account.ca_file) if account.ca_file is not None else True,
     )
 
 
