@@ -6,6 +6,7 @@ POP3 server that checks each token with it.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -90,8 +91,9 @@ def ws(tmp_path: Path) -> Workspace:
 
 
 def test_device_login_then_runs_across_token_expiries(
-    ws: Workspace, pop: FakePop3Server, oauth: FakeOAuthServer
+    ws: Workspace, pop: FakePop3Server, oauth: FakeOAuthServer, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)  # every log line of every step, searched for tokens below
     ws.write_config([oauth_account(pop, oauth)])
     user = approve_when_asked(oauth)
     login = ws.cli("auth", "login", "office")
@@ -120,10 +122,17 @@ def test_device_login_then_runs_across_token_expiries(
     (row,) = json.loads(status.out)
     assert row["logged_in"] is True
     assert row["has_refresh_token"] is True
-    for secret in secrets_of(oauth):
-        for text in (login.output, first.output, again.output, status.output):
+    stored = json.loads((ws.folder / "tokens" / "office.json").read_text())
+    secrets = [*secrets_of(oauth), *(v for k, v in stored.items() if k.endswith("_token") and v)]
+    assert len(secrets) >= 2, stored.keys()
+    debug = ws.cli("--log-level", "debug", "run")
+    everything = [login.output, first.output, again.output, status.output, debug.output]
+    everything += [ws.cli("status", "--json").output, ws.cli("status").output, ws.ledger_dump()]
+    everything.append(caplog.text)
+    assert "C: AUTH XOAUTH2" in caplog.text, "the debug log was captured"
+    for secret in secrets:
+        for text in everything:
             assert secret not in text
-        assert secret not in ws.cli("status", "--json").output
 
 
 def test_a_revoked_grant_fails_once_clearly_and_says_what_to_do(
