@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +19,9 @@ import pytest
 from popvault.testing import FakePop3Server, sample_messages
 from popvault.testing.fake_oauth import FakeOAuthServer
 from workspace import Workspace, maildir_form, wire_form
+
+sys.path.insert(0, str(Path(__file__).parent / "oauth"))
+from oauth_helpers import make_certificate
 
 CLIENT_ID = "popvault-test-client"
 USER = "alice@example.org"
@@ -223,3 +227,33 @@ def test_app_only_access_needs_no_login(
         assert result.code == 0, result.output
         assert len(ws.archived_files("office")) == 3
         assert "app-Secr3t-value" not in result.output
+
+
+def test_app_only_access_with_a_certificate(
+    ws: Workspace, oauth: FakeOAuthServer, tmp_path: Path
+) -> None:
+    certificate, key = make_certificate(tmp_path)
+    (ws.folder / "app.pem").write_bytes(certificate)
+    (ws.folder / "app.key").write_bytes(key)
+    (ws.folder / "app.key").chmod(0o600)
+    oauth.add_client("cert-client", certificate_pem=certificate)
+    with FakePop3Server(
+        sample_messages(2),
+        username=USER,
+        password="unused-Pa55",
+        sasl=("XOAUTH2",),
+        check_token=lambda user, token: oauth.is_active(token),
+    ) as pop:
+        entry = oauth_account(
+            pop,
+            oauth,
+            oauth_client_id="cert-client",
+            oauth_grant="client-credentials",
+            oauth_certificate_file="app.pem",
+            oauth_private_key_file="app.key",
+        )
+        ws.write_config([entry])
+        result = ws.cli("run")
+        assert result.code == 0, result.output
+        assert len(ws.archived_files("office")) == 2
+        assert oauth.counts["client_credentials"] >= 1
