@@ -203,17 +203,22 @@ def test_auth_refuses_a_password_account(ws: Workspace, pop: FakePop3Server) -> 
     assert "password, not OAuth" in result.output
 
 
-def test_app_only_access_needs_no_login(
-    ws: Workspace, oauth: FakeOAuthServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    oauth.add_client("app-client", secret="app-Secr3t-value")
-    with FakePop3Server(
-        sample_messages(3),
+def app_only_server(oauth: FakeOAuthServer, messages: int) -> FakePop3Server:
+    """A mailbox that takes any live token of the authorization server (app-only access)."""
+    return FakePop3Server(
+        sample_messages(messages),
         username=USER,
         password="unused-Pa55",
         sasl=("XOAUTH2",),
         check_token=lambda user, token: oauth.is_active(token),
-    ) as pop:
+    )
+
+
+def test_app_only_access_needs_no_login(
+    ws: Workspace, oauth: FakeOAuthServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    oauth.add_client("app-client", secret="app-Secr3t-value")
+    with app_only_server(oauth, 3) as pop:
         entry = oauth_account(
             pop,
             oauth,
@@ -237,13 +242,7 @@ def test_app_only_access_with_a_certificate(
     (ws.folder / "app.key").write_bytes(key)
     (ws.folder / "app.key").chmod(0o600)
     oauth.add_client("cert-client", certificate_pem=certificate)
-    with FakePop3Server(
-        sample_messages(2),
-        username=USER,
-        password="unused-Pa55",
-        sasl=("XOAUTH2",),
-        check_token=lambda user, token: oauth.is_active(token),
-    ) as pop:
+    with app_only_server(oauth, 2) as pop:
         entry = oauth_account(
             pop,
             oauth,

@@ -289,14 +289,15 @@ class Scram(Mechanism):
             )
 
 
-class XOAuth2(Mechanism):
-    """XOAUTH2 (Google's and Microsoft's): ``user=U ^A auth=Bearer T ^A ^A``.
+class _Bearer(Mechanism):
+    """What XOAUTH2 and OAUTHBEARER share: a bearer token sent once, one error challenge.
 
-    On failure the server sends a base64 JSON error as a challenge; the
-    client answers it with an empty line and the server says ``-ERR``.
+    A server that refuses the token sends a base64 JSON error as a challenge;
+    the client answers it with :attr:`error_answer` and the server then says
+    ``-ERR``. A second challenge is a protocol error.
     """
 
-    name = "XOAUTH2"
+    error_answer: bytes = b""
 
     def __init__(self, username: str, token: str) -> None:
         super().__init__()
@@ -307,48 +308,41 @@ class XOAuth2(Mechanism):
     @property
     def secrets(self) -> tuple[str, ...]:
         return (self._token,)
-
-    def initial(self) -> bytes:
-        return f"user={self._username}\x01auth=Bearer {self._token}\x01\x01".encode()
 
     def respond(self, challenge: bytes) -> bytes:
         if self._answered:
             raise self._unexpected(challenge)
         self._answered = True
         self.server_error = describe_oauth_error(challenge)
-        return b""
+        return self.error_answer
 
 
-class OAuthBearer(Mechanism):
+class XOAuth2(_Bearer):
+    """XOAUTH2 (Google's and Microsoft's): ``user=U ^A auth=Bearer T ^A ^A``.
+
+    Its error challenge is answered with an empty line.
+    """
+
+    name = "XOAUTH2"
+
+    def initial(self) -> bytes:
+        return f"user={self._username}\x01auth=Bearer {self._token}\x01\x01".encode()
+
+
+class OAuthBearer(_Bearer):
     """OAUTHBEARER (RFC 7628): ``n,a=U,`` then ``^A auth=Bearer T ^A ^A``.
 
     An error challenge (RFC 7628 section 3.2.2, JSON) is answered with a lone
-    ``^A`` (section 3.2.3), after which the server says ``-ERR``.
+    ``^A`` (section 3.2.3).
     """
 
     name = "OAUTHBEARER"
-
-    def __init__(self, username: str, token: str) -> None:
-        super().__init__()
-        _check_token(self.name, username, token)
-        self._username, self._token = username, token
-        self._answered = False
-
-    @property
-    def secrets(self) -> tuple[str, ...]:
-        return (self._token,)
+    error_answer = b"\x01"
 
     def initial(self) -> bytes:
         # RFC 5801 section 4 saslname: "," and "=" escaped in the authzid.
         name = self._username.replace("=", "=3D").replace(",", "=2C")
         return f"n,a={name},\x01auth=Bearer {self._token}\x01\x01".encode()
-
-    def respond(self, challenge: bytes) -> bytes:
-        if self._answered:
-            raise self._unexpected(challenge)
-        self._answered = True
-        self.server_error = describe_oauth_error(challenge)
-        return b"\x01"
 
 
 def make_mechanism(
