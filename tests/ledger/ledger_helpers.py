@@ -6,9 +6,12 @@ import hashlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select
+from alembic import command
+from sqlalchemy import Engine, insert, select
 
 from popvault.ledger import KeyLike, Ledger, as_key
+from popvault.ledger.engine import WRITE_INTENT
+from popvault.ledger.migrate import alembic_config
 from popvault.ledger.models import Message
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -100,3 +103,16 @@ def fill(ledger: Ledger, account: str, uidls: list[str], **extra: Any) -> None:
     if rows:
         with ledger._engine.begin() as connection:
             connection.execute(insert(Message), rows)
+
+
+def migrate(engine: Engine, revision: str, *, down: bool = False) -> None:
+    """Run Alembic to ``revision`` the way popvault runs it: one write transaction."""
+    with engine.connect() as connection:
+        connection.execution_options(**{WRITE_INTENT: True})
+        with connection.begin():
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            if down:
+                command.downgrade(config, revision)
+            else:
+                command.upgrade(config, revision)

@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from alembic import command
+from ledger_helpers import migrate as alembic_to
 from sqlalchemy import Connection, Engine, insert, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
 from popvault.ledger import current, upgrade
-from popvault.ledger.engine import WRITE_INTENT, create_ledger_engine, parse_url
-from popvault.ledger.migrate import HEAD_REVISION, alembic_config, create_fresh
+from popvault.ledger.engine import create_ledger_engine, parse_url
+from popvault.ledger.migrate import HEAD_REVISION, create_fresh
 from popvault.ledger.models import metadata
 
 Snapshot = dict[str, Any]
@@ -81,19 +81,6 @@ def engine_for() -> Iterator[Any]:
     yield make
     for engine in engines:
         engine.dispose()
-
-
-def alembic_to(engine: Engine, revision: str, *, down: bool = False) -> None:
-    """Run the migrations with Alembic, the way popvault runs them: one write transaction."""
-    with engine.connect() as connection:
-        connection.execution_options(**{WRITE_INTENT: True})
-        with connection.begin():
-            config = alembic_config()
-            config.attributes["connection"] = connection
-            if down:
-                command.downgrade(config, revision)
-            else:
-                command.upgrade(config, revision)
 
 
 def snapshot(engine: Engine) -> Snapshot:

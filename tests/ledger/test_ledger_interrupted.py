@@ -5,13 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from alembic import command
+from ledger_helpers import migrate
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import IntegrityError
 
 from popvault.ledger import Ledger, current
-from popvault.ledger.engine import WRITE_INTENT, create_ledger_engine, parse_url
-from popvault.ledger.migrate import alembic_config
+from popvault.ledger.engine import create_ledger_engine, parse_url
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 T1 = T0 + timedelta(hours=1)
@@ -58,18 +57,6 @@ def test_interrupt_runs_marks_only_the_running_runs_of_that_account(ledger: Ledg
     assert alice.last_error is not None
     assert "by a test" in alice.last_error
     assert alice.last_success_at == T0
-
-
-def migrate(engine: Engine, revision: str, *, down: bool = False) -> None:
-    with engine.connect() as connection:
-        connection.execution_options(**{WRITE_INTENT: True})
-        with connection.begin():
-            config = alembic_config()
-            config.attributes["connection"] = connection
-            if down:
-                command.downgrade(config, revision)
-            else:
-                command.upgrade(config, revision)
 
 
 RUN = "INSERT INTO runs (account, started_at, outcome, messages, bytes) VALUES ('a', :t, :o, 0, 0)"

@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from alembic import command
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
+from ledger_helpers import migrate
 from sqlalchemy import Engine, bindparam, inspect, text
 from sqlalchemy.exc import IntegrityError
 
 from popvault.ledger import Ledger, MessageKey, current, upgrade
-from popvault.ledger.engine import WRITE_INTENT, create_ledger_engine, parse_url
+from popvault.ledger.engine import create_ledger_engine, parse_url
 from popvault.ledger.migrate import alembic_config
 from popvault.ledger.models import UTCDateTime
 
@@ -34,19 +34,6 @@ def engine(ledger_url: str) -> Iterator[Engine]:
         yield eng
     finally:
         eng.dispose()
-
-
-def migrate(engine: Engine, revision: str, *, down: bool = False) -> None:
-    """Run Alembic to ``revision`` the way popvault runs it: one write transaction."""
-    with engine.connect() as connection:
-        connection.execution_options(**{WRITE_INTENT: True})
-        with connection.begin():
-            config = alembic_config()
-            config.attributes["connection"] = connection
-            if down:
-                command.downgrade(config, revision)
-            else:
-                command.upgrade(config, revision)
 
 
 MESSAGE_0001 = text(
