@@ -88,12 +88,8 @@ class ConfigError(PopvaultError):
         return f"{prefix}: {self.message}" if prefix else self.message
 
 
-class Pop3Error(PopvaultError):
-    """Anything that went wrong talking POP3 to one account's server.
-
-    ``account`` is filled in by the client (which knows the account name),
-    not by the sans-IO core (which does not).
-    """
+class _AccountError(PopvaultError):
+    """An error of one account: its text starts with the account's name, when known."""
 
     def __init__(self, message: str, *, account: str | None = None) -> None:
         self.message = message
@@ -104,6 +100,14 @@ class Pop3Error(PopvaultError):
         if self.account is not None:
             return f"account {self.account!r}: {self.message}"
         return self.message
+
+
+class Pop3Error(_AccountError):
+    """Anything that went wrong talking POP3 to one account's server.
+
+    ``account`` is filled in by the client (which knows the account name),
+    not by the sans-IO core (which does not).
+    """
 
 
 class TransportError(Pop3Error):
@@ -249,22 +253,12 @@ class TemporaryError(ServerError):
     """A temporary server-side failure ([SYS/TEMP])."""
 
 
-class CredentialsError(PopvaultError):
+class CredentialsError(_AccountError):
     """popvault could not get the credentials to log in to one account with.
 
     Not a refusal by the POP3 server (that is :class:`AuthError`): the
     credentials never reached it. ``account`` names the account, when known.
     """
-
-    def __init__(self, message: str, *, account: str | None = None) -> None:
-        self.message = message
-        self.account = account
-        super().__init__(message)
-
-    def __str__(self) -> str:
-        if self.account is not None:
-            return f"account {self.account!r}: {self.message}"
-        return self.message
 
 
 class OAuthError(CredentialsError):
