@@ -10,8 +10,9 @@ together, in the order that keeps every crash safe:
 
 1. every file of the batch durable: one ``syncfs`` for the whole batch where
    the file system is known to do that right
-   (:class:`~popvault.store.durable.FileSystemSync`), else each file's fsync
-   (run on the worker as it arrived) waited for;
+   (:class:`~popvault.store.durable.FileSystemSync`; it runs on the worker
+   while the next batch arrives, and steps 2-4 follow once it is done), else
+   each file's fsync (run on the worker as it arrived) waited for;
 2. the batch's pending rows recorded in one ledger transaction;
 3. every file linked to its final name, each folder fsynced once
    (:func:`~popvault.store.base.publish_together`);
@@ -206,8 +207,10 @@ class Fetcher:
         self.clock = clock
         self.progress = progress
         self.stop = stop or _never
-        # The batch's one sync while fetch_all runs where the file system allows it.
+        # The batch's one sync while fetch_all runs where the file system allows it,
+        # and the batch whose sync is running on the worker (see _batch_full).
         self._filesystem: FileSystemSync | None = None
+        self._behind: tuple[list[_Stored], Future[None]] | None = None
 
     def fetch_all(self, client: Pop3Client, planned: Sequence[PlannedMessage]) -> None:
         """RETR every planned message (failing ones last), archive each durably."""
@@ -221,13 +224,11 @@ class Fetcher:
         # Opened before the first file is written: it reports every write error since.
         self._filesystem = self.store.filesystem_sync()
         try:
-            if self._filesystem is not None:
-                self._fetch_batches(client, self._requests(ordered, sent), sent, batch, None)
-            else:
-                # One worker: fsyncs of one file system serialise in its journal anyway;
-                # what matters is that they overlap with the network, not with each other.
-                with ThreadPoolExecutor(1, thread_name_prefix="popvault-fsync") as syncer:
-                    self._fetch_batches(client, self._requests(ordered, sent), sent, batch, syncer)
+            # One worker: each file's fsync, or each batch's syncfs while the next
+            # batch arrives. Syncs of one file system serialise in it anyway; what
+            # matters is that they overlap with the network, not with each other.
+            with ThreadPoolExecutor(1, thread_name_prefix="popvault-fsync") as syncer:
+                self._fetch_batches(client, self._requests(ordered, sent), sent, batch, syncer)
         finally:
             if self._filesystem is not None:
                 self._filesystem.close()
@@ -240,18 +241,48 @@ class Fetcher:
         requests: Iterator[tuple[int, int]],
         sent: deque[PlannedMessage],
         batch: _Batch,
-        syncer: ThreadPoolExecutor | None,
+        syncer: ThreadPoolExecutor,
     ) -> None:
         try:
             self._pipeline(client, requests, sent, batch, syncer)
         except Pop3Error:
             # The session died: what was fetched whole is still made durable.
+            self._commit_behind()
             self._commit(batch)
             raise
         except BaseException:
+            self._discard_behind()
             self._discard(batch)
             raise
+        self._commit_behind()
         self._commit(batch)
+
+    def _batch_full(self, batch: _Batch, syncer: ThreadPoolExecutor) -> None:
+        """Make a full batch durable: at once, or (one syncfs) while the next one arrives.
+
+        With one syncfs per batch the sync of batch N runs on the worker while
+        batch N+1 is read; N's rows, links and archived marks follow when N+1
+        is full (or the fetch ends), its sync done by then. Files written after
+        the sync began are not counted on it: their own batch has its own.
+        """
+        if self._filesystem is None:
+            self._commit(batch)
+            return
+        members = batch.take()
+        self._commit_behind()
+        self._behind = (members, syncer.submit(self._filesystem.sync))
+
+    def _commit_behind(self) -> None:
+        behind, self._behind = self._behind, None
+        if behind is not None:
+            self._commit_members(*behind)
+
+    def _discard_behind(self) -> None:
+        behind, self._behind = self._behind, None
+        if behind is not None:
+            members, sync = behind
+            sync.exception()  # the sync finished: nothing of the batch is in use any more
+            self._discard_members(members)
 
     def _requests(
         self, ordered: Sequence[PlannedMessage], sent: deque[PlannedMessage]
@@ -276,7 +307,7 @@ class Fetcher:
         requests: Iterator[tuple[int, int]],
         sent: deque[PlannedMessage],
         batch: _Batch,
-        syncer: ThreadPoolExecutor | None,
+        syncer: ThreadPoolExecutor,
     ) -> None:
         # Pipelining needs sizes to trust: a body that is not its LIST size is how
         # a lost terminator shows (OutOfStep). Without them, one RETR at a time.
@@ -299,7 +330,7 @@ class Fetcher:
                 continue
             counts.succeeded += 1
             if batch.full(time.monotonic()):
-                self._commit(batch)
+                self._batch_full(batch, syncer)
 
     def _take(
         self,
@@ -307,7 +338,7 @@ class Fetcher:
         message: PlannedMessage,
         *,
         batch: _Batch,
-        syncer: ThreadPoolExecutor | None,
+        syncer: ThreadPoolExecutor,
         counts: _Counts,
     ) -> bool:
         """:meth:`_receive` one message; False when it failed on its own (counted).
@@ -356,13 +387,13 @@ class Fetcher:
         retrieval: Retrieval,
         message: PlannedMessage,
         batch: _Batch,
-        syncer: ThreadPoolExecutor | None,
+        syncer: ThreadPoolExecutor,
     ) -> None:
         """Stream one RETR reply into a temp file; queue it for the batch (or drop it).
 
         A message whose content is an archived row's (identity.py) is dropped:
         nothing new is stored. Otherwise its fsync is queued on the worker
-        (``syncer``), or left to the batch's file-system sync (no worker).
+        (``syncer``), or left to the batch's file-system sync.
         """
         if retrieval.error is not None:
             raise retrieval.error
@@ -401,7 +432,7 @@ class Fetcher:
                 hold_reason=hold,
                 held_at=self.clock() if hold else None,
             )
-            synced = None if syncer is None else syncer.submit(writer.sync)
+            synced = None if self._filesystem is not None else syncer.submit(writer.sync)
         except BaseException:
             writer.abort()
             raise
@@ -438,12 +469,15 @@ class Fetcher:
         return hold
 
     def _commit(self, batch: _Batch) -> None:
-        """Make the batch durable: fsyncs, pending rows, publish, archived rows (module doc)."""
+        """Make the batch durable now: syncs, pending rows, publish, archived rows (module doc)."""
         members = batch.take()
-        if not members:
-            return
+        if members:
+            self._commit_members(members, None)
+
+    def _commit_members(self, members: list[_Stored], sync: Future[None] | None) -> None:
+        """:meth:`_commit` of ``members``, whose syncfs is ``sync`` if it was begun already."""
         name = self.account.name
-        synced, failure = self._synced(members)
+        synced, failure = self._synced(members, sync)
         try:
             self.ledger.record_pending_many(name, [stored.record for stored in synced])
         except BaseException:
@@ -467,11 +501,20 @@ class Fetcher:
         if failure is not None:
             raise failure
 
-    def _synced(self, members: list[_Stored]) -> tuple[list[_Stored], StoreError | None]:
-        """Step 1: the members whose files are durable, and the first failure of the others."""
+    def _synced(
+        self, members: list[_Stored], sync: Future[None] | None = None
+    ) -> tuple[list[_Stored], StoreError | None]:
+        """Step 1: the members whose files are durable, and the first failure of the others.
+
+        ``sync``: the batch's syncfs, begun on the worker after its last file
+        was finished (:meth:`_batch_full`); None: sync now.
+        """
         if self._filesystem is not None:
             try:
-                self._filesystem.sync()
+                if sync is None:
+                    self._filesystem.sync()
+                else:
+                    sync.result()
             except BaseException:
                 self._discard_members(members)  # which file failed is unknown: none is kept
                 raise

@@ -5,12 +5,14 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from popvault import fetch
 from popvault.errors import StoreError
 from popvault.store import durable, open_store
 from popvault.store.durable import FileSystemSync, Operation
@@ -130,3 +132,39 @@ def test_a_failed_batch_sync_keeps_nothing_deletes_nothing_and_the_next_run_arch
     expected = sorted(maildir_form(wire_form(raw)) for raw in sample_messages(6))
     assert sorted(p.read_bytes() for p in ws.archived_files("fake")) == expected
     assert len(server.mailbox) == 0
+
+
+def test_a_batch_is_synced_on_the_worker_while_the_next_one_arrives(
+    tmp_path: Path, server: FakePop3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The order of a run's operations: batch 1's syncfs on the worker, batch 2 being written
+    meanwhile, batch 1 published only after its sync, and every file synced before its link."""
+    trusted(tmp_path).close()
+    monkeypatch.setattr(fetch, "BATCH_MESSAGES", 2)
+    ws = Workspace(tmp_path, password=PASSWORD)
+    ws.write_config([fake_account(server, "fake")])
+    seen: list[tuple[Operation, str]] = []
+
+    def record(operation: Operation) -> None:
+        seen.append((operation, threading.current_thread().name))
+
+    with durable.observe(record):
+        result = ws.cli("run")
+    assert result.code == 0, result.output
+    assert len(ws.archived_files("fake")) == 6
+    kinds = [op.kind for op, _ in seen]
+    syncs = [i for i, kind in enumerate(kinds) if kind == "filesystem_sync"]
+    assert len(syncs) == 3
+    assert all(seen[i][1].startswith("popvault-fsync") for i in syncs[:-1]), "not on the worker"
+    creates = [i for i, kind in enumerate(kinds) if kind == "create"]
+    links = [i for i, kind in enumerate(kinds) if kind == "link"]
+    # Batch 2's files were created before batch 1 was published: the sync overlapped.
+    assert creates[2] < links[0]
+    # Safety: a file's link comes after a syncfs that came after its last write.
+    last_write: dict[Path, int] = {}
+    for index, (op, _) in enumerate(seen):
+        if op.kind == "write":
+            last_write[op.path] = index
+        if op.kind == "link":
+            written = last_write[op.path]
+            assert any(written < sync < index for sync in syncs), op
