@@ -159,6 +159,29 @@ def build_parser() -> argparse.ArgumentParser:
         "check", parents=[common], help="exit 1 unless the ledger's schema is current"
     )
     check.set_defaults(func=cmd_db_check)
+    copy = db_commands.add_parser(
+        "copy",
+        parents=[common],
+        help="copy the ledger to another database (SQLite or PostgreSQL) and verify the copy; "
+        "the archive files do not move",
+    )
+    copy.add_argument(
+        "--to", required=True, metavar="URL", help="the target database URL (created if new)"
+    )
+    copy.add_argument(
+        "--from",
+        dest="source",
+        metavar="URL",
+        default=None,
+        help="the source database URL (default: the config's [ledger] url)",
+    )
+    copy.add_argument(
+        "--force",
+        action="store_true",
+        help="empty the target's popvault tables first (in the copy's transaction) "
+        "instead of refusing a target that holds rows",
+    )
+    copy.set_defaults(func=cmd_db_copy)
     return parser
 
 
@@ -531,6 +554,23 @@ def cmd_db_check(args: argparse.Namespace) -> int:
     cfg = _load_config(args)
     migrate.check(cfg.ledger_url)
     print(f"ledger schema is current ({migrate.current(cfg.ledger_url)})")
+    return EXIT_OK
+
+
+def cmd_db_copy(args: argparse.Namespace) -> int:
+    """``popvault db copy --to URL``: 0 once the copy is made and verified, 1 when refused
+    or when the verification finds a difference (the target is then left as it is)."""
+    from popvault.ledger.copy import copy_ledger, report_lines
+    from popvault.ledger.engine import parse_url
+    from popvault.redaction import redact, register
+
+    source = args.source if args.source is not None else _load_config(args).ledger_url
+    for url in (source, args.to):
+        password = parse_url(url).password
+        if password:
+            register(str(password))
+    result = copy_ledger(source, args.to, force=args.force)
+    print("\n".join(redact(line) for line in report_lines(result)))
     return EXIT_OK
 
 
