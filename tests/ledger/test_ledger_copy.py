@@ -318,6 +318,35 @@ def test_a_live_daemon_on_a_postgres_source_refuses_the_copy(tmp_path, new_pg) -
     assert not (tmp_path / "t.sqlite3").exists()
 
 
+@pytest.mark.postgres
+def test_a_writer_waiting_on_a_postgres_source_fails_the_copy(tmp_path, new_pg) -> None:
+    """A write held back by the copy's SHARE locks lands after its snapshot: refused."""
+    url = new_pg()
+    populate(url)
+    engine = create_engine(parse_url(url))
+    done = threading.Event()
+
+    def write_meanwhile() -> None:
+        with engine.begin() as connection:
+            connection.execute(update(Message).where(Message.uidl == "abc").values(path="late"))
+        done.set()
+
+    def start_writer(_target: str) -> None:
+        threading.Thread(target=write_meanwhile, daemon=True).start()
+        waiting = text("SELECT count(*) FROM pg_locks WHERE NOT granted AND relation IS NOT NULL")
+        with engine.connect() as probe:
+            deadline = time.monotonic() + 10
+            while not probe.execute(waiting).scalar_one():
+                assert time.monotonic() < deadline, "the writer never waited"
+                time.sleep(0.01)
+        assert not done.is_set()
+
+    with pytest.raises(LedgerError, match="waited to write to the source's table messages"):
+        copy_ledger(url, sqlite_url(tmp_path / "t.sqlite3"), before_verify=start_writer)
+    assert done.wait(10)  # released when the copy gave up
+    engine.dispose()
+
+
 # -- the verification can fail ---------------------------------------------------------
 
 

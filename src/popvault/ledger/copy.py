@@ -390,8 +390,8 @@ def _refuse_waiting_writers(frozen: Connection) -> None:
     if waiting is not None:
         raise LedgerError(
             f"PostgreSQL session {waiting[0]} waited to write to the source's table "
-            f"{waiting[1]} during the copy, which misses that write: stop every popvault "
-            "process using the source, then copy again with --force"
+            f"{waiting[1]} during the copy, which would miss that write: stop every popvault "
+            "process using the source, then copy again (with --force if the target kept a copy)"
         )
 
 
@@ -411,6 +411,8 @@ def _copy_all(
             for table in tables:
                 _copy_table(frozen, connection, table, batch_rows)
             _advance_sequences(connection, tables)
+            # Before the commit too: a writer seen now costs the target nothing.
+            _refuse_waiting_writers(frozen)
     return emptied
 
 
