@@ -63,10 +63,13 @@ log = logging.getLogger("popvault.sync")
 Clock = Callable[[], datetime]
 
 # A batch is made durable once it holds this many messages, octets or seconds
-# of work: 64 messages turn 64 ledger commits (two fdatasyncs each with
-# synchronous=FULL) into one, 16 MiB bounds what a failure leaves to fetch
-# again, and 250 ms bounds how long a message waits on a slow server.
-BATCH_MESSAGES: Final = 64
+# of work. Each batch costs two ledger commits (an fdatasync each with
+# synchronous=FULL) and a folder fsync on the main thread, ~8 ms on this
+# kind of disk: 256 messages a batch (2,000 messages: 0.94 s against 1.0-1.1 s
+# with 64) with no descriptor held per message (Writer.close_file); 16 MiB
+# bounds what a failure leaves to fetch again, and 250 ms how long a message
+# waits on a slow server.
+BATCH_MESSAGES: Final = 256
 BATCH_OCTETS: Final = 16 << 20
 BATCH_SECONDS: Final = 0.25
 
@@ -432,7 +435,11 @@ class Fetcher:
                 hold_reason=hold,
                 held_at=self.clock() if hold else None,
             )
-            synced = None if self._filesystem is not None else syncer.submit(writer.sync)
+            if self._filesystem is None:
+                synced: Future[None] | None = syncer.submit(writer.sync)
+            else:
+                synced = None
+                writer.close_file()  # the batch's syncfs needs no descriptor
         except BaseException:
             writer.abort()
             raise

@@ -7,6 +7,7 @@ import errno
 import os
 import threading
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -168,3 +169,26 @@ def test_a_batch_is_synced_on_the_worker_while_the_next_one_arrives(
         if op.kind == "link":
             written = last_write[op.path]
             assert any(written < sync < index for sync in syncs), op
+
+
+def test_a_writer_closed_before_its_batch_sync_publishes_and_aborts_cleanly(
+    tmp_path: Path,
+) -> None:
+    store = open_store("maildir", tmp_path / "archive", "acct")
+    now = datetime.now(UTC)
+    kept, dropped = store.begin(received_at=now), store.begin(received_at=now)
+    for writer in (kept, dropped):
+        writer.write(b"Subject: s\r\n\r\nbody\r\n")
+        writer.finish()
+        writer.close_file()  # no descriptor held until the batch's sync
+    with trusted(tmp_path) as syncer:
+        syncer.sync()
+    kept.seal_synced()
+    kept.commit()
+    dropped.abort()
+    assert [p.read_bytes() for p in (tmp_path / "archive" / "acct" / "new").iterdir()] == [
+        b"Subject: s\n\nbody\n"
+    ]
+    assert list(store.tmp_dir.iterdir()) == []
+    with pytest.raises(RuntimeError, match="cannot close"):
+        kept.close_file()

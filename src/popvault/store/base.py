@@ -198,7 +198,7 @@ class Writer:
         self._expect(_State.FINISHED, "sync")
         with self._aborting():
             fd, self._fd = self._fd, None
-            assert fd is not None  # noqa: S101 - FINISHED always holds a descriptor
+            assert fd is not None  # noqa: S101 - per-file syncs never close_file
             durable.sync_and_close(fd, self._tmp_path)
         self._state = _State.SEALED
 
@@ -211,10 +211,19 @@ class Writer:
         was finished.
         """
         self._expect(_State.FINISHED, "seal")
-        fd, self._fd = self._fd, None
-        assert fd is not None  # noqa: S101 - FINISHED always holds a descriptor
-        durable.close_quietly(fd)
+        self.close_file()
         self._state = _State.SEALED
+
+    def close_file(self) -> None:
+        """Close the finished temp file's descriptor, leaving it unsynced (finished still).
+
+        For a batch that a file-system sync makes durable: its files need no
+        descriptor until then, and a batch of hundreds must not hold hundreds.
+        """
+        self._expect(_State.FINISHED, "close")
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            durable.close_quietly(fd)
 
     def holds_line_starting(self, *prefixes: bytes) -> bool:
         """Whether a line of the finished message (as stored) starts with one of ``prefixes``.
