@@ -4,18 +4,15 @@ that downloads nothing (FakePop3Server, SQLite files, the real PostgreSQL)."""
 from __future__ import annotations
 
 import functools
-import os
-import secrets
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
-from psycopg import sql
 
 from popvault.ledger import copy as copy_module
 from popvault.testing import FakePop3Server, sample_messages
+from postgres import databases
 from workspace import Workspace, fake_account
 
 PASSWORD = "fake-Pa55word-never-shown"
@@ -24,35 +21,11 @@ PG_PASSWORD = "db-Secret-never-shown-9"
 PG = f"postgresql://postgres:{PG_PASSWORD}@127.0.0.1:5432"
 
 
-def _admin() -> psycopg.Connection:
-    try:
-        return psycopg.connect(
-            "postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True, connect_timeout=5
-        )
-    except psycopg.OperationalError as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL unreachable: {exc}")
-        pytest.skip(f"PostgreSQL unreachable: {exc}")
-
-
 @pytest.fixture
 def new_pg() -> Iterator[Callable[[], str]]:
     """Make empty PostgreSQL databases on demand (URLs with a password); dropped after."""
-    made: list[str] = []
-
-    def make() -> str:
-        name = f"popvault_cli_copy_{secrets.token_hex(5)}"
-        with _admin() as admin:
-            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        made.append(name)
-        return f"{PG}/{name}"
-
-    yield make
-    with _admin() as admin:
-        for name in made:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+    with databases("popvault_cli_copy", PG) as make:
+        yield make
 
 
 @pytest.fixture

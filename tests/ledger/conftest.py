@@ -8,52 +8,25 @@ where a missing server is a failure.
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import Iterator
 
 import psycopg
 import pytest
-from psycopg import sql
 from sqlalchemy import event
 
+import postgres
 from popvault.ledger import Ledger
-
-PG_HOST = "127.0.0.1"
-PG_PORT = 5432
-PG_USER = "postgres"
 
 
 def _admin(dbname: str = "postgres") -> psycopg.Connection:
-    try:
-        return psycopg.connect(
-            host=PG_HOST,
-            port=PG_PORT,
-            user=PG_USER,
-            dbname=dbname,
-            autocommit=True,
-            connect_timeout=5,
-        )
-    except psycopg.OperationalError as exc:
-        reason = f"PostgreSQL on {PG_HOST}:{PG_PORT} unreachable: {exc}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
+    return postgres.admin(dbname)
 
 
 @pytest.fixture(scope="module")
 def postgres_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this test module, as a ledger URL."""
-    name = f"popvault_test_{secrets.token_hex(6)}"
-    with _admin() as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
-    finally:
-        with _admin() as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+    with postgres.databases("popvault_test") as make:
+        yield make()
 
 
 def reset_postgres(url: str) -> None:

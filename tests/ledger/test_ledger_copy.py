@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gc
 import os
-import secrets
 import sqlite3
 import threading
 import time
@@ -20,10 +19,8 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from ledger_helpers import T0, archive, fill, migrate, record
-from psycopg import sql
 from sqlalchemy import create_engine, select, text, update
 
 from popvault.errors import LedgerError, SchemaMismatch
@@ -31,39 +28,18 @@ from popvault.ledger import Ledger, MessageKey, ScheduleEntry
 from popvault.ledger.copy import _row_encoder, copy_ledger, report_lines, row_bytes
 from popvault.ledger.engine import parse_url
 from popvault.ledger.models import Message, metadata
+from postgres import databases
 
 PG = "postgresql://postgres@127.0.0.1:5432"
 # A non-UTC zone on the way in: the ledger keeps UTC, the copy must too.
 PLUS2 = timezone(timedelta(hours=2))
 
 
-def _admin() -> psycopg.Connection:
-    try:
-        return psycopg.connect(f"{PG}/postgres", autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL unreachable: {exc}")
-        pytest.skip(f"PostgreSQL unreachable: {exc}")
-
-
 @pytest.fixture
 def new_pg() -> Iterator[Callable[[], str]]:
     """Make empty PostgreSQL databases on demand; all dropped at the end."""
-    made: list[str] = []
-
-    def make() -> str:
-        name = f"popvault_copy_{secrets.token_hex(5)}"
-        with _admin() as admin:
-            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        made.append(name)
-        return f"{PG}/{name}"
-
-    yield make
-    with _admin() as admin:
-        for name in made:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+    with databases("popvault_copy", PG) as make:
+        yield make
 
 
 def sqlite_url(path: Path) -> str:
