@@ -37,6 +37,7 @@ they arise, into one of these; callers never see the foreign type.
           +-- SchemaMismatch
           +-- LedgerDamaged                           a SQLite file that is not a sound database
           +-- ArchiveNotInLedger                      message files the ledger does not know
+          +-- LeaseLost(account, token)               the account's lease passed to another claim
 
 This module imports nothing from popvault, so that every other module may
 import it.
@@ -342,3 +343,20 @@ class ArchiveNotInLedger(LedgerError):
     renamed: archiving now would store every message a second time, so the
     run refuses before it fetches anything. The message names the ways out.
     """
+
+
+class LeaseLost(LedgerError):
+    """The account's lease is no longer held by the run that tried to use it.
+
+    It expired, was released, or another claim took it and got a newer
+    fencing token (popvault.ledger.leases). A fenced write that raises it
+    wrote nothing; the run must stop at once: no more ledger writes, no DELE,
+    and no QUIT (a session dropped without QUIT deletes nothing, RFC 1939
+    section 6). The account's new holder settles whatever the run left.
+    ``account`` and ``token`` name the lost lease.
+    """
+
+    def __init__(self, message: str, *, account: str, token: int) -> None:
+        self.account = account
+        self.token = token
+        super().__init__(message)

@@ -34,7 +34,8 @@ def reset_postgres(url: str) -> None:
     dbname = url.rsplit("/", 1)[1]
     with _admin(dbname) as conn:
         conn.execute(
-            "DROP TABLE IF EXISTS messages, runs, failures, schedules, alembic_version CASCADE"
+            "DROP TABLE IF EXISTS messages, runs, failures, schedules, leases, alembic_version "
+            "CASCADE"
         )
 
 

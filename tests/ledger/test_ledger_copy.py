@@ -24,7 +24,7 @@ from ledger_helpers import T0, archive, fill, migrate, record
 from sqlalchemy import create_engine, select, text, update
 
 from popvault.errors import LedgerError, SchemaMismatch
-from popvault.ledger import Ledger, MessageKey, ScheduleEntry
+from popvault.ledger import LeaseOwner, Ledger, MessageKey, ScheduleEntry
 from popvault.ledger.copy import _row_encoder, copy_ledger, report_lines, row_bytes
 from popvault.ledger.engine import parse_url
 from popvault.ledger.models import Message, metadata
@@ -88,6 +88,9 @@ def populate(url: str) -> None:
                 updated_at=T0,  # long stale: that daemon is gone
             )
         )
+        owner = LeaseOwner("elsewhere.example", 999_999, "0123456789abcdef")
+        for at in (T0, T0 + timedelta(minutes=1), T0 + timedelta(minutes=2)):
+            ledger.claim_lease("alice", owner, timedelta(seconds=30), now=at)  # token 3
 
 
 def dump(url: str) -> dict[str, list[tuple[Any, ...]]]:
@@ -112,12 +115,14 @@ def raw_sqlite(path: Path) -> dict[str, list[tuple[Any, ...]]]:
     """Every popvault table as SQLite stores it, read by the stdlib module."""
     connection = sqlite3.connect(path)
     try:
+        present = {name for (name,) in connection.execute("SELECT name FROM sqlite_master")}
         return {
             table.name: connection.execute(
                 f"SELECT * FROM {table.name} ORDER BY "  # noqa: S608 - the models' names
                 + ", ".join(column.name for column in table.primary_key.columns)
             ).fetchall()
             for table in metadata.sorted_tables
+            if table.name in present  # an older schema has fewer tables
         }
     finally:
         connection.close()
@@ -149,7 +154,7 @@ def test_sqlite_to_postgres_to_sqlite_round_trips_byte_exact(tmp_path, new_pg) -
     assert dump(pg) == dump(sqlite_url(source))
     assert [t.sha256 for t in there.tables] == [t.sha256 for t in back.tables]
     counts = {t.name: t.rows for t in there.tables}
-    assert counts == {"messages": 8, "runs": 3, "failures": 1, "schedules": 1}
+    assert counts == {"messages": 8, "runs": 3, "failures": 1, "schedules": 1, "leases": 1}
     assert there.stale_runs == back.stale_runs == 1
     # Timestamps keep their zone and microseconds: aware UTC on the way out of each.
     with Ledger.open(pg) as ledger:
@@ -167,12 +172,35 @@ def test_postgres_to_postgres_and_sequences_move_past_the_copied_ids(tmp_path, n
     result = copy_ledger(first, second)
 
     assert dump(second) == dump(first)
-    assert result.rows == 13
+    assert result.rows == 14  # 13 and the lease row
     with Ledger.open(second) as ledger:
         run = ledger.start_run("dave", started_at=T0)
         record(ledger, "after-the-copy")
         ledger.record_failure("alice", "another", error="x", at=T0)
     assert run > max(row[0] for row in dump(first)["runs"])
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_fencing_tokens_keep_growing_on_the_copy(tmp_path, new_pg, kind: str) -> None:
+    # The token counter is the lease row itself: a copy carries it, so the next
+    # claim on the target fences out a holder of any token given out on the source.
+    source = sqlite_url(tmp_path / "source.sqlite3")
+    populate(source)
+    with Ledger.open(source) as ledger:
+        copied = ledger.current_lease("alice")
+    assert copied is not None
+    assert copied.token == 3
+    target = new_pg() if kind == "postgres" else sqlite_url(tmp_path / "target.sqlite3")
+    copy_ledger(source, target)
+    newcomer = LeaseOwner("new.example", 1, "fedcba9876543210")
+    with Ledger.open(target) as ledger:
+        assert ledger.current_lease("alice") == copied
+        lease = ledger.claim_lease("alice", newcomer, timedelta(seconds=30), now=copied.expires_at)
+        first = ledger.claim_lease("bob", newcomer, timedelta(seconds=30), now=T0)
+    assert lease is not None
+    assert lease.token == copied.token + 1
+    assert first is not None
+    assert first.token == 1  # a new account's counter starts on its own
 
 
 def test_sqlite_to_sqlite_copies_into_a_new_file(tmp_path) -> None:

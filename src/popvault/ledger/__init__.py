@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from popvault.ledger.engine import BACKUP_INFIX
 from popvault.ledger.facade import Ledger
+from popvault.ledger.leases import Lease, LeaseOwner
 from popvault.ledger.migrate import UPGRADE_COMMAND, check, current, upgrade
 from popvault.ledger.records import (
     AccountBusy,
@@ -43,6 +44,8 @@ __all__ = [
     "HeldMessage",
     "KeyLike",
     "KnownRow",
+    "Lease",
+    "LeaseOwner",
     "Ledger",
     "MessageKey",
     "NewMessage",

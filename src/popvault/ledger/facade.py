@@ -16,6 +16,7 @@ from popvault.ledger.core import LedgerCore
 from popvault.ledger.engine import create_ledger_engine, parse_url
 from popvault.ledger.failures import FailuresMixin
 from popvault.ledger.holds import HoldsMixin
+from popvault.ledger.leases import LeasesMixin
 from popvault.ledger.locking import LockingMixin
 from popvault.ledger.messages import MessagesMixin
 from popvault.ledger.migrate import check_engine, upgrade_engine
@@ -34,6 +35,7 @@ class Ledger(
     RunsMixin,
     ReportsMixin,
     SchedulesMixin,
+    LeasesMixin,
     LedgerCore,
 ):
     """The record of which messages of which account are safely archived.
@@ -47,8 +49,11 @@ class Ledger(
     which means occurrence 1.
 
     Each concern lives in a mixin of its own module (messages, retention,
-    holds, failures, locking, runs, reports, schedules); :class:`LedgerCore`
-    holds the engine and the read and write blocks they share.
+    holds, failures, locking, runs, reports, schedules, leases);
+    :class:`LedgerCore` holds the engine and the read and write blocks they
+    share. :class:`LeasesMixin` comes last before it: its write block is the
+    one every other concern's writes go through, so that a view made by
+    :meth:`fenced` fences them all.
     """
 
     @classmethod
@@ -74,8 +79,12 @@ class Ledger(
         return f"<Ledger {self.url}>"
 
     def close(self) -> None:
-        """Release every pooled connection; the Ledger cannot be used after."""
-        if not self._closed:
+        """Release every pooled connection; the Ledger cannot be used after.
+
+        On a view made by :meth:`fenced` it does nothing: the ledger the
+        view came from owns the connections.
+        """
+        if self._fence is None and not self._closed:
             self._closed = True
             self._engine.dispose()
 

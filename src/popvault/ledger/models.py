@@ -307,3 +307,45 @@ class Schedule(Base):
     daemon_pid: ClassVar[ColumnElement[int]] = __table__.c.daemon_pid
     daemon_host: ClassVar[ColumnElement[str]] = __table__.c.daemon_host
     updated_at: ClassVar[ColumnElement[datetime]] = __table__.c.updated_at
+
+
+class Lease(Base):
+    """Which daemon holds an account now, until when, and under which fencing token.
+
+    One row per account that was ever claimed (``popvault.ledger.leases``).
+    ``token`` grows by one with every claim and the row is never deleted, so
+    the row itself is the account's token counter: a token is never given
+    out twice, and ``popvault db copy`` carries the counter with the row.
+    ``owner_host``, ``owner_pid`` and ``daemon_id`` (random, one per daemon
+    process: a restarted daemon is a new owner) name the holder; the lease is
+    free once ``expires_at`` has passed (a release sets it to the release
+    time). ``server_host`` is the POP3 server the holder's session talks to,
+    when the claimer says: live leases counted per server bound the sessions
+    one server gets from every daemon together (issue 11, ``max_per_host``).
+    """
+
+    __table__ = Table(
+        "leases",
+        metadata,
+        Column("account", binary_string(), primary_key=True),
+        # 64 bits: a token per claim, every 10 s for centuries, never wraps.
+        Column("token", BigInteger, nullable=False),
+        # RFC 1035 section 2.3.4: a host name is at most 255 octets.
+        Column("owner_host", String(255), nullable=False),
+        Column("owner_pid", Integer, nullable=False),
+        Column("daemon_id", String(64), nullable=False),
+        Column("claimed_at", UTCDateTime(), nullable=False),
+        Column("expires_at", UTCDateTime(), nullable=False),
+        Column("server_host", String(255)),
+        Index("ix_leases_server_host_expires_at", "server_host", "expires_at"),
+        CheckConstraint("token >= 1", name="token"),
+    )
+
+    account: ClassVar[ColumnElement[str]] = __table__.c.account
+    token: ClassVar[ColumnElement[int]] = __table__.c.token
+    owner_host: ClassVar[ColumnElement[str]] = __table__.c.owner_host
+    owner_pid: ClassVar[ColumnElement[int]] = __table__.c.owner_pid
+    daemon_id: ClassVar[ColumnElement[str]] = __table__.c.daemon_id
+    claimed_at: ClassVar[ColumnElement[datetime]] = __table__.c.claimed_at
+    expires_at: ClassVar[ColumnElement[datetime]] = __table__.c.expires_at
+    server_host: ClassVar[ColumnElement[str | None]] = __table__.c.server_host
