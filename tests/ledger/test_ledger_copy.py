@@ -490,3 +490,18 @@ def test_a_100k_row_table_copies_each_way_with_flat_memory(tmp_path, new_pg, cap
         assert rss.growth_mib < 60, figures[-1]
     with capsys.disabled():
         print("\n" + "\n".join(figures))
+
+
+def test_a_live_lease_on_the_source_refuses_the_copy_until_it_is_released(tmp_path) -> None:
+    source, target = sqlite_url(tmp_path / "s.sqlite3"), sqlite_url(tmp_path / "t.sqlite3")
+    populate(source)
+    holder = LeaseOwner("busy.example", 4343, "00000000000000aa")
+    with Ledger.open(source) as ledger:
+        lease = ledger.claim_lease("bob", holder, timedelta(minutes=5))
+        assert lease is not None
+    with pytest.raises(LedgerError, match=r"'bob' is leased to pid 4343 on busy.example"):
+        copy_ledger(source, target)
+    assert not (tmp_path / "t.sqlite3").exists()
+    with Ledger.open(source) as ledger:
+        ledger.release_lease(lease)
+    copy_ledger(source, target)

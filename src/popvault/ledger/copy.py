@@ -79,7 +79,7 @@ from popvault.ledger.engine import (
 )
 from popvault.ledger.facade import Ledger
 from popvault.ledger.migrate import UPGRADE_COMMAND, check_engine, upgrade_engine
-from popvault.ledger.models import metadata
+from popvault.ledger.models import Lease, metadata
 
 log = logging.getLogger("popvault.ledger")
 
@@ -247,6 +247,7 @@ def _refuse_writers(source: Ledger, stack: ExitStack, now: datetime) -> int:
     stack.enter_context(source.daemon_lock())
     if source._engine.dialect.name == "postgresql":
         _refuse_live_daemons(source, now)
+    _refuse_live_leases(source, now)
     stale = 0
     for account in source.running_accounts():
         try:
@@ -274,6 +275,20 @@ def _refuse_live_daemons(source: Ledger, now: datetime) -> None:
             f"source ledger {source.url}: stop every daemon using it, then copy (a daemon that "
             f"died counts as stopped {DAEMON_FRESH.seconds // 60} minutes after its last "
             "confirmation)"
+        )
+
+
+def _refuse_live_leases(source: Ledger, now: datetime) -> None:
+    """A live lease is a run that may still write to the source (issue 11's leases)."""
+    leases = Lease.__table__
+    live = select(leases.c.account, leases.c.owner_host, leases.c.owner_pid, leases.c.expires_at)
+    with source._engine.connect() as connection:
+        row = connection.execute(live.where(leases.c.expires_at > now).limit(1)).first()
+    if row is not None:
+        raise LedgerError(
+            f"account {row.account!r} is leased to pid {row.owner_pid} on {row.owner_host} "
+            f"until {row.expires_at.isoformat()} on the source ledger {source.url}: stop every "
+            "daemon using it (or wait for the lease to expire), then copy"
         )
 
 
