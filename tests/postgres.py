@@ -57,3 +57,13 @@ def databases(prefix: str, server: str = SERVER) -> Iterator[Callable[[], str]]:
                             sql.Identifier(name)
                         )
                     )
+
+
+# The ledger's tables, children first: dropped to start a test from empty.
+LEDGER_TABLES = ("messages", "runs", "failures", "schedules", "leases", "alembic_version")
+
+
+def reset_ledger(url: str) -> None:
+    """Drop everything a ledger created in the database at ``url``."""
+    with admin(url.rsplit("/", 1)[1]) as connection:
+        connection.execute(f"DROP TABLE IF EXISTS {', '.join(LEDGER_TABLES)} CASCADE")

@@ -31,12 +31,7 @@ def postgres_url() -> Iterator[str]:
 
 def reset_postgres(url: str) -> None:
     """Drop everything the ledger created, so each test starts from empty."""
-    dbname = url.rsplit("/", 1)[1]
-    with _admin(dbname) as conn:
-        conn.execute(
-            "DROP TABLE IF EXISTS messages, runs, failures, schedules, leases, alembic_version "
-            "CASCADE"
-        )
+    postgres.reset_ledger(url)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
