@@ -256,3 +256,15 @@ def test_app_only_access_with_a_certificate(
         assert result.code == 0, result.output
         assert len(ws.archived_files("office")) == 2
         assert oauth.counts["client_credentials"] >= 1
+
+
+def test_auth_status_needs_no_client_secret(
+    ws: Workspace, pop: FakePop3Server, oauth: FakeOAuthServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A secret set only in the daemon's environment: `auth status` still reads the token file."""
+    monkeypatch.delenv("DAEMON_ONLY_SECRET", raising=False)
+    ws.write_config([oauth_account(pop, oauth, oauth_client_secret_env="DAEMON_ONLY_SECRET")])
+    status = ws.cli("auth", "status")
+    assert status.code == 1, status.output
+    assert "not signed in" in status.out
+    assert "DAEMON_ONLY_SECRET" not in status.output

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from popvault.config import Account, Config, OAuthGrant
 from popvault.errors import ConfigError
-from popvault.signin import oauth_client, token_source
+from popvault.signin import oauth_client, token_source, token_status
 
 if TYPE_CHECKING:
     from popvault.oauth import LoginResult, TokenStatus
@@ -82,7 +82,7 @@ def login(
 
 def status(config: Config, accounts: Sequence[Account], *, as_json: bool, out: TextIO) -> int:
     """Print each OAuth account's token state; 1 when one needs a login, else 0."""
-    statuses = [token_source(config, account).status() for account in accounts]
+    statuses = [token_status(config, account) for account in accounts]
     if as_json:
         print(json.dumps([s.to_json() for s in statuses], indent=2), file=out)
     else:

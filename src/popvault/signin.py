@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from popvault.config import Account, Config, OAuthSettings, read_client_secret, read_password
 
 if TYPE_CHECKING:
-    from popvault.oauth import OAuthClient, TokenSource
+    from popvault.oauth import OAuthClient, TokenSet, TokenSource, TokenStatus
 
 # By account name and its whole OAuth settings: a daemon's reloaded config with a
 # new client, endpoint or token file gets a new source, the same one keeps its own.
@@ -86,6 +86,34 @@ def token_source(config: Config, account: Account) -> TokenSource:
             source = TokenSource(account.name, client, path=settings.token_file)
             _sources[key] = source
         return source
+
+
+def token_status(config: Config, account: Account) -> TokenStatus:
+    """The account's token state for ``auth status``: from the token file only.
+
+    No client is built, so an account whose client secret cannot be read here
+    (a variable set only in the daemon's environment) still shows its state.
+    In the process that runs the account, the shared source's counts are used.
+    """
+    from popvault.oauth import TokenSource  # noqa: PLC0415 - OAuth only
+
+    settings = account.oauth
+    if settings is None:
+        raise ValueError(f"account {account.name!r} does not sign in with OAuth 2.0")
+    shared = _sources.get((account.name, settings))
+    if shared is not None:
+        return shared.status()
+    return TokenSource(account.name, _StatusOnly(), path=settings.token_file).status()
+
+
+class _StatusOnly:
+    """A renewer for reading a token file's state only: it never talks to a server."""
+
+    def renew(self, tokens: TokenSet) -> TokenSet:
+        raise RuntimeError("a status-only token source does not renew")
+
+    def revoke(self, tokens: TokenSet) -> bool:
+        raise RuntimeError("a status-only token source does not revoke")
 
 
 def obtain_app_tokens(config: Config, account: Account, source: TokenSource) -> None:
