@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 # By account name and its whole OAuth settings: a daemon's reloaded config with a
 # new client, endpoint or token file gets a new source, the same one keeps its own.
-_sources: dict[tuple[str, OAuthSettings], TokenSource] = {}
+_sources: dict[tuple[str, OAuthSettings], tuple[TokenSource, OAuthClient]] = {}
 _sources_lock = threading.Lock()
 
 
@@ -50,12 +50,60 @@ def credentials(config: Config, account: Account) -> Credentials:
 
 
 def oauth_client(config: Config, account: Account) -> OAuthClient:
-    """The account's OAuth client: provider, client id, and a secret or certificate."""
+    """The account's OAuth client (provider, client id, secret or certificate), kept per process.
+
+    Built once with its token source (:func:`token_source`): the client secret,
+    which may come from a command, is read once, not once per use.
+    """
+    return _entry(config, account)[1]
+
+
+def token_source(config: Config, account: Account) -> TokenSource:
+    """The account's token source (one per account, client and token file in this process)."""
+    return _entry(config, account)[0]
+
+
+def token_status(config: Config, account: Account) -> TokenStatus:
+    """The account's token state for ``auth status``: from the token file only.
+
+    No client is built, so an account whose client secret cannot be read here
+    (a variable set only in the daemon's environment) still shows its state.
+    In the process that runs the account, the shared source's counts are used.
+    """
+    from popvault.oauth import TokenSource  # noqa: PLC0415 - OAuth only
+
+    settings = _settings(account)
+    with _sources_lock:
+        shared = _sources.get((account.name, settings))
+    if shared is not None:
+        return shared[0].status()
+    return TokenSource(account.name, _StatusOnly(), path=settings.token_file).status()
+
+
+def _settings(account: Account) -> OAuthSettings:
+    if account.oauth is None:
+        raise ValueError(f"account {account.name!r} does not sign in with OAuth 2.0")
+    return account.oauth
+
+
+def _entry(config: Config, account: Account) -> tuple[TokenSource, OAuthClient]:
+    """The account's token source and client, made on first use (see the module doc)."""
+    settings = _settings(account)
+    key = (account.name, settings)
+    with _sources_lock:
+        entry = _sources.get(key)
+        if entry is None:
+            client = _new_client(config, account, settings)
+            from popvault.oauth import TokenSource  # noqa: PLC0415 - OAuth only
+
+            entry = (TokenSource(account.name, client, path=settings.token_file), client)
+            _sources[key] = entry
+        return entry
+
+
+def _new_client(config: Config, account: Account, settings: OAuthSettings) -> OAuthClient:
     from popvault.oauth import ClientCertificate, OAuthClient  # noqa: PLC0415 - OAuth only
 
-    settings = account.oauth
-    if settings is None:
-        raise ValueError(f"account {account.name!r} does not sign in with OAuth 2.0")
     certificate = (
         None
         if settings.certificate_file is None
@@ -69,41 +117,6 @@ def oauth_client(config: Config, account: Account) -> OAuthClient:
         # The system's trust store: ca_file is the POP3 server's, not the provider's.
         account=account.name,
     )
-
-
-def token_source(config: Config, account: Account) -> TokenSource:
-    """The account's token source (one per account, client and token file in this process)."""
-    from popvault.oauth import TokenSource  # noqa: PLC0415 - OAuth only
-
-    settings = account.oauth
-    if settings is None:
-        raise ValueError(f"account {account.name!r} does not sign in with OAuth 2.0")
-    key = (account.name, settings)
-    with _sources_lock:
-        source = _sources.get(key)
-        if source is None:
-            client = oauth_client(config, account)
-            source = TokenSource(account.name, client, path=settings.token_file)
-            _sources[key] = source
-        return source
-
-
-def token_status(config: Config, account: Account) -> TokenStatus:
-    """The account's token state for ``auth status``: from the token file only.
-
-    No client is built, so an account whose client secret cannot be read here
-    (a variable set only in the daemon's environment) still shows its state.
-    In the process that runs the account, the shared source's counts are used.
-    """
-    from popvault.oauth import TokenSource  # noqa: PLC0415 - OAuth only
-
-    settings = account.oauth
-    if settings is None:
-        raise ValueError(f"account {account.name!r} does not sign in with OAuth 2.0")
-    shared = _sources.get((account.name, settings))
-    if shared is not None:
-        return shared.status()
-    return TokenSource(account.name, _StatusOnly(), path=settings.token_file).status()
 
 
 class _StatusOnly:
