@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from conftest import WriteConfig
 from popvault.config import load, read_client_secret, read_password
 from popvault.errors import ConfigError
+
+# The config folder's fixture (tests/config/conftest.py) writes a config and returns its
+# path. Its type is restated here: "from conftest import" finds another folder's
+# conftest when the whole suite runs.
+WriteConfig = Callable[[str], Path]
 
 OFFICE = """
 [[accounts]]
