@@ -74,8 +74,11 @@ class Workspace:
         *,
         defaults: dict[str, Any] | None = None,
         ledger_url: str = "sqlite:///ledger.sqlite3",
+        ledger: dict[str, Any] | None = None,
     ) -> Path:
-        lines = ["[ledger]", f"url = {toml_value(ledger_url)}", "", "[archive]", 'root = "archive"']
+        lines = ["[ledger]", f"url = {toml_value(ledger_url)}"]
+        lines += [f"{k} = {toml_value(v)}" for k, v in (ledger or {}).items()]
+        lines += ["", "[archive]", 'root = "archive"']
         if defaults:
             lines += ["", "[defaults]"] + [f"{k} = {toml_value(v)}" for k, v in defaults.items()]
         for account in accounts:

@@ -37,13 +37,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from popvault.archive_check import refuse_unknown_archive
 from popvault.config import Account, Config
-from popvault.errors import AuthError, PopvaultError
+from popvault.errors import AuthError, LeaseLost, PopvaultError
 from popvault.fetch import (
     OVERRUN_FLOOR,
     Fetcher,
@@ -54,7 +54,7 @@ from popvault.fetch import (
     TooLargeToFetch,
     settle_pending,
 )
-from popvault.ledger import Ledger, MessageKey, RetainedMessage
+from popvault.ledger import AccountHold, LeaseTerms, Ledger, MessageKey, RetainedMessage
 from popvault.plan import MAX_ATTEMPTS, PlannedMessage, Session, plan_session, verifications
 from popvault.pop3.client import Pop3Client
 from popvault.pop3.pace import Limits
@@ -191,19 +191,38 @@ def run_account(config: Config, account: Account, ledger: Ledger, options: RunOp
     try:
         # The lock comes first: a run refused because another process is
         # archiving this account leaves no run row to hide that one's outcome.
-        with nullcontext() if options.dry_run else ledger.account_lock(account.name):
+        with _hold(config, account, ledger, options) as hold:
+            # On PostgreSQL every write of the run goes through the view fenced
+            # by its lease (ledger/leases.py says why that keeps exactly-once).
+            ledger = hold.ledger  # type: ignore[assignment]
             run_id = None
             if not options.dry_run:
                 run_id = ledger.start_run(account.name, started_at=result.started_at)
             try:
-                _AccountRun(config, account, ledger, result, options).run()
+                _AccountRun(config, account, ledger, result, options, hold=hold).run()
             except Exception as exc:  # a bug of ours must not stop the other accounts either
                 _fail(result, account, exc)
-            _close_run(ledger, run_id, result, options.clock)
+            if isinstance(result.exception, LeaseLost):
+                # Another holder has the account: this run records nothing more.
+                log.warning("account %r: %s; the run stopped", account.name, result.exception)
+            else:
+                _close_run(ledger, run_id, result, options.clock)
     except PopvaultError as exc:  # the lock or the run row: the run did not start
         _fail(result, account, exc)
     result.ended_at = result.ended_at or options.clock()
     return result
+
+
+def _hold(
+    config: Config, account: Account, ledger: Ledger, options: RunOptions
+) -> AbstractContextManager[AccountHold]:
+    """The account's lock (a lease on PostgreSQL) for a run; a dry run takes none."""
+    if options.dry_run:
+        return nullcontext(AccountHold(ledger))
+    terms = LeaseTerms(
+        ttl=timedelta(seconds=config.lease_ttl), heartbeat=timedelta(seconds=config.lease_heartbeat)
+    )
+    return ledger.account_lock(account.name, terms=terms, server_host=account.host)
 
 
 def _fail(result: RunResult, account: Account, exc: Exception) -> None:
@@ -322,8 +341,11 @@ class _AccountRun:
         ledger: Ledger,
         result: RunResult,
         options: RunOptions,
+        *,
+        hold: AccountHold | None = None,
     ) -> None:
         self.config = config
+        self.hold = hold or AccountHold(ledger)
         self.account = account
         self.ledger = ledger
         self.result = result
@@ -384,6 +406,13 @@ class _AccountRun:
         name, options, result = self.account.name, self.options, self.result
         store = self._open_store()
         if not options.dry_run:
+            if self.hold.lease is not None:
+                # Every temporary file is a dead or fenced-out run's: remove them all
+                # *before* settling pending rows. A fenced-out run publishes only by
+                # link()ing its temp file's name, so once the name is gone it cannot
+                # publish; a file it linked before is at its final path, which the
+                # settling below finds. Its late publish can never make a second copy.
+                store.cleanup_tmp(older_than=timedelta(0))
             result.recovered = settle_pending(store, self.ledger, name, clock=self.clock)
             store.cleanup_tmp()
         if not options.archive_again:
@@ -489,6 +518,9 @@ class _AccountRun:
                 going.append(choice)
             else:
                 self._kept(choice)
+        # The last look before DELE: a run whose lease passed to another holder
+        # deletes nothing (it drops the session; RFC 1939 section 6).
+        self.hold.check()
         refusals = client.dele_many(
             [choice.number for choice in going], depth=self.account.pipeline_depth
         )
@@ -547,6 +579,10 @@ class _AccountRun:
             )
             client.close()
             return
+        # QUIT commits this session's DELEs: only while the lease is ours. A lease
+        # lost after this look can only let through DELEs of messages the ledger
+        # says are archived (their rows were written through the fence).
+        self.hold.check()
         client.quit()
         if self.deletions:
             # QUIT's +OK means the UPDATE state removed them (RFC 1939 section 6).

@@ -178,6 +178,8 @@ def _build(settings: Settings, file: Path, environ: Mapping[str, str]) -> Config
         ),
         accounts=accounts,
         daemon=_daemon(settings.daemon),
+        lease_ttl=settings.ledger.lease,
+        lease_heartbeat=settings.ledger.lease_heartbeat,
     )
 
 

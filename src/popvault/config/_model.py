@@ -68,6 +68,11 @@ _MIN_EVERY: Final = 1.0
 _MAX_EVERY: Final = 366 * 86_400.0
 DEFAULT_MAX_CONCURRENT: Final = 4
 DEFAULT_SHUTDOWN_TIMEOUT: Final = 30.0
+# [ledger] lease, lease_heartbeat (PostgreSQL, issue 11): a stalled daemon's account
+# is taken by another within about lease + heartbeat (40 s); one renewal per daemon
+# every 10 s. The heartbeat must come at most every half lease (two tries per lease).
+DEFAULT_LEASE_TTL: Final = 30.0
+DEFAULT_LEASE_HEARTBEAT: Final = 10.0
 
 Security = Literal["tls", "starttls", "plain"]
 # How an account logs in; the same values as popvault.pop3.sasl.AuthMethod (config
@@ -221,6 +226,9 @@ class Config:
     archive_root: Path
     accounts: tuple[Account, ...]
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    # [ledger] lease and lease_heartbeat (PostgreSQL: ledger/leases.py), in seconds.
+    lease_ttl: float = DEFAULT_LEASE_TTL
+    lease_heartbeat: float = DEFAULT_LEASE_HEARTBEAT
 
     def account(self, name: str) -> Account:
         """The account called ``name``; :class:`ConfigError` if there is none."""

@@ -11,7 +11,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Final, TypeGuard
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, SecretStr
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -23,6 +32,8 @@ from pydantic_settings import (
 from popvault.config._cron import crontab_fields
 from popvault.config._model import (
     DEFAULT_ARCHIVE_ROOT,
+    DEFAULT_LEASE_HEARTBEAT,
+    DEFAULT_LEASE_TTL,
     DEFAULT_LEDGER_URL,
     DEFAULT_MAX_CONCURRENT,
     DEFAULT_SHUTDOWN_TIMEOUT,
@@ -32,6 +43,7 @@ from popvault.config._model import (
     OAuthGrant,
     Retention,
     Security,
+    format_seconds,
     parse_every,
     parse_rate,
     parse_retention,
@@ -176,6 +188,19 @@ class _Section(BaseModel):
 
 class _LedgerSection(_Section):
     url: Annotated[str, AfterValidator(_url)] = DEFAULT_LEDGER_URL
+    lease: Timeout = DEFAULT_LEASE_TTL
+    lease_heartbeat: Timeout = DEFAULT_LEASE_HEARTBEAT
+
+    @field_validator("lease_heartbeat")
+    @classmethod
+    def _well_inside_the_lease(cls, value: float, info: ValidationInfo) -> float:
+        lease = info.data.get("lease")
+        if lease is not None and value > lease / 2:
+            raise ValueError(
+                f"must be at most half of lease ({format_seconds(lease)}), so that a late "
+                "renewal is tried again before the lease runs out"
+            )
+        return value
 
 
 class _ArchiveSection(_Section):

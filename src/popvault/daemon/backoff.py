@@ -17,6 +17,7 @@ from popvault.errors import (
     ConfigError,
     CredentialsError,
     InUseError,
+    LeaseLost,
     LedgerError,
     LoginDelayError,
     OAuthUnavailable,
@@ -71,6 +72,14 @@ BUSY: Final = Policy("the mailbox is busy or the server is unavailable", MINUTE,
 LOCKED: Final = Policy(
     "another popvault process is archiving the account", MINUTE, 30 * MINUTE, or_on_schedule=True
 )
+# The account's lease passed to another daemon mid-run (it stalled or lost the
+# ledger): that daemon finishes the account; this one tries again on schedule.
+LEASE_LOST: Final = Policy(
+    "the account's lease passed to another popvault daemon",
+    MINUTE,
+    30 * MINUTE,
+    or_on_schedule=True,
+)
 NETWORK: Final = Policy("network or protocol failure", MINUTE, HOUR)
 # The disk, the ledger, the config or a bug of ours: a person has to look.
 LOCAL: Final = Policy("local failure (archive, ledger or configuration)", 5 * MINUTE, HOUR)
@@ -80,6 +89,7 @@ LOCAL: Final = Policy("local failure (archive, ledger or configuration)", 5 * MI
 _Kinds = type[BaseException] | tuple[type[BaseException], ...]
 _POLICIES: Final[tuple[tuple[_Kinds, Policy], ...]] = (
     (AccountBusy, LOCKED),
+    (LeaseLost, LEASE_LOST),
     ((InUseError, TemporaryError, LoginDelayError), BUSY),
     # The authorization server down or busy: retried as a network failure.
     (OAuthUnavailable, NETWORK),

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from popvault.ledger.engine import BACKUP_INFIX
 from popvault.ledger.facade import Ledger
-from popvault.ledger.leases import Lease, LeaseOwner
+from popvault.ledger.keeper import AccountHold
+from popvault.ledger.leases import Lease, LeaseOwner, LeaseTerms
 from popvault.ledger.migrate import UPGRADE_COMMAND, check, current, upgrade
 from popvault.ledger.records import (
     AccountBusy,
@@ -36,6 +37,7 @@ __all__ = [
     "BACKUP_INFIX",
     "UPGRADE_COMMAND",
     "AccountBusy",
+    "AccountHold",
     "AccountStatus",
     "ArchivedMessage",
     "DaemonRunning",
@@ -46,6 +48,7 @@ __all__ = [
     "KnownRow",
     "Lease",
     "LeaseOwner",
+    "LeaseTerms",
     "Ledger",
     "MessageKey",
     "NewMessage",

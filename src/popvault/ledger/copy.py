@@ -248,6 +248,11 @@ def _refuse_writers(source: Ledger, stack: ExitStack, now: datetime) -> int:
     if source._engine.dialect.name == "postgresql":
         _refuse_live_daemons(source, now)
     _refuse_live_leases(source, now)
+    if source._engine.dialect.name == "postgresql":
+        # A live run holds a live lease, which was refused above: every run row
+        # still "running" is a dead run's. (Probing with account_lock would claim
+        # leases, writing to the source.)
+        return len(source.running_accounts())
     stale = 0
     for account in source.running_accounts():
         try:

@@ -181,13 +181,35 @@ def _sqlite_on_begin(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+# A transaction idle this long is ended by PostgreSQL (see _postgres_engine); within
+# the default lease heartbeat (10 s), so a stalled holder's row lock goes well
+# before its lease would.
+PG_IDLE_IN_TRANSACTION_S = 10
+
+
 def _postgres_engine(url: URL) -> Engine:
     connect_args: dict[str, Any] = {
         "connect_timeout": PG_CONNECT_TIMEOUT_S,
         "application_name": "popvault",
         # A commit must be on disk before it returns, whatever the server's
         # default says: server copies are deleted on the strength of it.
-        "options": "-c synchronous_commit=on",
+        # idle_in_transaction_session_timeout: no write of ours leaves its transaction
+        # idle for more than milliseconds; a holder stopped (SIGSTOP, a frozen VM)
+        # inside a fenced write would keep its lease row locked, and so keep every
+        # other daemon from claiming the account, for as long as its session lives.
+        "options": (
+            "-c synchronous_commit=on "
+            f"-c idle_in_transaction_session_timeout={PG_IDLE_IN_TRANSACTION_S}s"
+        ),
+        # TCP keepalives and a send timeout: a connection whose peer vanished
+        # (a cut cable, a half-open connection behind a dead NAT) fails within
+        # about 25 s (10 s idle, then 3 probes 5 s apart) instead of the kernel's
+        # two hours, and a write to it within 30 s (tcp_user_timeout, in ms).
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+        "tcp_user_timeout": 30_000,
     }
     # pre_ping: a daemon outlives server restarts; test a pooled connection
     # before trusting it.
