@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Final, TypeGuard
+from typing import Annotated, Any, Final, Self, TypeGuard
 
 from pydantic import (
     AfterValidator,
@@ -18,8 +18,7 @@ from pydantic import (
     Field,
     PlainValidator,
     SecretStr,
-    ValidationInfo,
-    field_validator,
+    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -191,16 +190,17 @@ class _LedgerSection(_Section):
     lease: Timeout = DEFAULT_LEASE_TTL
     lease_heartbeat: Timeout = DEFAULT_LEASE_HEARTBEAT
 
-    @field_validator("lease_heartbeat")
-    @classmethod
-    def _well_inside_the_lease(cls, value: float, info: ValidationInfo) -> float:
-        lease = info.data.get("lease")
-        if lease is not None and value > lease / 2:
+    @model_validator(mode="after")
+    def _well_inside_the_lease(self) -> Self:
+        # After the model, not on the field: a lease given alone is checked against
+        # the default heartbeat too.
+        if self.lease_heartbeat > self.lease / 2:
             raise ValueError(
-                f"must be at most half of lease ({format_seconds(lease)}), so that a late "
-                "renewal is tried again before the lease runs out"
+                f"lease_heartbeat ({format_seconds(self.lease_heartbeat)}) must be at most half "
+                f"of lease ({format_seconds(self.lease)}), so that a late renewal is tried "
+                "again before the lease runs out"
             )
-        return value
+        return self
 
 
 class _ArchiveSection(_Section):
