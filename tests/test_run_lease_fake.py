@@ -10,6 +10,7 @@ archive every message exactly once.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -127,3 +128,25 @@ def ledger_rows_outcomes(url: str) -> list[str]:
     with psycopg.connect(url) as connection:
         rows = connection.execute("SELECT outcome FROM runs ORDER BY id").fetchall()
     return [row[0] for row in rows]
+
+
+def test_status_names_the_holder_of_each_account_being_archived(tmp_path: Path, pg: str) -> None:
+    ws = Workspace(tmp_path, password=PASSWORD)
+    with FakePop3Server(sample_messages(2), username="alice", password=PASSWORD) as srv:
+        ws.write_config([fake_account(srv, "acct"), fake_account(srv, "idle")], ledger_url=pg)
+        with Ledger.open(pg) as ledger, ledger.account_lock("acct") as hold:
+            assert hold.lease is not None
+            shown = ws.cli("status", "--json")
+            table = ws.cli("status")
+        after = ws.cli("status", "--json")
+    assert shown.code == 0, shown.output
+    rows = {row["name"]: row for row in json.loads(shown.out)}
+    owner = hold.lease.owner
+    assert rows["acct"]["running_by"] == owner.describe()
+    assert str(owner.pid) in rows["acct"]["running_by"]
+    assert rows["acct"]["running_since"] == hold.lease.claimed_at.isoformat()
+    assert rows["acct"]["lease_expires_at"] > rows["acct"]["running_since"]
+    assert rows["idle"]["running_by"] is None
+    assert f"acct: being archived now by {owner.describe()} since" in table.out
+    # Released at the end of the block: nobody holds it any more.
+    assert all(row["running_by"] is None for row in json.loads(after.out))

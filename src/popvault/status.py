@@ -20,7 +20,7 @@ from popvault.config import Account, Config, redact_url, sqlite_path
 from popvault.errors import LedgerError
 from popvault.held import describe as describe_hold
 from popvault.humanize import human_size
-from popvault.ledger import AccountBusy, AccountStatus, Ledger, ScheduleEntry
+from popvault.ledger import AccountBusy, AccountStatus, Lease, Ledger, ScheduleEntry
 from popvault.redaction import redact
 from popvault.retention import describe, due_cutoff, next_due
 
@@ -50,6 +50,11 @@ class StatusRow:
     # how many, and the first few of them described.
     held_messages: int = 0
     held: tuple[str, ...] = ()
+    # PostgreSQL: who runs the account now, by its live lease ("host pid N (daemon
+    # ID)"), since when, and until when the lease lasts unless renewed.
+    running_by: str | None = None
+    running_since: datetime | None = None
+    lease_expires_at: datetime | None = None
 
 
 log = logging.getLogger("popvault.status")
@@ -77,7 +82,21 @@ def account_statuses(config: Config, ledger: Ledger, *, now: datetime) -> list[S
         for account in config.accounts
     ]
     rows += [_row(name, status) for name, status in sorted(known.items())]
-    return [_with_plan(row, plans.get(row.name)) for row in rows]
+    holders = {lease.account: lease for lease in ledger.leases() if lease.expires_at > now}
+    return [
+        _with_holder(_with_plan(row, plans.get(row.name)), holders.get(row.name)) for row in rows
+    ]
+
+
+def _with_holder(row: StatusRow, lease: Lease | None) -> StatusRow:
+    if lease is None:
+        return row
+    return replace(
+        row,
+        running_by=lease.owner.describe(),
+        running_since=lease.claimed_at,
+        lease_expires_at=lease.expires_at,
+    )
 
 
 def interrupt_dead_runs(ledger: Ledger) -> None:
@@ -264,6 +283,11 @@ def _notes(row: StatusRow) -> list[str]:
         notes.append(
             f"{row.name}: {row.failed_messages} message(s) failing; "
             "`popvault run --retry-failed` retries those set aside"
+        )
+    if row.running_by is not None:
+        notes.append(
+            f"{row.name}: being archived now by {row.running_by} since "
+            f"{_when(row.running_since)} UTC (lease until {_when(row.lease_expires_at)} UTC)"
         )
     if row.next_run_at is not None:
         notes.append(f"{row.name}: next run by the daemon {_when(row.next_run_at)} UTC")

@@ -204,7 +204,7 @@ def run_account(config: Config, account: Account, ledger: Ledger, options: RunOp
                 _fail(result, account, exc)
             if isinstance(result.exception, LeaseLost):
                 # Another holder has the account: this run records nothing more.
-                log.warning("account %r: %s; the run stopped", account.name, result.exception)
+                log.warning("%s; the run stopped", result.exception)  # it names the account
             else:
                 _close_run(ledger, run_id, result, options.clock)
     except PopvaultError as exc:  # the lock or the run row: the run did not start

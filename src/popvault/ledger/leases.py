@@ -286,6 +286,12 @@ class LeasesMixin(LedgerCore):
             row = connection.execute(query).first()
         return None if row is None else _lease_of(row)
 
+    def leases(self) -> list[Lease]:
+        """Every account's lease row as it is (live, expired or released), by account."""
+        query = select(*_LEASE_COLUMNS).order_by(LeaseRow.account)
+        with self._reading() as connection:
+            return [_lease_of(row) for row in connection.execute(query)]
+
     def fenced(self, lease: Lease, *, clock: Clock | None = None) -> Self:
         """This ledger, with every write fenced by ``lease``.
 
