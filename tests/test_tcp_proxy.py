@@ -1,12 +1,12 @@
-"""The tests' TCP proxy (tests/tcp_proxy.py) does what the lease tests rely on.
+"""Tests of the TCP proxy (tests/tcp_proxy.py) that fault-injection tests rely on.
 
-Latency delays what the server sends, pause holds bytes inside the proxy with
-the connection open, resume lets them through, drop_all cuts the client, and
-every line the client sent is recorded per connection with its time.
+Against a tiny local echo server, so that each property (forwarding, latency,
+pause, record, drop) is checked on its own, fast, before a POP3 test trusts it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -17,103 +17,193 @@ import pytest
 from tcp_proxy import TcpProxy
 
 
-@pytest.fixture
-def echo_port() -> Iterator[int]:
-    """A server that sends back every chunk it receives, on as many connections as come."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(0.05)
-    stop = threading.Event()
+class EchoServer:
+    """Echoes back every chunk it receives, on any number of connections, until closed."""
 
-    def serve(connection: socket.socket) -> None:
-        with connection:
-            while chunk := connection.recv(65536):
-                connection.sendall(chunk)
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.05)
+        self.port = int(self.listener.getsockname()[1])
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._socks: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._acceptor = threading.Thread(target=self._accept, daemon=True)
+        self._acceptor.start()
 
-    def accept() -> None:
-        while not stop.is_set():
+    def _accept(self) -> None:
+        while not self._stop.is_set():
             try:
-                connection, _ = listener.accept()
+                sock, _ = self.listener.accept()
             except TimeoutError:
                 continue
-            threading.Thread(target=serve, args=(connection,), daemon=True).start()
+            sock.settimeout(None)
+            with self._lock:
+                self._socks.append(sock)
+            thread = threading.Thread(target=self._echo, args=(sock,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
 
-    acceptor = threading.Thread(target=accept, daemon=True)
-    acceptor.start()
-    yield int(listener.getsockname()[1])
-    stop.set()
-    acceptor.join(2)
-    listener.close()
+    def _echo(self, sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                sock.sendall(chunk)
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._acceptor.join(2)
+        with self._lock:
+            socks = list(self._socks)
+        for sock in socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        for thread in self._threads:
+            thread.join(2)
+        for sock in socks:
+            sock.close()
+        self.listener.close()
 
 
-def receive(client: socket.socket, size: int, timeout: float = 5.0) -> bytes:
-    client.settimeout(timeout)
+@pytest.fixture
+def echo() -> Iterator[EchoServer]:
+    server = EchoServer()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def proxy(echo: EchoServer) -> Iterator[TcpProxy]:
+    with TcpProxy("127.0.0.1", echo.port) as p:
+        yield p
+
+
+@contextlib.contextmanager
+def client(proxy: TcpProxy, timeout: float = 2.0) -> Iterator[socket.socket]:
+    sock = socket.create_connection((proxy.host, proxy.port), timeout=timeout)
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+def recv_exactly(sock: socket.socket, size: int) -> bytes:
     data = b""
     while len(data) < size:
-        chunk = client.recv(size - len(data))
+        chunk = sock.recv(size - len(data))
         if not chunk:
             break
         data += chunk
     return data
 
 
-def test_bytes_go_both_ways_and_every_client_line_is_recorded(echo_port: int) -> None:
-    with TcpProxy("127.0.0.1", echo_port) as proxy:
-        with socket.create_connection((proxy.host, proxy.port)) as first:
-            first.sendall(b"USER a\r\nRETR 1\r\nQU")
-            assert receive(first, 18) == b"USER a\r\nRETR 1\r\nQU"
-            first.sendall(b"IT\r\n")
-            assert receive(first, 4) == b"IT\r\n"
-            with socket.create_connection((proxy.host, proxy.port)) as second:
-                second.sendall(b"DELE 2\r\n")
-                assert receive(second, 8) == b"DELE 2\r\n"
-        assert proxy.connections == 2
-        assert proxy.client_lines(0) == [b"USER a", b"RETR 1", b"QUIT"]
-        assert proxy.client_lines(1) == [b"DELE 2"]
-        assert proxy.client_bytes(0) == b"USER a\r\nRETR 1\r\nQUIT\r\n"
+def wait_until(predicate: object, timeout: float = 2.0) -> bool:
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return bool(predicate())
 
 
-def test_latency_delays_what_the_server_sends(echo_port: int) -> None:
-    with (
-        TcpProxy("127.0.0.1", echo_port, latency=0.3) as proxy,
-        socket.create_connection((proxy.host, proxy.port)) as client,
-    ):
-        started = time.monotonic()
-        client.sendall(b"NOOP\r\n")
-        assert receive(client, 6) == b"NOOP\r\n"
-        assert time.monotonic() - started >= 0.3
-
-
-def test_pause_holds_bytes_with_the_connection_open_and_resume_delivers_them(
-    echo_port: int,
-) -> None:
-    with (
-        TcpProxy("127.0.0.1", echo_port) as proxy,
-        socket.create_connection((proxy.host, proxy.port)) as client,
-    ):
-        client.sendall(b"one\r\n")
-        assert receive(client, 5) == b"one\r\n"
-        proxy.pause()
-        marker = time.monotonic()
-        client.sendall(b"two\r\n")
-        with pytest.raises(TimeoutError):
-            receive(client, 5, timeout=0.3)
+def test_forwards_both_ways(proxy: TcpProxy) -> None:
+    assert proxy.host == "127.0.0.1"
+    assert proxy.port > 0
+    with client(proxy) as sock:
+        sock.sendall(b"USER alice\r\n")
+        assert recv_exactly(sock, 12) == b"USER alice\r\n"
+        big = bytes(range(256)) * 1024  # more than one 64 KiB chunk
+        sock.sendall(big)
+        assert recv_exactly(sock, len(big)) == big
+        assert proxy.connections == 1
         assert proxy.open_connections == 1
-        # Recorded when read, though not forwarded.
-        assert proxy.commands_after(0, marker) == [b"two"]
+
+
+def test_latency_delays_delivery(echo: EchoServer) -> None:
+    with TcpProxy("127.0.0.1", echo.port, latency=0.2) as proxy, client(proxy) as sock:
+        started = time.monotonic()
+        sock.sendall(b"NOOP\r\n")
+        assert recv_exactly(sock, 6) == b"NOOP\r\n"
+        assert time.monotonic() - started >= 0.2
+        # Settable at any time: back to no delay.
+        proxy.latency = 0.0
+        started = time.monotonic()
+        sock.sendall(b"STAT\r\n")
+        assert recv_exactly(sock, 6) == b"STAT\r\n"
+        assert time.monotonic() - started < 0.2
+
+
+def test_pause_holds_bytes_and_resume_delivers_them(proxy: TcpProxy) -> None:
+    with client(proxy) as sock:
+        sock.sendall(b"NOOP\r\n")
+        assert recv_exactly(sock, 6) == b"NOOP\r\n"
+        proxy.pause()
+        sock.sendall(b"RETR 1\r\n")
+        sock.sendall(b"RETR 2\r\n")
+        sock.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            sock.recv(1024)
+        # Recorded when read, although held: both commands, on an open connection.
+        assert wait_until(lambda: proxy.client_lines(0)[-2:] == [b"RETR 1", b"RETR 2"])
+        assert proxy.open_connections == 1
         proxy.resume()
-        assert receive(client, 5) == b"two\r\n"
+        sock.settimeout(2.0)
+        assert recv_exactly(sock, 16) == b"RETR 1\r\nRETR 2\r\n"
 
 
-def test_drop_all_cuts_the_client(echo_port: int) -> None:
-    with TcpProxy("127.0.0.1", echo_port) as proxy:
-        with socket.create_connection((proxy.host, proxy.port)) as client:
-            client.sendall(b"hi\r\n")
-            assert receive(client, 4) == b"hi\r\n"
-            proxy.drop_all()
-            client.settimeout(5)
-            try:
-                ended = client.recv(10)
-            except ConnectionResetError:
-                ended = b""
-            assert ended == b""
+def test_client_lines_are_recorded_per_connection(proxy: TcpProxy) -> None:
+    with client(proxy) as first:
+        first.sendall(b"USER a\r\nPA")
+        first.sendall(b"SS x\r")
+        assert recv_exactly(first, 15) == b"USER a\r\nPASS x\r"
+        marker = time.monotonic()
+        first.sendall(b"\nSTAT\r\nLIST")
+        assert recv_exactly(first, 11) == b"\nSTAT\r\nLIST"
+        with client(proxy) as second:
+            second.sendall(b"CAPA\r\n")
+            assert recv_exactly(second, 6) == b"CAPA\r\n"
+            assert proxy.connections == 2
+            assert proxy.client_lines(0) == [b"USER a", b"PASS x", b"STAT"]
+            assert proxy.client_bytes(0) == b"USER a\r\nPASS x\r\nSTAT\r\nLIST"
+            assert proxy.client_lines(1) == [b"CAPA"]
+            # PASS began before the marker, STAT after; LIST is not complete yet.
+            assert proxy.commands_after(0, marker) == [b"STAT"]
+            assert proxy.commands_after(1, marker) == [b"CAPA"]
+            assert proxy.commands_after(1, time.monotonic()) == []
+
+
+def test_drop_all_closes_the_client_side(proxy: TcpProxy) -> None:
+    with client(proxy) as sock:
+        sock.sendall(b"NOOP\r\n")
+        assert recv_exactly(sock, 6) == b"NOOP\r\n"
+        proxy.pause()  # a drop must cut even a connection held by a pause
+        proxy.drop_all()
         assert proxy.open_connections == 0
+        assert proxy.connections == 1
+        sock.settimeout(2.0)
+        try:
+            data = sock.recv(1024)
+        except ConnectionError:
+            data = b""
+        assert data == b""
+        proxy.resume()
+        # The proxy still accepts new connections after a drop.
+        with client(proxy) as again:
+            again.sendall(b"STAT\r\n")
+            assert recv_exactly(again, 6) == b"STAT\r\n"
+            assert proxy.connections == 2
+            assert proxy.open_connections == 1
+
+
+def test_close_does_not_hang_with_paused_connections(echo: EchoServer) -> None:
+    started = time.monotonic()
+    with TcpProxy("127.0.0.1", echo.port) as proxy, client(proxy) as sock:
+        proxy.pause()
+        sock.sendall(b"RETR 1\r\n")
+        assert wait_until(lambda: proxy.client_lines(0) == [b"RETR 1"])
+    assert time.monotonic() - started < 1.5
+    assert proxy.open_connections == 0
