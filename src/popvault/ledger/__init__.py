@@ -8,6 +8,7 @@ nothing of the configuration, POP3 or the store; the rest of popvault sees the
 
 from __future__ import annotations
 
+from popvault.ledger.dispatch import DueRun
 from popvault.ledger.engine import BACKUP_INFIX
 from popvault.ledger.facade import Ledger
 from popvault.ledger.keeper import AccountHold
@@ -41,6 +42,7 @@ __all__ = [
     "AccountStatus",
     "ArchivedMessage",
     "DaemonRunning",
+    "DueRun",
     "DuplicateMessage",
     "FailedMessage",
     "HeldMessage",

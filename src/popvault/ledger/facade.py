@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import Self
 
 from popvault.ledger.core import LedgerCore
+from popvault.ledger.dispatch import DispatchMixin
 from popvault.ledger.engine import create_ledger_engine, parse_url
 from popvault.ledger.failures import FailuresMixin
 from popvault.ledger.holds import HoldsMixin
@@ -31,6 +32,7 @@ class Ledger(
     RetentionMixin,
     HoldsMixin,
     FailuresMixin,
+    DispatchMixin,
     LockingMixin,
     RunsMixin,
     ReportsMixin,
@@ -49,7 +51,7 @@ class Ledger(
     which means occurrence 1.
 
     Each concern lives in a mixin of its own module (messages, retention,
-    holds, failures, locking, runs, reports, schedules, leases);
+    holds, failures, dispatch, locking, runs, reports, schedules, leases);
     :class:`LedgerCore` holds the engine and the read and write blocks they
     share. :class:`LeasesMixin` comes last before it: its write block is the
     one every other concern's writes go through, so that a view made by

@@ -188,12 +188,14 @@ class LeasesMixin(LedgerCore):
                 "daemon_id": owner.daemon_id,
                 "claimed_at": claimed,
                 "expires_at": expires,
-                "server_host": server_host,
+                "server_host": server_key(server_host),
             }
             row = connection.execute(_claim_statement(connection, values)).first()
         if row is None:
             return None
-        return Lease(account, owner, row.token, row.claimed_at, row.expires_at, server_host)
+        return Lease(
+            account, owner, row.token, row.claimed_at, row.expires_at, server_key(server_host)
+        )
 
     def renew_lease(self, lease: Lease, ttl: timedelta, *, now: datetime | None = None) -> Lease:
         """Push the lease's expiry to ``now + ttl``; returns the renewed lease.
@@ -323,6 +325,13 @@ class LeasesMixin(LedgerCore):
                 now = None if fence.clock is None else fence.clock()
                 _check(connection, fence.lease, now, lock=True)
             yield connection
+
+
+def server_key(host: str | None) -> str | None:
+    """A POP3 server's name as leases count it: DNS names are case-insensitive (RFC 4343)."""
+    if host is None:
+        return None
+    return host.strip().rstrip(".").lower() or None
 
 
 def _require_ttl(ttl: timedelta) -> None:

@@ -62,6 +62,7 @@ class LockingMixin(LeasesMixin):
         wait: float = 0.0,
         terms: LeaseTerms | None = None,
         server_host: str | None = None,
+        claimed: AccountHold | None = None,
     ) -> Iterator[AccountHold]:
         """Hold the account for the block: one session per account at once.
 
@@ -73,6 +74,11 @@ class LockingMixin(LeasesMixin):
         ends and released then; the hold's ``ledger`` is fenced by it, and
         its ``check()`` says whether it is still held. Not re-entrant: a
         nested call for the same account waits, then is refused.
+
+        ``claimed``: a hold the caller got from
+        :meth:`~popvault.ledger.dispatch.DispatchMixin.claim_due` (a daemon);
+        the block uses its lease instead of claiming one, and leaves it held
+        at the end for the caller to finish or release.
         """
         self._require_open()
         with ExitStack() as stack:
@@ -82,6 +88,11 @@ class LockingMixin(LeasesMixin):
                 raise AccountBusy(account, held.pid) from None
             if self._engine.dialect.name != "postgresql":
                 yield AccountHold(self)
+                return
+            if claimed is not None and claimed.lease is not None:
+                if claimed.lease.account != account:
+                    raise ValueError(f"a claim of {claimed.lease.account!r} given for {account!r}")
+                yield claimed
                 return
             hold = self._claim_until(account, terms or LeaseTerms(), server_host, wait)
             keeper = self._keeper_for(terms or LeaseTerms())

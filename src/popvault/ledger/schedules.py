@@ -12,9 +12,9 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, select, update
+from sqlalchemy import Connection, and_, delete, or_, select, update
 
-from popvault.ledger.core import LedgerCore, require_aware
+from popvault.ledger.core import LedgerCore, among, require_aware
 from popvault.ledger.models import Schedule
 
 
@@ -68,10 +68,29 @@ def select_all(connection: Connection) -> list[ScheduleEntry]:
     return [ScheduleEntry(*row) for row in connection.execute(query)]
 
 
-def touch(connection: Connection, *, pid: int, host: str, at: datetime) -> None:
-    """Refresh ``updated_at`` of every row of one daemon: it is still alive."""
-    mine = (Schedule.daemon_pid == pid, Schedule.daemon_host == host)
-    connection.execute(update(Schedule).where(*mine).values(updated_at=at))
+def touch(
+    connection: Connection,
+    *,
+    pid: int,
+    host: str,
+    at: datetime,
+    adopt: Sequence[str] = (),
+    stale_before: datetime | None = None,
+) -> None:
+    """Refresh ``updated_at`` of every row of one daemon: it is still alive.
+
+    Rows of ``adopt`` not refreshed since ``stale_before`` (their writer
+    stopped or died) become this daemon's too: on a ledger shared by several
+    daemons, the rows of one that left stay live while another runs.
+    """
+    mine = and_(Schedule.daemon_pid == pid, Schedule.daemon_host == host)
+    if adopt and stale_before is not None:
+        orphan = and_(
+            Schedule.updated_at < stale_before, among(Schedule.account, list(adopt), connection)
+        )
+        mine = or_(mine, orphan)
+    values = {"updated_at": at, "daemon_pid": pid, "daemon_host": host}
+    connection.execute(update(Schedule).where(mine).values(values))
 
 
 def remove(connection: Connection, *, pid: int, host: str, accounts: Sequence[str] | None) -> None:
@@ -96,11 +115,19 @@ class SchedulesMixin(LedgerCore):
         with self._reading() as connection:
             return select_all(connection)
 
-    def touch_schedules(self, *, pid: int, host: str, at: datetime) -> None:
-        """Mark one daemon's rows as fresh: it is still running."""
+    def touch_schedules(
+        self,
+        *,
+        pid: int,
+        host: str,
+        at: datetime,
+        adopt: Sequence[str] = (),
+        stale_before: datetime | None = None,
+    ) -> None:
+        """Mark one daemon's rows as fresh, and adopt the stale rows of ``adopt``."""
         require_aware(at, "at")
         with self._writing() as connection:
-            touch(connection, pid=pid, host=host, at=at)
+            touch(connection, pid=pid, host=host, at=at, adopt=adopt, stale_before=stale_before)
 
     def drop_schedules(self, *, pid: int, host: str, accounts: Sequence[str] | None = None) -> None:
         """Forget one daemon's plans for ``accounts`` (None: all of them)."""
