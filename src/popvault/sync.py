@@ -100,6 +100,9 @@ class RunOptions:
     clock: Clock = utc_now
     progress: Progress | None = None
     stop: Callable[[], bool] | None = None
+    # The account's hold, already claimed by a daemon from the shared schedule
+    # (ledger/dispatch.py): the run uses it and leaves its release to the daemon.
+    claimed: AccountHold | None = None
 
 
 @dataclass
@@ -160,6 +163,7 @@ def sync_account(
     progress: Progress | None = None,
     stop: Callable[[], bool] | None = None,
     archive_again: bool = False,
+    claimed: AccountHold | None = None,
 ) -> RunResult:
     """Archive one account's new messages; never raises for a failure of the account.
 
@@ -172,6 +176,8 @@ def sync_account(
     and ends the session cleanly with QUIT (a daemon shutting down).
     ``archive_again`` archives even into an account folder whose files the
     ledger does not know (:mod:`popvault.archive_check`), accepting duplicates.
+    ``claimed``: the account's hold as a daemon claimed it (the run neither
+    claims nor releases it).
     """
     options = RunOptions(
         dry_run=dry_run,
@@ -180,6 +186,7 @@ def sync_account(
         clock=clock,
         progress=progress,
         stop=stop,
+        claimed=claimed,
     )
     return run_account(config, account, ledger, options)
 
@@ -222,7 +229,9 @@ def _hold(
     terms = LeaseTerms(
         ttl=timedelta(seconds=config.lease_ttl), heartbeat=timedelta(seconds=config.lease_heartbeat)
     )
-    return ledger.account_lock(account.name, terms=terms, server_host=account.host)
+    return ledger.account_lock(
+        account.name, terms=terms, server_host=account.host, claimed=options.claimed
+    )
 
 
 def _fail(result: RunResult, account: Account, exc: Exception) -> None:

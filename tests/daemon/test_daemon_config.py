@@ -39,6 +39,7 @@ def test_defaults_without_any_daemon_key(write):
     assert config.daemon.max_concurrent == 4
     assert config.daemon.shutdown_timeout == 30.0
     assert config.daemon.metrics is None
+    assert config.daemon.max_per_host is None
 
 
 def test_every_and_cron_in_accounts_and_defaults(write):
@@ -102,6 +103,13 @@ def test_daemon_section_and_its_environment_overrides(write):
     assert overridden.daemon.metrics == ("localhost", 9000)
 
 
+def test_max_per_host_from_the_file_and_the_environment(write):
+    path = write("[daemon]\nmax_per_host = 3\n" + BASE)
+    assert load(path, environ={}).daemon.max_per_host == 3
+    env = {"POPVAULT_DAEMON__MAX_PER_HOST": "12"}
+    assert load(path, environ=env).daemon.max_per_host == 12
+
+
 @pytest.mark.parametrize(
     ("text", "key"),
     [
@@ -112,6 +120,10 @@ def test_daemon_section_and_its_environment_overrides(write):
         ('metrics = "[::1]:9464"', "daemon.metrics"),
         ('metrics = "127.0.0.1:70000"', "daemon.metrics"),
         ('interval = "5m"', "daemon.interval"),
+        ("max_per_host = 0", "daemon.max_per_host"),
+        ("max_per_host = 1001", "daemon.max_per_host"),
+        ("max_per_host = true", "daemon.max_per_host"),
+        ('max_per_host = "four"', "daemon.max_per_host"),
     ],
 )
 def test_bad_daemon_keys_are_named(write, text, key):

@@ -203,6 +203,7 @@ def _daemon(section: DaemonSection) -> DaemonSettings:
         max_concurrent=section.max_concurrent,
         shutdown_timeout=section.shutdown_timeout,
         metrics=section.metrics,
+        max_per_host=section.max_per_host,
     )
 
 

@@ -139,6 +139,8 @@ class DaemonSettings:
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
     # (host, port) of the Prometheus endpoint; None: no endpoint.
     metrics: tuple[str, int] | None = None
+    # Sessions to one POP3 server at once across every daemon of the ledger; None: no bound.
+    max_per_host: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

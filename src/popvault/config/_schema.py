@@ -143,6 +143,21 @@ def _max_concurrent(value: object) -> int:
     raise ValueError(f"invalid max_concurrent {value!r} (a whole number from 1 to 64)")
 
 
+# Far above any provider's limit of sessions per client address (Gmail's is 15).
+_MAX_PER_HOST = 1000
+
+
+def _max_per_host(value: object) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= _MAX_PER_HOST:
+        return value
+    raise ValueError(
+        f"invalid max_per_host {value!r} (a whole number from 1 to {_MAX_PER_HOST}; "
+        "leave it out for no bound)"
+    )
+
+
 _LISTEN_RE: Final = re.compile(r"(?P<host>[A-Za-z0-9.-]+):(?P<port>[0-9]{1,5})")
 
 
@@ -213,6 +228,7 @@ class DaemonSection(_Section):
     max_concurrent: Annotated[int, PlainValidator(_max_concurrent)] = DEFAULT_MAX_CONCURRENT
     shutdown_timeout: Timeout = DEFAULT_SHUTDOWN_TIMEOUT
     metrics: Annotated[tuple[str, int], PlainValidator(_listen_address)] | None = None
+    max_per_host: Annotated[int, PlainValidator(_max_per_host)] | None = None
 
 
 class AccountKeys(_Section):

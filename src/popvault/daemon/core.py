@@ -1,19 +1,34 @@
-"""The daemon's scheduler: one APScheduler job per account, run in a thread pool.
+"""The daemon's scheduler: the ledger is the schedule, a dispatcher claims due accounts.
 
-* One job per account, ``max_instances=1`` and ``coalesce=True``: never two
-  sessions on one account (RFC 1939 section 4: the server locks the maildrop);
-  a run still going at its next tick makes that tick coalesce into the next.
-* Accounts run concurrently up to ``[daemon] max_concurrent`` (the pool size).
-* A failed run moves the account's job by the backoff of :mod:`.backoff`; a
-  success returns it to its schedule. One account's trouble never touches the
-  other jobs: :func:`~popvault.sync.sync_account` never raises for it.
-* Each (re)scheduling is written to the ledger's ``schedules`` table, so that
-  ``popvault status`` can show the next run.
+* The ledger's ``schedules`` table holds every account's next run; the
+  daemon keeps no timer per account (issue 11: 10,000 accounts are 10,000
+  rows, not 10,000 timers). A dispatcher thread asks the ledger for due
+  accounts whenever a slot of the pool is free (at least every second), and
+  runs them on a pool of ``[daemon] max_concurrent`` threads.
+* On PostgreSQL several daemons share the table: a claim is a lease
+  (:mod:`popvault.ledger.dispatch`), so whichever daemon has a free slot runs
+  a due account, each account runs once per tick whatever the number of
+  daemons, and ``[daemon] max_per_host`` bounds the sessions to one server
+  across all of them. A daemon that joins or leaves needs no
+  reconfiguration. Per-account APScheduler jobs went with that: a job per
+  account in every daemon would fire N times per tick, and 10,000 of them
+  cost memory and wake-ups for nothing; APScheduler's cron trigger still
+  computes the crontab schedules' next times.
+* Never two sessions on one account (RFC 1939 section 4: the server locks
+  the maildrop): the claim (a lease, or on SQLite the run's file lock) is
+  held for the whole run.
+* A failed run moves the account's next run by the backoff of
+  :mod:`.backoff`; a success returns it to its schedule. The next run is
+  written while the claim is still held (so no other daemon runs the
+  account again in between); a run that is interrupted, or a holder that
+  dies, leaves the account due, and another daemon (or this one's next
+  start) takes it at once.
+* One account's trouble never touches the others:
+  :func:`~popvault.sync.sync_account` never raises for it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import platform
@@ -21,15 +36,10 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
-from typing import Any, Final
-
-from apscheduler.executors.pool import ThreadPoolExecutor
-from apscheduler.jobstores.base import JobLookupError
-from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.cron import CronTrigger
-from apscheduler.triggers.interval import IntervalTrigger
+from datetime import datetime, timedelta
+from typing import Final
 
 from popvault.config import Account, Config, Schedule, crontab_fields, format_seconds
 from popvault.daemon.backoff import (
@@ -42,15 +52,18 @@ from popvault.daemon.backoff import (
 )
 from popvault.daemon.metrics import Metrics
 from popvault.daemon.runlog import RunLine, log_run
-from popvault.errors import LedgerError, PopvaultError
-from popvault.ledger import Ledger, ScheduleEntry
+from popvault.errors import LeaseLost, LedgerError, PopvaultError
+from popvault.ledger import DueRun, LeaseTerms, Ledger, ScheduleEntry
 from popvault.signin import token_source
+from popvault.status import STALE_AFTER, pid_alive
 from popvault.sync import RunResult, sync_account, utc_now
 
 log = logging.getLogger("popvault.daemon")
 
-# Jitter (APScheduler adds 0..jitter seconds to each tick): a tenth of the
-# interval, at most a minute, so that accounts on one server spread out.
+# Jitter: a tenth of the interval, at most a minute, so that accounts on one
+# server spread out. Interval ticks get -jitter/2..+jitter/2 (centred: the next
+# tick is counted from the jittered one, and a one-sided jitter would make the
+# interval drift longer); crontab ticks get 0..CRON_JITTER_S after the minute.
 JITTER_SHARE: Final = 0.1
 JITTER_CAP_S: Final = 60.0
 # Crontab lines have minute granularity: up to half a minute late is unnoticed.
@@ -61,22 +74,44 @@ START_SPREAD_S: Final = 2.0
 # half an hour is long for an incremental run, and its end may be far (the
 # session deadline, default 24 h).
 LONG_RUN_S: Final = 30 * 60.0
+# The dispatcher asks the ledger for due accounts at least this often while a
+# slot is free (and at once when a run ends): one indexed query per second
+# per daemon, and a due account waits at most about this long.
+DISPATCH_POLL_S: Final = 1.0
+# Schedule rows not refreshed for this long (three of the daemons' one-minute
+# heartbeats, daemon.main.HEARTBEAT_S) belong to a daemon that stopped or
+# died: a live daemon configured with those accounts adopts them.
+ADOPT_AFTER: Final = timedelta(minutes=3)
 
 
 def jitter_for(schedule: Schedule) -> float:
-    """The largest random delay added to each of the schedule's ticks."""
+    """The width of the random spread of the schedule's ticks, in seconds."""
     if schedule.every is None:
         return CRON_JITTER_S
     return min(schedule.every * JITTER_SHARE, JITTER_CAP_S)
 
 
-def make_trigger(schedule: Schedule, start: datetime) -> Any:
-    """The APScheduler trigger for a schedule (cron in the machine's local time)."""
+def next_tick(schedule: Schedule, due_at: datetime, now: datetime, rng: random.Random) -> datetime:
+    """The schedule's first tick after ``now``, for a run that was due at ``due_at``.
+
+    Interval schedules count from the tick that was due, so a run that takes
+    longer than the interval skips the ticks it covered (never two runs to
+    catch up) and a late start does not shift the grid. Crontab lines are
+    read in the machine's local time, as cron does.
+    """
     jitter = jitter_for(schedule)
     if schedule.cron is not None:
-        return CronTrigger(**crontab_fields(schedule.cron), jitter=jitter)
-    every = schedule.every or 0.0
-    return IntervalTrigger(seconds=every, start_date=start, timezone=UTC, jitter=jitter)
+        # Imported here: only a daemon with a crontab schedule pays for APScheduler.
+        from apscheduler.triggers.cron import CronTrigger  # noqa: PLC0415
+
+        trigger = CronTrigger(**crontab_fields(schedule.cron))
+        after = now + timedelta(seconds=1)  # strictly after: never the minute just run
+        at: datetime = trigger.get_next_fire_time(None, after)
+        return at + timedelta(seconds=rng.uniform(0, jitter))
+    every = timedelta(seconds=schedule.every or 0.0)
+    periods = max((now - due_at) // every + 1, 1)
+    at = due_at + periods * every + timedelta(seconds=rng.uniform(-jitter / 2, jitter / 2))
+    return at if at > now else at + every
 
 
 @dataclass
@@ -102,12 +137,13 @@ class _AccountState:
 
 
 class ArchiveDaemon:
-    """Schedules every configured account and runs them; see the module docstring.
+    """Runs every configured account when the shared schedule says; see the module docstring.
 
-    ``start()`` schedules each account's first run within a couple of seconds;
-    ``reload(config)`` applies a new configuration; ``stop(timeout)`` stops
-    starting runs, asks the running ones to end after their current message,
-    and waits for them.
+    ``start()`` plans each account's first run within a couple of seconds
+    (or, joining other live daemons on a PostgreSQL ledger, keeps their
+    plan); ``reload(config)`` applies a new configuration; ``stop(timeout)``
+    stops claiming runs, asks the running ones to end after their current
+    message, and waits for them.
     """
 
     def __init__(
@@ -133,34 +169,51 @@ class ArchiveDaemon:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._active = 0
+        self._running: set[str] = set()
         self._stopping = threading.Event()
-        self._scheduler = BackgroundScheduler(
-            timezone=UTC,
-            executors={"default": ThreadPoolExecutor(config.daemon.max_concurrent)},
-            # misfire_grace_time None: a run that is late (the pool was busy) still runs.
-            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+        self._wake = threading.Event()
+        self._pool = ThreadPoolExecutor(
+            config.daemon.max_concurrent, thread_name_prefix="popvault run"
         )
+        self._dispatcher: threading.Thread | None = None
+        self._claim_error: str | None = None
 
     # -- life cycle ---------------------------------------------------------
 
     def start(self) -> None:
-        """Start the scheduler; every account runs once within a few seconds."""
-        self._scheduler.start()
-        for account in self.config.accounts:
-            self._add(account)
+        """Plan the first runs and start the dispatcher; see the class docstring."""
+        now = utc_now()
+        states = [_AccountState(account) for account in self.config.accounts]
+        with self._lock:
+            self._states = {state.account.name: state for state in states}
+        for state in states:
+            self._seed_metrics(state)
+        others = self._other_daemons(now)
+        self._plan_first_runs(states, now, replace=not others)
+        self._dispatcher = threading.Thread(
+            target=self._dispatch_loop, name="popvault dispatcher", daemon=True
+        )
+        self._dispatcher.start()
         names = ", ".join(f"{a.name} ({a.schedule.describe()})" for a in self.config.accounts)
+        joined = ""
+        if others:
+            joined = "; sharing the schedule with " + ", ".join(
+                f"{host} pid {pid}" for host, pid in others
+            )
         log.info(
-            "daemon started (pid %d): %d account(s): %s; at most %d at once",
+            "daemon started (pid %d): %d account(s): %s; at most %d at once%s",
             self.pid,
             len(self.config.accounts),
             names,
             self.config.daemon.max_concurrent,
+            joined,
         )
 
     @property
     def healthy(self) -> bool:
-        """True while the scheduler runs and no shutdown was asked for."""
-        return bool(self._scheduler.running) and not self._stopping.is_set()
+        """True while the dispatcher runs and no shutdown was asked for."""
+        dispatcher = self._dispatcher
+        return dispatcher is not None and dispatcher.is_alive() and not self._stopping.is_set()
 
     @property
     def stopping(self) -> bool:
@@ -168,28 +221,48 @@ class ArchiveDaemon:
         return self._stopping.is_set()
 
     def stop(self, timeout: float) -> bool:
-        """Start no run, end the running ones cleanly, wait up to ``timeout`` seconds.
+        """Claim no run, end the running ones cleanly, wait up to ``timeout`` seconds.
 
-        Returns True when every run ended in time. The ledger's schedule rows of
-        this daemon are removed: ``status`` shows no next run without a daemon.
+        Returns True when every run ended in time. The ledger's schedule rows
+        stop being this daemon's: on SQLite they are removed (``status``
+        shows no next run without a daemon); on a shared PostgreSQL ledger
+        they stay, marked stale, for the other daemons to adopt.
         """
         self._stopping.set()
-        if self._scheduler.running:
-            self._scheduler.shutdown(wait=False)
+        self._wake.set()
         with self._lock:
             finished = self._idle.wait_for(lambda: self._active == 0, timeout)
-        self._forget_schedules(None)
+        self._pool.shutdown(wait=False)
+        if self._dispatcher is not None:
+            self._dispatcher.join(timeout=DISPATCH_POLL_S * 5)
+        self._leave_schedules()
         return finished
 
     def heartbeat(self) -> None:
         """Tell ``status`` readers that this daemon's schedule rows are still live.
 
-        Also say which runs have been going for long: a run ends at its
+        On a shared ledger, also adopt the stale rows of this daemon's
+        accounts (their daemon left) and give any account without a row one.
+        And say which runs have been going for long: a run ends at its
         session deadline at the latest (``session_timeout``), and until then
         the log shows it is still under way, once per ``long_run_after``.
         """
+        now = utc_now()
+        with self._lock:
+            names = list(self._states)
+        shared = self._ledger.shared
         try:
-            self._ledger.touch_schedules(pid=self.pid, host=self.host, at=utc_now())
+            self._ledger.touch_schedules(
+                pid=self.pid,
+                host=self.host,
+                at=now,
+                adopt=names if shared else (),
+                stale_before=now - ADOPT_AFTER,
+            )
+            if shared:
+                with self._lock:
+                    states = list(self._states.values())
+                self._plan_first_runs(states, now, replace=False)
         except LedgerError as exc:
             log.warning("could not refresh the schedules in the ledger: %s", exc)
         self._warn_long_runs(time.monotonic())
@@ -213,54 +286,198 @@ class ArchiveDaemon:
                 )
 
     def next_run(self, name: str) -> datetime | None:
-        """When the account's next run is planned (None: unknown account)."""
+        """When the account's next run is planned, as this daemon last knew (None: unknown)."""
         with self._lock:
             state = self._states.get(name)
         return None if state is None else state.next_run_at
 
+    # -- the shared schedule ------------------------------------------------
+
+    def _other_daemons(self, now: datetime) -> list[tuple[str, int]]:
+        """The other live daemons of a shared ledger (none on SQLite: one daemon per file)."""
+        if not self._ledger.shared:
+            return []
+        try:
+            found = self._ledger.other_daemons(
+                pid=self.pid, host=self.host, fresh_after=now - ADOPT_AFTER
+            )
+        except LedgerError as exc:
+            log.warning("could not read the other daemons' schedules: %s", exc)
+            return []
+        # A daemon of this host whose process is gone is not live, however fresh its rows.
+        return [(host, pid) for host, pid in found if host != self.host or pid_alive(pid)]
+
+    def _plan_first_runs(
+        self, states: list[_AccountState], now: datetime, *, replace: bool
+    ) -> None:
+        """Give the accounts a first run within a few seconds: all of them, or those without a row.
+
+        ``replace``: this daemon is alone (SQLite, or no other live daemon on
+        PostgreSQL), so every account runs at start-up as it always did; a
+        daemon joining others keeps their plan.
+        """
+        entries = [self._entry(state, self._soon(now)) for state in states]
+        try:
+            self._ledger.ensure_schedules(entries, replace=replace)
+            planned = {row.account: row for row in self._ledger.schedules()}
+        except LedgerError as exc:
+            log.warning("could not plan the first runs in the ledger: %s", exc)
+            return
+        for state in states:
+            row = planned.get(state.account.name)
+            if row is not None:
+                state.next_run_at = row.next_run_at
+
+    def _soon(self, now: datetime) -> datetime:
+        return now + timedelta(seconds=self._rng.uniform(0, START_SPREAD_S))
+
+    def _leave_schedules(self) -> None:
+        try:
+            if self._ledger.shared:
+                # Stale at once for `status` and `db copy`, adopted by the next heartbeat
+                # of another daemon.
+                stale = utc_now() - STALE_AFTER - timedelta(minutes=1)
+                self._ledger.touch_schedules(pid=self.pid, host=self.host, at=stale)
+            else:
+                self._ledger.drop_schedules(pid=self.pid, host=self.host)
+        except LedgerError as exc:
+            log.warning("could not hand over the schedules in the ledger: %s", exc)
+
+    # -- dispatch -----------------------------------------------------------
+
+    def _dispatch_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._dispatch_once()
+            except Exception:  # a bug here must not stop every later run
+                log.exception("unexpected error in the dispatcher")
+            self._wake.wait(DISPATCH_POLL_S)
+            self._wake.clear()
+
+    def _dispatch_once(self) -> None:
+        """Claim as many due accounts as there are free slots, and start their runs."""
+        with self._lock:
+            free = self.config.daemon.max_concurrent - self._active
+            busy = set(self._running)
+            servers = {name: state.account.host for name, state in self._states.items()}
+        if free <= 0 or self._stopping.is_set():
+            return
+        max_per_host = self.config.daemon.max_per_host
+        try:
+            runs = self._ledger.claim_due(
+                servers,
+                limit=free,
+                terms=self._lease_terms(),
+                max_per_host=max_per_host,
+                busy=busy,
+            )
+        except LedgerError as exc:
+            text = str(exc)
+            if text != self._claim_error:  # once per distinct trouble, not every second
+                log.warning("could not read the due accounts from the ledger: %s", exc)
+            self._claim_error = text
+            return
+        self._claim_error = None
+        if not self._ledger.shared and max_per_host is not None:
+            runs = self._within_host_bound(runs, max_per_host)
+        for run in runs:
+            self._start(run)
+
+    def _within_host_bound(self, runs: list[DueRun], max_per_host: int) -> list[DueRun]:
+        """SQLite (one daemon): the bound counted over this daemon's own runs."""
+        with self._lock:
+            count: dict[str, int] = {}
+            for name in self._running:
+                host = self._states[name].account.host.lower()
+                count[host] = count.get(host, 0) + 1
+            kept = []
+            for run in runs:
+                host = self._states[run.account].account.host.lower()
+                if count.get(host, 0) < max_per_host:
+                    count[host] = count.get(host, 0) + 1
+                    kept.append(run)
+        return kept
+
+    def _start(self, run: DueRun) -> None:
+        with self._lock:
+            state = self._states.get(run.account)
+            start = state is not None and not self._stopping.is_set()
+            if start:
+                self._active += 1
+                self._running.add(run.account)
+                self._gauge_running()
+        if not start or state is None:
+            self._release(run)
+            return
+        try:
+            self._pool.submit(self._run_claim, state, run)
+        except RuntimeError:  # the pool was shut down meanwhile
+            self._ended(run.account)
+            self._release(run)
+
+    def _lease_terms(self) -> LeaseTerms:
+        return LeaseTerms(
+            ttl=timedelta(seconds=self.config.lease_ttl),
+            heartbeat=timedelta(seconds=self.config.lease_heartbeat),
+        )
+
+    def _release(self, run: DueRun) -> None:
+        try:
+            self._ledger.release_claim(run)
+        except LedgerError as exc:  # it expires on its own
+            log.warning("account %r: could not release its claim: %s", run.account, exc)
+
+    def _ended(self, name: str) -> None:
+        with self._lock:
+            self._active -= 1
+            self._running.discard(name)
+            self._gauge_running()
+            self._idle.notify_all()
+        self._wake.set()  # a slot is free: claim the next due account now
+
+    def _gauge_running(self) -> None:
+        if self._metrics is not None:
+            self._metrics.daemon_running.set(len(self._running))
+
     # -- accounts -----------------------------------------------------------
 
+    def _entry(self, state: _AccountState, at: datetime | None) -> ScheduleEntry:
+        return ScheduleEntry(
+            account=state.account.name,
+            next_run_at=at,
+            consecutive_failures=state.failures,
+            backoff_reason=state.reason,
+            daemon_pid=self.pid,
+            daemon_host=self.host,
+            updated_at=utc_now(),
+        )
+
     def _add(self, account: Account) -> None:
-        now = utc_now()
         state = _AccountState(account)
-        first = now + timedelta(seconds=self._rng.uniform(0, START_SPREAD_S))
         with self._lock:
             self._states[account.name] = state
         self._seed_metrics(state)
-        self._scheduler.add_job(
-            self._run_job,
-            trigger=make_trigger(account.schedule, now),
-            args=[account.name],
-            id=account.name,
-            name=f"account {account.name}",
-            next_run_time=first,
-            replace_existing=True,
-        )
-        self._save(state, first)
+        self._plan_first_runs([state], utc_now(), replace=False)
+        self._wake.set()
 
     def _remove(self, name: str) -> None:
         with self._lock:
             self._states.pop(name, None)
-        with contextlib.suppress(JobLookupError):  # already gone
-            self._scheduler.remove_job(name)
         if self._metrics is not None:
             self._metrics.forget(name)
-        self._forget_schedules([name])
+        try:
+            self._ledger.drop_schedules(pid=self.pid, host=self.host, accounts=[name])
+        except LedgerError as exc:
+            log.warning("could not remove the schedules from the ledger: %s", exc)
 
-    def _run_soon(self, state: _AccountState, trigger: Any | None = None) -> None:
+    def _run_soon(self, state: _AccountState) -> None:
         """Move the account's next run to within a few seconds (never before LOGIN-DELAY)."""
-        at = utc_now() + timedelta(seconds=self._rng.uniform(0, START_SPREAD_S))
+        at = self._soon(utc_now())
         floor = _not_before(state)
         if floor is not None and floor > at:
             at = floor
-        changes: dict[str, Any] = {"next_run_time": at}
-        if trigger is not None:
-            changes["trigger"] = trigger
-        try:
-            self._scheduler.modify_job(state.account.name, **changes)
-        except JobLookupError:
-            return
         self._save(state, at)
+        self._wake.set()
 
     # -- reload -------------------------------------------------------------
 
@@ -299,6 +516,10 @@ class ArchiveDaemon:
         fixed = ("max_concurrent", "metrics")
         if any(getattr(new.daemon, key) != getattr(old.daemon, key) for key in fixed):
             log.warning("[daemon] max_concurrent and metrics take effect when the daemon restarts")
+            daemon = replace(
+                new.daemon, max_concurrent=old.daemon.max_concurrent, metrics=old.daemon.metrics
+            )
+            new = replace(new, daemon=daemon)
         return new
 
     def _update(self, account: Account, *, changed: bool) -> None:
@@ -306,45 +527,48 @@ class ArchiveDaemon:
             state = self._states.get(account.name)
         if state is None:
             return
-        schedule_changed = state.account.schedule != account.schedule
         state.account = account
-        trigger = make_trigger(account.schedule, utc_now()) if schedule_changed else None
-        refused = waits_for_login_fix(state.reason)
-        if changed or refused:
-            self._run_soon(state, trigger)
+        if changed or waits_for_login_fix(state.reason):
+            self._run_soon(state)
 
     # -- one run ------------------------------------------------------------
 
-    def _run_job(self, name: str) -> None:
-        """The job's body: one run of one account, unless the daemon is stopping."""
-        with self._lock:
-            state = self._states.get(name)
-            if state is None or self._stopping.is_set():
-                return
-            self._active += 1
+    def _run_claim(self, state: _AccountState, run: DueRun) -> None:
+        """A pool thread's job: one run of one claimed account, unless the daemon is stopping."""
         try:
-            self._run(state)
+            if self._stopping.is_set():
+                self._release(run)
+            else:
+                self._run(state, run)
         except Exception:  # a bug here must not kill the pool thread's later jobs
-            log.exception("account %r: unexpected error in the daemon", name)
+            log.exception("account %r: unexpected error in the daemon", run.account)
         finally:
-            with self._lock:
-                self._active -= 1
-                self._idle.notify_all()
+            self._ended(run.account)
 
-    def _run(self, state: _AccountState) -> None:
+    def _run(self, state: _AccountState, run: DueRun) -> None:
         account = state.account
+        # The shared row's count: the last run may have been another daemon's.
+        state.failures, state.reason = run.consecutive_failures, run.backoff_reason
         began = time.monotonic()
         state.running_since, state.long_run_warnings = began, 0
         try:
-            result = sync_account(self.config, account, self._ledger, stop=self._stopping.is_set)
+            result = sync_account(
+                self.config, account, self._ledger, stop=self._stopping.is_set, claimed=run.hold
+            )
         finally:
             state.running_since = None
         duration = time.monotonic() - began
         now = utc_now()
         self._note_server(state, result, now)
         outcome = run_outcome(result, stopping=self._stopping.is_set())
-        if outcome != "interrupted":
-            self._reschedule(state, result, now)
+        if outcome == "interrupted" or isinstance(result.exception, LeaseLost):
+            # Left due: another daemon (or this one's next start) runs it; a lost
+            # lease's new holder plans it.
+            self._release(run)
+        else:
+            self._reschedule(state, run, result, now)
+        if self._metrics is not None:
+            self._metrics.daemon_runs.inc()
         self._count(state, result, outcome, duration, now)
         log_run(
             RunLine(state.account.name, result, outcome, duration),
@@ -370,27 +594,30 @@ class ArchiveDaemon:
                 state.account.name,
             )
 
-    def _reschedule(self, state: _AccountState, result: RunResult, now: datetime) -> None:
-        name = state.account.name
-        job = self._scheduler.get_job(name)
-        if job is None or self.stopping:
-            return  # removed by a reload, or shutting down
+    def _reschedule(
+        self, state: _AccountState, run: DueRun, result: RunResult, now: datetime
+    ) -> None:
+        """Plan the next run (schedule or backoff) and give the claim up, in one write."""
         error = None if result.exception is None or result.ok else result.exception
         plan = plan_next(
             now=now,
-            scheduled=job.next_run_time,
+            scheduled=next_tick(state.account.schedule, run.due_at, now, self._rng),
             error=error,
             failures=state.failures,
             not_before=_not_before(state),
             choose=self._backoff,
         )
         state.failures, state.reason = plan.failures, plan.reason
-        if plan.at is not None and plan.at != job.next_run_time:
-            try:
-                self._scheduler.modify_job(name, next_run_time=plan.at)
-            except JobLookupError:
-                return
-        self._save(state, plan.at)
+        try:
+            self._ledger.finish_claim(run, self._entry(state, plan.at))
+        except LeaseLost as exc:
+            log.warning("%s; its new holder plans its next run", exc)
+            return
+        except LedgerError as exc:
+            log.warning("account %r: could not record the next run: %s", run.account, exc)
+            self._release(run)
+            return
+        state.next_run_at = plan.at
 
     # -- ledger and metrics -------------------------------------------------
 
@@ -400,25 +627,10 @@ class ArchiveDaemon:
             current = self._states.get(state.account.name) is state
         if not current or self.stopping:
             return
-        entry = ScheduleEntry(
-            account=state.account.name,
-            next_run_at=at,
-            consecutive_failures=state.failures,
-            backoff_reason=state.reason,
-            daemon_pid=self.pid,
-            daemon_host=self.host,
-            updated_at=utc_now(),
-        )
         try:
-            self._ledger.save_schedule(entry)
+            self._ledger.save_schedule(self._entry(state, at))
         except LedgerError as exc:
-            log.warning("account %r: could not record the next run: %s", entry.account, exc)
-
-    def _forget_schedules(self, names: list[str] | None) -> None:
-        try:
-            self._ledger.drop_schedules(pid=self.pid, host=self.host, accounts=names)
-        except LedgerError as exc:
-            log.warning("could not remove the schedules from the ledger: %s", exc)
+            log.warning("account %r: could not record the next run: %s", state.account.name, exc)
 
     def _seed_metrics(self, state: _AccountState) -> None:
         """Start the archive counters at what the ledger holds, so they agree with it."""

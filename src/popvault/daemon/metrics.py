@@ -92,6 +92,19 @@ class Metrics:
             registry=reg,
         )
 
+        # Per daemon, not per account: with several daemons on one PostgreSQL
+        # ledger, each one's /metrics shows its share of the runs (issue 11).
+        self.daemon_runs = Counter(
+            "popvault_daemon_runs",
+            "Runs this daemon process did, of every account (its share of the shared schedule).",
+            registry=reg,
+        )
+        self.daemon_running = Gauge(
+            "popvault_daemon_running_accounts",
+            "Accounts this daemon process is running now (at most [daemon] max_concurrent).",
+            registry=reg,
+        )
+
     def grow_archive(self, account: str, messages: int, octets: int) -> None:
         """Add newly archived messages (never negative: a counter only grows)."""
         if messages > 0:

@@ -86,6 +86,11 @@ class DueRun:
 class DispatchMixin(LockingMixin):
     """The Ledger's shared schedule: which accounts are due, who runs them."""
 
+    @property
+    def shared(self) -> bool:
+        """Whether several daemons may share this ledger (PostgreSQL; a SQLite file has one)."""
+        return self._engine.dialect.name == "postgresql"
+
     def claim_due(
         self,
         servers: Mapping[str, str | None],
