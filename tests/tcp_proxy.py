@@ -237,6 +237,7 @@ class TcpProxy:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._conns: list[_Connection] = []
+        self._peak = 0
         self._listener: socket.socket | None = None
         self._acceptor: threading.Thread | None = None
 
@@ -291,6 +292,8 @@ class TcpProxy:
             conn = _Connection(self, client)
             with self._lock:
                 self._conns.append(conn)
+                now_open = sum(1 for each in self._conns if not each.closed.is_set())
+                self._peak = max(self._peak, now_open)
             try:
                 server = socket.create_connection((self.target_host, self.target_port), timeout=5)
             except OSError:
@@ -329,6 +332,17 @@ class TcpProxy:
         """How many connections were accepted so far (open or not)."""
         with self._lock:
             return len(self._conns)
+
+    @property
+    def peak_open(self) -> int:
+        """The most connections open at once so far (counted at each accept)."""
+        with self._lock:
+            return self._peak
+
+    def reset_peak(self) -> None:
+        """Count :attr:`peak_open` from now: from the connections open now."""
+        with self._lock:
+            self._peak = sum(1 for each in self._conns if not each.closed.is_set())
 
     @property
     def open_connections(self) -> int:

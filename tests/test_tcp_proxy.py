@@ -207,3 +207,21 @@ def test_close_does_not_hang_with_paused_connections(echo: EchoServer) -> None:
         assert wait_until(lambda: proxy.client_lines(0) == [b"RETR 1"])
     assert time.monotonic() - started < 1.5
     assert proxy.open_connections == 0
+
+
+def test_peak_open_counts_connections_open_at_once(proxy: TcpProxy) -> None:
+    with client(proxy) as first, client(proxy) as second:
+        for sock in (first, second):
+            sock.sendall(b"x")
+            assert recv_exactly(sock, 1) == b"x"
+        assert proxy.peak_open == 2
+    assert wait_until(lambda: proxy.open_connections == 0)
+    proxy.reset_peak()
+    assert proxy.peak_open == 0
+    for _ in range(3):  # one after another: never more than one open
+        with client(proxy) as sock:
+            sock.sendall(b"y")
+            assert recv_exactly(sock, 1) == b"y"
+        assert wait_until(lambda: proxy.open_connections == 0)
+    assert proxy.peak_open == 1
+    assert proxy.connections == 5
