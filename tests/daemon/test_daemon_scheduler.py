@@ -11,6 +11,7 @@ import urllib.request
 from dataclasses import replace
 from datetime import datetime, timedelta
 
+import pytest
 from daemon_helpers import PASSWORD, account, ledger_state, wait_for
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -298,7 +299,13 @@ def test_a_cron_schedule_runs_at_start_up_then_on_the_minute(ws, server):
         assert planned.second <= 30
 
 
-def test_max_concurrent_caps_how_many_accounts_run_at_once(ws):
+@pytest.mark.parametrize(
+    "limits",
+    ["max_concurrent = 1", "max_concurrent = 3\nmax_per_host = 1"],
+    ids=["max_concurrent", "max_per_host"],
+)
+def test_max_concurrent_caps_how_many_accounts_run_at_once(ws, limits):
+    # Every fake server listens on 127.0.0.1: one host for max_per_host.
     servers = [
         FakePop3Server(sample_messages(6), username="bob", password=PASSWORD).start()
         for _ in range(3)
@@ -308,7 +315,7 @@ def test_max_concurrent_caps_how_many_accounts_run_at_once(ws):
             srv.delay = 0.1  # about 2 s per run: without the cap, start-up runs overlap
         ws.write_config([account(f"acct{i}", srv, every="1h") for i, srv in enumerate(servers)])
         with ws.config.open("a", encoding="utf-8") as config:
-            config.write("\n[daemon]\nmax_concurrent = 1\n")
+            config.write(f"\n[daemon]\n{limits}\n")
         with Running(ws):
             wait_for(
                 lambda: len(ws.ledger_rows("SELECT 1 FROM runs WHERE outcome = 'ok'")) == 3,
@@ -321,7 +328,7 @@ def test_max_concurrent_caps_how_many_accounts_run_at_once(ws):
         )
         assert len(spans) == 3
         for (_, end), (next_start, _) in itertools.pairwise(spans):
-            assert end <= next_start, f"runs overlapped with max_concurrent = 1: {spans}"
+            assert end <= next_start, f"runs overlapped with {limits}: {spans}"
     finally:
         for srv in servers:
             srv.stop()

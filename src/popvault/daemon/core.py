@@ -53,7 +53,7 @@ from popvault.daemon.backoff import (
 from popvault.daemon.metrics import Metrics
 from popvault.daemon.runlog import RunLine, log_run
 from popvault.errors import LeaseLost, LedgerError, PopvaultError
-from popvault.ledger import DueRun, LeaseTerms, Ledger, ScheduleEntry
+from popvault.ledger import DueRun, LeaseTerms, Ledger, ScheduleEntry, server_key
 from popvault.signin import token_source
 from popvault.status import STALE_AFTER, pid_alive
 from popvault.sync import RunResult, sync_account, utc_now
@@ -386,13 +386,14 @@ class ArchiveDaemon:
     def _within_host_bound(self, runs: list[DueRun], max_per_host: int) -> list[DueRun]:
         """SQLite (one daemon): the bound counted over this daemon's own runs."""
         with self._lock:
-            count: dict[str, int] = {}
+            hosts = {name: server_key(state.account.host) for name, state in self._states.items()}
+            count: dict[str | None, int] = {}
             for name in self._running:
-                host = self._states[name].account.host.lower()
+                host = hosts.get(name)  # None: removed by a reload while it runs
                 count[host] = count.get(host, 0) + 1
             kept = []
             for run in runs:
-                host = self._states[run.account].account.host.lower()
+                host = hosts.get(run.account)
                 if count.get(host, 0) < max_per_host:
                     count[host] = count.get(host, 0) + 1
                     kept.append(run)

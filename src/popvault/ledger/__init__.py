@@ -12,7 +12,7 @@ from popvault.ledger.dispatch import DueRun
 from popvault.ledger.engine import BACKUP_INFIX
 from popvault.ledger.facade import Ledger
 from popvault.ledger.keeper import AccountHold
-from popvault.ledger.leases import Lease, LeaseOwner, LeaseTerms
+from popvault.ledger.leases import Lease, LeaseOwner, LeaseTerms, server_key
 from popvault.ledger.migrate import UPGRADE_COMMAND, check, current, upgrade
 from popvault.ledger.records import (
     AccountBusy,
@@ -62,5 +62,6 @@ __all__ = [
     "as_key",
     "check",
     "current",
+    "server_key",
     "upgrade",
 ]

@@ -115,14 +115,18 @@ class DispatchMixin(LockingMixin):
         if not names:
             return []
         terms = terms or LeaseTerms()
-        postgresql = self._engine.dialect.name == "postgresql"
+        if not self.shared:
+            # SQLite: nothing to claim (the run takes its file lock), so a read:
+            # a write transaction every second would take the database's write
+            # lock from a `popvault run` beside the daemon for nothing.
+            with self._reading() as connection:
+                query = _due_query(connection, names, _now(connection, now), limit, False)
+                return [_due_run(row, None) for row in connection.execute(query)]
         sent_at = time.monotonic()
         with self._writing() as connection:
             at = _now(connection, now)
             scan = limit if max_per_host is None else limit + _SCAN_MARGIN
-            rows = list(connection.execute(_due_query(connection, names, at, scan, postgresql)))
-            if not postgresql:
-                return [_due_run(row, None) for row in rows[:limit]]
+            rows = list(connection.execute(_due_query(connection, names, at, scan, True)))
             claimed = _claim_rows(
                 connection,
                 rows,
