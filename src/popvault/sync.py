@@ -214,6 +214,7 @@ def run_account(config: Config, account: Account, ledger: Ledger, options: RunOp
                 log.warning("%s; the run stopped", result.exception)  # it names the account
             else:
                 _close_run(ledger, run_id, result, options.clock)
+                _prune_runs(ledger, run_id, result, config.keep_runs)
     except PopvaultError as exc:  # the lock or the run row: the run did not start
         _fail(result, account, exc)
     result.ended_at = result.ended_at or options.clock()
@@ -248,6 +249,16 @@ def _fail(result: RunResult, account: Account, exc: Exception) -> None:
     text = redact(text)
     named = repr(account.name) in text
     result.error = text if named else f"account {account.name!r}: {text}"
+
+
+def _prune_runs(ledger: Ledger, run_id: int | None, result: RunResult, keep: float | None) -> None:
+    """Forget the account's runs older than ``[ledger] keep_runs`` (after a recorded run)."""
+    if run_id is None or keep is None or result.ended_at is None:
+        return
+    try:
+        ledger.prune_runs(result.account, before=result.ended_at - timedelta(seconds=keep))
+    except PopvaultError as exc:  # the history is only pruned later: nothing is lost
+        log.warning("account %r: could not prune its old runs: %s", result.account, exc)
 
 
 def _close_run(ledger: Ledger, run_id: int | None, result: RunResult, clock: Clock) -> None:

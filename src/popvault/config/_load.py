@@ -180,6 +180,7 @@ def _build(settings: Settings, file: Path, environ: Mapping[str, str]) -> Config
         daemon=_daemon(settings.daemon),
         lease_ttl=settings.ledger.lease,
         lease_heartbeat=settings.ledger.lease_heartbeat,
+        keep_runs=settings.ledger.keep_runs,
     )
 
 

@@ -31,6 +31,7 @@ from pydantic_settings import (
 from popvault.config._cron import crontab_fields
 from popvault.config._model import (
     DEFAULT_ARCHIVE_ROOT,
+    DEFAULT_KEEP_RUNS,
     DEFAULT_LEASE_HEARTBEAT,
     DEFAULT_LEASE_TTL,
     DEFAULT_LEDGER_URL,
@@ -44,6 +45,7 @@ from popvault.config._model import (
     Security,
     format_seconds,
     parse_every,
+    parse_keep_runs,
     parse_rate,
     parse_retention,
     parse_size,
@@ -204,6 +206,7 @@ class _LedgerSection(_Section):
     url: Annotated[str, AfterValidator(_url)] = DEFAULT_LEDGER_URL
     lease: Timeout = DEFAULT_LEASE_TTL
     lease_heartbeat: Timeout = DEFAULT_LEASE_HEARTBEAT
+    keep_runs: Annotated[float | None, PlainValidator(parse_keep_runs)] = DEFAULT_KEEP_RUNS
 
     @model_validator(mode="after")
     def _well_inside_the_lease(self) -> Self:

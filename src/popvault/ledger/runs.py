@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from sqlalchemy import Update, insert, select, update
+from sqlalchemy import Update, delete, func, insert, or_, select, update
 
 from popvault.errors import LedgerError
 from popvault.ledger.core import LedgerCore, require_aware
@@ -92,6 +92,32 @@ class RunsMixin(LedgerCore):
         with self._writing() as connection:
             count: int = connection.execute(_interrupt(account, noticed)).rowcount
         return count
+
+    def prune_runs(self, account: str, *, before: datetime) -> int:
+        """Delete the account's finished runs that started before ``before``; returns how many.
+
+        ``[ledger] keep_runs`` (issue 11: a daemon running 10,000 accounts every
+        few minutes writes millions of rows a month). Kept whatever their age:
+        a run still ``running`` (its process may live), and the three runs
+        ``popvault status`` reads (the latest, the latest success, the latest
+        that got a listing), so that an account failing for months still says
+        when it last worked.
+        """
+        require_aware(before, "before")
+        mine = Run.account == account
+        shown = [
+            select(func.max(Run.id)).where(mine).scalar_subquery(),
+            select(func.max(Run.id)).where(mine, Run.outcome == "ok").scalar_subquery(),
+            select(func.max(Run.id)).where(mine, Run.on_server.is_not(None)).scalar_subquery(),
+        ]
+        statement = delete(Run).where(
+            mine,
+            Run.started_at < before,
+            Run.outcome != "running",
+            *(or_(shown_id.is_(None), Run.id != shown_id) for shown_id in shown),
+        )
+        with self._writing() as connection:
+            return int(connection.execute(statement).rowcount)
 
 
 def _interrupt(account: str, noticed: str) -> Update:
