@@ -186,8 +186,7 @@ class ArchiveDaemon:
         states = [_AccountState(account) for account in self.config.accounts]
         with self._lock:
             self._states = {state.account.name: state for state in states}
-        for state in states:
-            self._seed_metrics(state)
+        self._seed_all_metrics(states)
         others = self._other_daemons(now)
         self._plan_first_runs(states, now, replace=not others)
         self._dispatcher = threading.Thread(
@@ -633,12 +632,24 @@ class ArchiveDaemon:
         except LedgerError as exc:
             log.warning("account %r: could not record the next run: %s", state.account.name, exc)
 
-    def _seed_metrics(self, state: _AccountState) -> None:
+    def _seed_all_metrics(self, states: list[_AccountState]) -> None:
+        """:meth:`_seed_metrics` of every account, from one query of the ledger."""
+        if self._metrics is None:
+            return
+        try:
+            totals = self._ledger.archived_totals_by_account()
+        except LedgerError as exc:
+            log.warning("could not count the archive: %s", exc)
+            totals = {}
+        for state in states:
+            self._seed_metrics(state, totals.get(state.account.name, (0, 0)))
+
+    def _seed_metrics(self, state: _AccountState, totals: tuple[int, int] | None = None) -> None:
         """Start the archive counters at what the ledger holds, so they agree with it."""
         if self._metrics is None:
             return
         name = state.account.name
-        state.totals = self._archive_totals(name, (0, 0))
+        state.totals = self._archive_totals(name, (0, 0)) if totals is None else totals
         self._metrics.grow_archive(name, *state.totals)
         self._metrics.failures.labels(name).set(0)
         for outcome in OUTCOMES:

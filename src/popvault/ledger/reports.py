@@ -39,6 +39,20 @@ class ReportsMixin(LedgerCore):
             messages, octets = connection.execute(query).one()
         return int(messages), int(octets)
 
+    def archived_totals_by_account(self) -> dict[str, tuple[int, int]]:
+        """:meth:`archived_totals` of every account at once (one grouped query).
+
+        For a daemon starting with thousands of accounts: one statement
+        instead of one per account.
+        """
+        query = (
+            select(Message.account, func.count(), func.coalesce(func.sum(Message.size), 0))
+            .where(Message.state == "archived")
+            .group_by(Message.account)
+        )
+        with self._reading() as connection:
+            return {row[0]: (int(row[1]), int(row[2])) for row in connection.execute(query)}
+
 
 def _totals_query() -> Select[str, int, int, int, int]:
     """Per account: archived messages, their octets, failed and held messages."""
