@@ -52,7 +52,7 @@ from popvault.ledger.leases import (
 from popvault.ledger.locking import LockingMixin
 from popvault.ledger.models import Lease as LeaseRow
 from popvault.ledger.models import Schedule, UTCDateTime
-from popvault.ledger.schedules import ScheduleEntry, upsert
+from popvault.ledger.schedules import ScheduleEntry, insert_many, upsert
 
 # The first key of the per-server advisory locks (the second is the server
 # name's hash): a class of locks of its own, apart from any other user of
@@ -120,13 +120,13 @@ class DispatchMixin(LockingMixin):
             # a write transaction every second would take the database's write
             # lock from a `popvault run` beside the daemon for nothing.
             with self._reading() as connection:
-                query = _due_query(connection, names, _now(connection, now), limit, False)
-                return [_due_run(row, None) for row in connection.execute(query)]
+                rows = _due_rows(connection, names, _now(connection, now), limit)
+                return [_due_run(row, None) for row in rows]
         sent_at = time.monotonic()
         with self._writing() as connection:
             at = _now(connection, now)
             scan = limit if max_per_host is None else limit + _SCAN_MARGIN
-            rows = list(connection.execute(_due_query(connection, names, at, scan, True)))
+            rows = _due_rows(connection, names, at, scan)
             claimed = _claim_rows(
                 connection,
                 rows,
@@ -179,14 +179,7 @@ class DispatchMixin(LockingMixin):
         if not entries:
             return
         with self._writing() as connection:
-            present = set()
-            if not replace:
-                names = [entry.account for entry in entries]
-                query = select(Schedule.account).where(among(Schedule.account, names, connection))
-                present = set(connection.scalars(query))
-            for entry in entries:
-                if entry.account not in present:
-                    upsert(connection, entry)
+            insert_many(connection, list(entries), replace=replace)
 
     def other_daemons(self, *, pid: int, host: str, fresh_after: datetime) -> list[tuple[str, int]]:
         """The (host, pid) of the other daemons whose rows were refreshed after ``fresh_after``."""
@@ -218,9 +211,22 @@ def _now(connection: Connection, now: datetime | None) -> datetime:
     return datetime.now(UTC)
 
 
-def _due_query(
-    connection: Connection, names: list[str], at: datetime, scan: int, postgresql: bool
-) -> Any:
+def _due_rows(connection: Connection, names: list[str], at: datetime, scan: int) -> list[Any]:
+    """Up to ``scan`` due rows of ``names``, earliest first (locked on PostgreSQL).
+
+    First without the names: every daemon usually has the same accounts, and
+    the account list (10,000 names) would cost more than the query; only if
+    rows of other accounts took places is the query made again with it.
+    """
+    wanted = set(names)
+    rows = list(connection.execute(_due_query(connection, None, at, scan)))
+    mine = [row for row in rows if row.account in wanted]
+    if len(mine) == len(rows) or len(rows) < scan:
+        return mine
+    return list(connection.execute(_due_query(connection, names, at, scan)))
+
+
+def _due_query(connection: Connection, names: list[str] | None, at: datetime, scan: int) -> Any:
     live = exists().where(LeaseRow.account == Schedule.account, LeaseRow.expires_at > at)
     query = (
         select(
@@ -229,11 +235,13 @@ def _due_query(
             Schedule.consecutive_failures,
             Schedule.backoff_reason,
         )
-        .where(Schedule.next_run_at <= at, among(Schedule.account, names, connection), ~live)
+        .where(Schedule.next_run_at <= at, ~live)
         .order_by(Schedule.next_run_at, Schedule.account)
         .limit(scan)
     )
-    if postgresql:
+    if names is not None:
+        query = query.where(among(Schedule.account, names, connection))
+    if connection.dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True, of=Schedule.__table__)
     return query
 

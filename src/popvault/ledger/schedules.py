@@ -54,6 +54,26 @@ def upsert(connection: Connection, entry: ScheduleEntry) -> None:
     )
 
 
+def insert_many(connection: Connection, entries: Sequence[ScheduleEntry], *, replace: bool) -> None:
+    """Insert the entries in one executemany: replacing existing rows, or leaving them be."""
+    if not entries:
+        return
+    if connection.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as make  # noqa: PLC0415
+    else:
+        from sqlalchemy.dialects.sqlite import insert as make  # type: ignore[assignment]  # noqa: PLC0415
+    statement: Any = make(Schedule)
+    if replace:
+        new = statement.excluded
+        columns = [key for key in ScheduleEntry.__dataclass_fields__ if key != "account"]
+        statement = statement.on_conflict_do_update(
+            index_elements=[Schedule.account], set_={key: new[key] for key in columns}
+        )
+    else:
+        statement = statement.on_conflict_do_nothing(index_elements=[Schedule.account])
+    connection.execute(statement, [asdict(entry) for entry in entries])
+
+
 def select_all(connection: Connection) -> list[ScheduleEntry]:
     """Every row, by account name."""
     query = select(
