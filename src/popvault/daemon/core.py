@@ -315,10 +315,14 @@ class ArchiveDaemon:
         PostgreSQL), so every account runs at start-up as it always did; a
         daemon joining others keeps their plan.
         """
-        entries = [self._entry(state, self._soon(now)) for state in states]
         try:
-            self._ledger.ensure_schedules(entries, replace=replace)
-            planned = {row.account: row for row in self._ledger.schedules()}
+            planned = {} if replace else {row.account: row for row in self._ledger.schedules()}
+            missing = [state for state in states if state.account.name not in planned]
+            if missing:
+                entries = [self._entry(state, self._soon(now)) for state in missing]
+                # Without replace, a row another daemon added meanwhile stays.
+                self._ledger.ensure_schedules(entries, replace=replace)
+                planned = {row.account: row for row in self._ledger.schedules()}
         except LedgerError as exc:
             log.warning("could not plan the first runs in the ledger: %s", exc)
             return
