@@ -60,7 +60,15 @@ def databases(prefix: str, server: str = SERVER) -> Iterator[Callable[[], str]]:
 
 
 # The ledger's tables, children first: dropped to start a test from empty.
-LEDGER_TABLES = ("messages", "runs", "failures", "schedules", "leases", "alembic_version")
+LEDGER_TABLES = (
+    "messages",
+    "runs",
+    "failures",
+    "schedules",
+    "leases",
+    "ledger_identity",
+    "alembic_version",
+)
 
 
 def reset_ledger(url: str) -> None:

@@ -140,6 +140,22 @@ def test_a_failed_account_without_a_config_problem_still_exits_1(
 
 # -- a lost ledger: the archive folder holds files the ledger does not know --------------
 
+# The archive root's marker names the ledger its files are recorded in
+# (popvault.store.marker): a new ledger in the old one's place is refused by it
+# first, before any account. Without the marker (an archive from before markers,
+# or the marker removed as that refusal says), each account's check below speaks.
+MARKER = ".popvault-ledger"
+
+
+def assert_refused_by_the_marker(ws: Workspace, result: Any, ledger_words: str) -> None:
+    assert result.code == 1, result.output
+    assert result.out == ""
+    err = result.err
+    assert f"the archive root {ws.archive} belongs to another popvault ledger" in err
+    assert f"{ledger_words}, which knows no archived message yet" in err
+    assert "restore the ledger from its backup" in err
+    assert f"remove {ws.archive / MARKER}, then run `popvault run --archive-again`" in err
+
 
 @pytest.mark.parametrize("fmt", ["maildir", "eml"])
 def test_a_deleted_ledger_is_noticed_before_anything_is_fetched(
@@ -153,6 +169,13 @@ def test_a_deleted_ledger_is_noticed_before_anything_is_fetched(
         ws.ledger_file.unlink()
         seen = len(server.commands)
         other.add_message(b"From: x@example.org\r\nSubject: new\r\n\r\nnew\r\n")
+
+        marked = ws.cli("run")
+
+        assert_refused_by_the_marker(ws, marked, f"the ledger {ws.ledger_file}")
+        assert server.commands[seen:] == []
+        assert ws.ledger_rows("SELECT count(*) FROM runs") == [(0,)]
+        (ws.archive / MARKER).unlink()
 
         result = ws.cli("run")
 
@@ -200,6 +223,10 @@ def test_a_ledger_pointed_elsewhere_is_noticed(ws: Workspace, server: FakePop3Se
     assert ws.cli("run").code == 0
     ws.write_config([account(server)], ledger_url="sqlite:///elsewhere.sqlite3")
     seen = len(server.commands)
+    marked = ws.cli("run")
+    assert_refused_by_the_marker(ws, marked, f"the ledger {ws.folder / 'elsewhere.sqlite3'}")
+    assert server.commands[seen:] == []
+    (ws.archive / MARKER).unlink()
     result = ws.cli("run")
     assert result.code == 1
     assert f"the ledger {ws.folder / 'elsewhere.sqlite3'} knows no message" in result.out
@@ -212,10 +239,17 @@ def test_a_dry_run_on_a_lost_ledger_says_so_and_creates_no_file(
     ws.write_config([account(server)])
     assert ws.cli("run").code == 0
     ws.ledger_file.unlink()
+    marked = ws.cli("run", "--dry-run")
+    assert_refused_by_the_marker(
+        ws, marked, f"the ledger (its file {ws.ledger_file} does not exist)"
+    )
+    assert not ws.ledger_file.exists()
+    (ws.archive / MARKER).unlink()
     result = ws.cli("run", "--dry-run")
     assert result.code == 1
     assert f"its file {ws.ledger_file} is missing" in result.out
     assert not ws.ledger_file.exists()
+    assert not (ws.archive / MARKER).exists()  # a dry run writes no marker either
 
 
 def test_archive_again_archives_anyway_accepting_duplicates(
@@ -224,6 +258,9 @@ def test_archive_again_archives_anyway_accepting_duplicates(
     ws.write_config([account(server)])
     assert ws.cli("run").code == 0
     ws.ledger_file.unlink()
+    refused = ws.cli("run", "--archive-again")  # the marker first: it names another ledger
+    assert_refused_by_the_marker(ws, refused, f"the ledger {ws.ledger_file}")
+    (ws.archive / MARKER).unlink()  # as that refusal says
     assert ws.cli("run").code == 1
 
     again = ws.cli("run", "--archive-again")

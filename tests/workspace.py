@@ -106,6 +106,20 @@ class Workspace:
         with Ledger.open(cfg.ledger_url) as ledger:
             return sync_account(cfg, cfg.accounts[0], ledger, clock=lambda: when, **options)
 
+    def mark_archive(self) -> None:
+        """Write the archive root's marker now, as a run's first step would.
+
+        Every ``popvault run`` and daemon checks the root's ``.popvault-ledger``
+        before anything else and writes it on first use (popvault.store.marker).
+        A test that counts or fails the store's operations of a run calls this
+        first, so that those operations are the messages' only.
+        """
+        from popvault.archive_root import check_archive_root  # noqa: PLC0415 - few tests need it
+
+        cfg = config_module.load(self.config)
+        with Ledger.open(cfg.ledger_url) as ledger:
+            check_archive_root(cfg, ledger)
+
     def stored(self, folder: str = "acct") -> list[bytes]:
         """The contents of one account's archived files, sorted."""
         return sorted(path.read_bytes() for path in self.archived_files(folder))

@@ -47,7 +47,7 @@ def _message(config: Config, account: Account, count: int, examples: list[str]) 
         f"file(s) ({shown}), but {_ledger_words(config.ledger_url)} knows no message of this "
         "account: the ledger was deleted, replaced or pointed elsewhere, or the account was "
         "renamed. Nothing was fetched: archiving now would store every message still on the "
-        f"server a second time. Ways out: (1) {_restore_hint(config.ledger_url)}; "
+        f"server a second time. Ways out: (1) {restore_hint(config.ledger_url)}; "
         "(2) `popvault run --archive-again` archives anyway, accepting those duplicates; "
         "(3) adopting the existing files into the ledger, `popvault import maildir` "
         "(planned, not available yet)"
@@ -63,7 +63,8 @@ def _ledger_words(url: str) -> str:
     return f"the ledger {path}"
 
 
-def _restore_hint(url: str) -> str:
+def restore_hint(url: str) -> str:
+    """How to put the ledger at ``url`` back from its backup (also for popvault.archive_root)."""
     path = sqlite_path(url)
     if path is None:
         return "restore the ledger database from its backup"

@@ -333,6 +333,7 @@ def _open_ledger(cfg: Config, *, create: bool = True, upgrade: bool = True) -> L
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``popvault run``: one pass over the (selected) accounts."""
+    from popvault.archive_root import check_archive_root
     from popvault.sync import sync_accounts
 
     cfg = _load_config(args)
@@ -348,6 +349,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     # A dry run changes nothing: not even the ledger's schema or its file.
     dry = bool(args.dry_run)
     with _open_ledger(cfg, create=not dry, upgrade=not dry) as ledger:
+        # An archive root that is not this ledger's stops the run before any account.
+        check_archive_root(cfg, ledger, accounts, create=not dry)
         results = sync_accounts(
             cfg,
             accounts,

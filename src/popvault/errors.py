@@ -32,6 +32,7 @@ they arise, into one of these; callers never see the foreign type.
      |         +-- OAuthUnavailable                    network, timeout, 5xx, 429: retry later
      |         +-- AuthorizationFailed                 a login did not complete (denied, expired)
      +-- StoreError                                    disk full, read-only, permissions
+     |    +-- ArchiveMismatch                          the archive root is not the ledger's
      +-- LedgerError
           +-- DatabaseUnavailable
           +-- SchemaMismatch
@@ -311,6 +312,18 @@ class AuthorizationFailed(OAuthError):
 
 class StoreError(PopvaultError):
     """Writing or reading the archive on disk failed."""
+
+
+class ArchiveMismatch(StoreError):
+    """The archive root (or an account's own folder) is not where the ledger's files live.
+
+    Its marker file (``.popvault-ledger``, popvault.store.marker) names
+    another ledger, or it has no marker and none of the files the ledger
+    archived last is there: another popvault's archive, an unmounted or wrong
+    share. ``popvault daemon`` and ``popvault run`` refuse to start before
+    anything is fetched; the message names the folder, both ledger ids (or
+    the missing files) and what to do.
+    """
 
 
 class LedgerError(PopvaultError):

@@ -154,7 +154,14 @@ def test_sqlite_to_postgres_to_sqlite_round_trips_byte_exact(tmp_path, new_pg) -
     assert dump(pg) == dump(sqlite_url(source))
     assert [t.sha256 for t in there.tables] == [t.sha256 for t in back.tables]
     counts = {t.name: t.rows for t in there.tables}
-    assert counts == {"messages": 8, "runs": 3, "failures": 1, "schedules": 1, "leases": 1}
+    assert counts == {
+        "messages": 8,
+        "runs": 3,
+        "failures": 1,
+        "schedules": 1,
+        "leases": 1,
+        "ledger_identity": 1,
+    }
     assert there.stale_runs == back.stale_runs == 1
     # Timestamps keep their zone and microseconds: aware UTC on the way out of each.
     with Ledger.open(pg) as ledger:
@@ -172,7 +179,7 @@ def test_postgres_to_postgres_and_sequences_move_past_the_copied_ids(tmp_path, n
     result = copy_ledger(first, second)
 
     assert dump(second) == dump(first)
-    assert result.rows == 14  # 13 and the lease row
+    assert result.rows == 15  # 13, the lease row and the ledger's id row
     with Ledger.open(second) as ledger:
         run = ledger.start_run("dave", started_at=T0)
         record(ledger, "after-the-copy")
@@ -201,6 +208,55 @@ def test_fencing_tokens_keep_growing_on_the_copy(tmp_path, new_pg, kind: str) ->
     assert lease.token == copied.token + 1
     assert first is not None
     assert first.token == 1  # a new account's counter starts on its own
+
+
+@pytest.mark.postgres
+def test_the_ledger_id_survives_sqlite_to_postgres(tmp_path, new_pg) -> None:
+    # The copy is the same ledger of the same archive files: the archive root's
+    # marker names the source's id, so the target must have it, not its own.
+    source = sqlite_url(tmp_path / "source.sqlite3")
+    populate(source)
+    target = new_pg()
+    with Ledger.open(source) as ledger:
+        source_id = ledger.ledger_id()
+    with Ledger.open(target) as ledger:  # created at head, with an id of its own
+        own_id = ledger.ledger_id()
+    assert own_id != source_id
+
+    result = copy_ledger(source, target)  # its own id row does not make it "not empty"
+
+    with Ledger.open(target) as ledger:
+        assert ledger.ledger_id() == source_id
+    assert dump(target)["ledger_identity"] == dump(source)["ledger_identity"]
+    assert {t.name: t.emptied for t in result.tables}["ledger_identity"] == 0
+    # And back into a new SQLite file: still the one id.
+    back = sqlite_url(tmp_path / "back.sqlite3")
+    copy_ledger(target, back)
+    with Ledger.open(back) as ledger:
+        assert ledger.ledger_id() == source_id
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_the_target_s_own_id_is_replaced_and_never_counts_as_a_row(tmp_path, force: bool) -> None:
+    source, target = sqlite_url(tmp_path / "s.sqlite3"), sqlite_url(tmp_path / "t.sqlite3")
+    populate(source)
+    with Ledger.open(target) as ledger:
+        if force:
+            archive(ledger, "only-in-target", account="zed")
+    if force:  # a target with rows of its own is refused; its id row is not named
+        with pytest.raises(LedgerError, match=r"not empty \(rows: messages 1\);"):
+            copy_ledger(source, target)
+
+    result = copy_ledger(source, target, force=force)
+
+    with Ledger.open(source) as ledger:
+        source_id = ledger.ledger_id()
+    with Ledger.open(target) as ledger:
+        assert ledger.ledger_id() == source_id
+    assert len(dump(target)["ledger_identity"]) == 1
+    emptied = {t.name: t.emptied for t in result.tables}
+    assert emptied["ledger_identity"] == 0
+    assert emptied["messages"] == (1 if force else 0)
 
 
 def test_sqlite_to_sqlite_copies_into_a_new_file(tmp_path) -> None:
@@ -482,7 +538,7 @@ def test_a_100k_row_table_copies_each_way_with_flat_memory(tmp_path, new_pg, cap
             started = time.perf_counter()
             result = copy_ledger(src, dst)
             elapsed = time.perf_counter() - started
-        assert result.rows == rows
+        assert result.rows == rows + 1  # and the ledger's id row
         figures.append(
             f"{name}: {rows:,} rows copied and verified in {elapsed:.1f} s "
             f"({rows / elapsed:,.0f} rows/s), RSS grew {rss.growth_mib:.1f} MiB"

@@ -34,7 +34,15 @@ from popvault.ledger.models import metadata
 
 Snapshot = dict[str, Any]
 
-LEDGER_TABLES = ("messages", "runs", "failures", "schedules", "leases", "alembic_version")
+LEDGER_TABLES = (
+    "messages",
+    "runs",
+    "failures",
+    "schedules",
+    "leases",
+    "ledger_identity",
+    "alembic_version",
+)
 
 # 0001 created these CHECK constraints with the table prefix twice; 0004 renames them.
 DOUBLED = {

@@ -144,6 +144,7 @@ def test_a_batch_is_synced_on_the_worker_while_the_next_one_arrives(
     monkeypatch.setattr(fetch, "BATCH_MESSAGES", 2)
     ws = Workspace(tmp_path, password=PASSWORD)
     ws.write_config([fake_account(server, "fake")])
+    ws.mark_archive()  # so that every operation recorded below is a message's
     seen: list[tuple[Operation, str]] = []
 
     def record(operation: Operation) -> None:

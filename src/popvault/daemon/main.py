@@ -9,11 +9,12 @@ import time
 from typing import Final
 
 from popvault import config as config_module
+from popvault.archive_root import check_archive_root
 from popvault.config import Config
 from popvault.daemon.core import ArchiveDaemon
 from popvault.daemon.metrics import Metrics, MetricsServer
 from popvault.daemon.signals import SignalRequests
-from popvault.errors import ConfigError
+from popvault.errors import ConfigError, LedgerError, StoreError
 from popvault.ledger import Ledger
 
 log = logging.getLogger("popvault.daemon")
@@ -26,8 +27,13 @@ TICK_S: Final = 1.0
 
 
 def run_daemon(config: Config) -> int:
-    """Run until SIGTERM/SIGINT; 0 after a clean stop. Raises DaemonRunning, ConfigError."""
+    """Run until SIGTERM/SIGINT; 0 after a clean stop.
+
+    Raises DaemonRunning, ConfigError, and ArchiveMismatch for an archive root
+    (or an account's own folder) that is not the one the ledger's files live in.
+    """
     with Ledger.open(config.ledger_url, upgrade=True) as ledger, ledger.daemon_lock():
+        check_archive_root(config, ledger)
         metrics = Metrics()
         daemon = ArchiveDaemon(config, ledger, metrics=metrics)
         server = _start_metrics(config, metrics, daemon)
@@ -35,7 +41,7 @@ def run_daemon(config: Config) -> int:
         signals.install()
         daemon.start()
         try:
-            _loop(daemon, signals)
+            _loop(daemon, ledger, signals)
         finally:
             log.info("stopping: no new runs; waiting for the runs in progress")
             finished = daemon.stop(daemon.config.daemon.shutdown_timeout)
@@ -47,23 +53,28 @@ def run_daemon(config: Config) -> int:
     return 0
 
 
-def _loop(daemon: ArchiveDaemon, signals: SignalRequests) -> None:
+def _loop(daemon: ArchiveDaemon, ledger: Ledger, signals: SignalRequests) -> None:
     beat = time.monotonic()
     while not signals.stop_requested:
         signals.wait(TICK_S)
         if signals.take_reload() and not signals.stop_requested:
-            _reload(daemon)
+            _reload(daemon, ledger)
         if time.monotonic() - beat >= HEARTBEAT_S:
             daemon.heartbeat()
             beat = time.monotonic()
 
 
-def _reload(daemon: ArchiveDaemon) -> None:
-    """Read the config file again; an invalid one is reported and the old one kept."""
+def _reload(daemon: ArchiveDaemon, ledger: Ledger) -> None:
+    """Read the config file again; an invalid one is reported and the old one kept.
+
+    So is one whose archive root (or a new account's own folder) is not the one
+    the ledger's files live in: the check made at start-up, made again.
+    """
     log.info("SIGHUP: reloading %s", daemon.config.file)
     try:
         new = config_module.load(daemon.config.file)
-    except ConfigError as exc:
+        check_archive_root(new, ledger)
+    except (ConfigError, StoreError, LedgerError) as exc:  # the ledger unreachable, too
         log.error("configuration not reloaded, keeping the previous one: %s", exc)
         return
     daemon.reload(new)

@@ -14,7 +14,10 @@ losing a row. The steps, each a reason to refuse before anything is written:
 3. The target is created at head (:func:`~popvault.ledger.migrate.create_fresh`)
    or upgraded; one whose schema is newer is refused untouched. A target
    whose popvault tables hold any row is refused unless ``force``, before any
-   change, upgrade included.
+   change, upgrade included. The target's id row (``ledger_identity``, made
+   with every ledger) does not count: the copy replaces it with the source's,
+   since the copy is the same ledger, of the same archive files (whose
+   marker, popvault.store.marker, names that id).
 
 Then the source is frozen — SQLite: ``BEGIN IMMEDIATE`` holds its write lock;
 PostgreSQL: a REPEATABLE READ snapshot taken after ``LOCK TABLE ... IN SHARE
@@ -79,7 +82,7 @@ from popvault.ledger.engine import (
 )
 from popvault.ledger.facade import Ledger
 from popvault.ledger.migrate import UPGRADE_COMMAND, check_engine, upgrade_engine
-from popvault.ledger.models import Lease, metadata
+from popvault.ledger.models import Lease, LedgerIdentity, metadata
 
 log = logging.getLogger("popvault.ledger")
 
@@ -97,6 +100,10 @@ DAEMON_FRESH: Final = timedelta(minutes=10)
 LOCK_TIMEOUT_S: Final = 30
 # How often progress is logged while a large table is copied.
 _LOG_EVERY_ROWS: Final = 200_000
+# The ledger's id row: every ledger has one from its creation, so it never makes a
+# target "not empty", and the copy always replaces the target's with the source's
+# (the copy is the same ledger, of the same archive files: its marker must still match).
+_IDENTITY: Final = LedgerIdentity.__table__.name
 
 # What `before_verify` is given: the target's URL (for tests that alter the
 # copy between the copy and its verification, to see the verification fail).
@@ -309,7 +316,7 @@ def _pid_alive(pid: int) -> bool:
 
 def _prepare_target(target: Engine, *, force: bool) -> None:
     """Refuse a non-empty target (unless ``force``) before changing it; then bring it to head."""
-    existing = _popvault_tables(target)
+    existing = [name for name in _popvault_tables(target) if name != _IDENTITY]
     if existing and not force:
         counts = _row_counts(target, existing)
         if any(counts.values()):
@@ -446,10 +453,13 @@ def _lock_target(connection: Connection, tables: Sequence[Table]) -> None:
 
 def _empty(connection: Connection, tables: Sequence[Table], *, force: bool) -> dict[str, int]:
     """Children before parents; without ``force``, check again (under the lock) that
-    nothing came in since :func:`_prepare_target` looked."""
+    nothing came in since :func:`_prepare_target` looked. The target's own id row
+    always goes (the source's replaces it), and is not counted as emptied."""
     emptied: dict[str, int] = {}
     for table in reversed(tables):
-        if force:
+        if table.name == _IDENTITY:
+            connection.execute(sql_delete(table))
+        elif force:
             emptied[table.name] = int(connection.execute(sql_delete(table)).rowcount)
         elif _count(connection, table):
             raise LedgerError(

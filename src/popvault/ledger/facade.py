@@ -18,6 +18,7 @@ from popvault.ledger.engine import create_ledger_engine, parse_url
 from popvault.ledger.failures import FailuresMixin
 from popvault.ledger.holds import HoldsMixin
 from popvault.ledger.leases import LeasesMixin
+from popvault.ledger.ledger_id import LedgerIdMixin
 from popvault.ledger.locking import LockingMixin
 from popvault.ledger.messages import MessagesMixin
 from popvault.ledger.migrate import check_engine, upgrade_engine
@@ -37,6 +38,7 @@ class Ledger(
     RunsMixin,
     ReportsMixin,
     SchedulesMixin,
+    LedgerIdMixin,
     LeasesMixin,
     LedgerCore,
 ):
@@ -51,7 +53,8 @@ class Ledger(
     which means occurrence 1.
 
     Each concern lives in a mixin of its own module (messages, retention,
-    holds, failures, dispatch, locking, runs, reports, schedules, leases);
+    holds, failures, dispatch, locking, runs, reports, schedules, the
+    ledger's id, leases);
     :class:`LedgerCore` holds the engine and the read and write blocks they
     share. :class:`LeasesMixin` comes last before it: its write block is the
     one every other concern's writes go through, so that a view made by

@@ -11,8 +11,9 @@ Alembic (and Mako, which it loads) costs ~90 ms to import, a third of a no-op
 ``popvault run``: it is imported only when there is something to migrate or to
 refuse. A ledger at :data:`HEAD_REVISION` needs nothing; a new one (none of the
 ledger's tables exist yet) is created straight from the models' metadata and
-stamped with :data:`HEAD_REVISION` (:func:`create_fresh`), which is the schema
-the migrations build from nothing: tests/ledger/test_ledger_fresh_schema.py
+stamped with :data:`HEAD_REVISION` (:func:`create_fresh`, which also writes
+the ledger's id row, as migration 0006 does), which is the schema the
+migrations build from nothing: tests/ledger/test_ledger_fresh_schema.py
 compares the two on both backends.
 """
 
@@ -48,6 +49,7 @@ from popvault.ledger.engine import (
     sqlite_file,
     translate_errors,
 )
+from popvault.ledger.ledger_id import insert_identity
 from popvault.ledger.models import metadata
 
 if TYPE_CHECKING:
@@ -59,7 +61,7 @@ UPGRADE_COMMAND = "popvault db upgrade"
 # The newest revision of migrations/versions, known without importing Alembic:
 # a ledger at it has nothing to migrate. tests/ledger/test_ledger_head.py checks
 # it against the scripts, so a new migration cannot leave it stale.
-HEAD_REVISION: Final = "0005"
+HEAD_REVISION: Final = "0006"
 
 # Alembic's version table (its default name; env.py does not change it).
 _VERSION_TABLE: Final = "alembic_version"
@@ -199,6 +201,7 @@ def create_fresh(engine: Engine) -> bool:
             if existing:
                 return _current_revision(connection) == HEAD_REVISION
             metadata.create_all(connection, checkfirst=False)
+            insert_identity(connection)  # what migration 0006 writes
             _VERSION.create(connection, checkfirst=False)
             connection.execute(_VERSION.insert().values(version_num=HEAD_REVISION))
     return True

@@ -349,3 +349,25 @@ class Lease(Base):
     claimed_at: ClassVar[ColumnElement[datetime]] = __table__.c.claimed_at
     expires_at: ClassVar[ColumnElement[datetime]] = __table__.c.expires_at
     server_host: ClassVar[ColumnElement[str | None]] = __table__.c.server_host
+
+
+class LedgerIdentity(Base):
+    """Which ledger this is: one row, made with the ledger, never changed.
+
+    ``id`` is 32 random hex digits (``secrets.token_hex(16)``), written by
+    migration 0006 or by :func:`~popvault.ledger.migrate.create_fresh`. The
+    archive root keeps it in its marker file (``popvault.store.marker``), so
+    that a daemon whose archive root is not the one this ledger's files live
+    in refuses to start. ``popvault db copy`` carries the row to its target:
+    the copy is the same ledger, of the same archive files.
+    """
+
+    __table__ = Table(
+        "ledger_identity",
+        metadata,
+        Column("id", String(32), primary_key=True),
+        Column("created_at", UTCDateTime(), nullable=False),
+    )
+
+    id: ClassVar[ColumnElement[str]] = __table__.c.id
+    created_at: ClassVar[ColumnElement[datetime]] = __table__.c.created_at

@@ -283,6 +283,57 @@ def link(source: Path, target: Path) -> None:
         _recorder(Operation("link", source, target))
 
 
+def create_once(path: Path, data: bytes) -> bool:
+    """Create the small file ``path`` holding ``data``, whole and durably, unless it exists.
+
+    ``data`` goes to a temp name beside ``path`` (``0600``), is fsynced, then
+    the temp file is linked to ``path`` and the folder fsynced; the temp name
+    goes last. A reader finds all of ``data`` at ``path`` or nothing, as with
+    a rename, but a link never replaces a file another process put there in
+    the meantime (a rename would, silently): then nothing is written and the
+    result is False. True: ``path`` is new and durable.
+
+    Not :func:`link`: tests count that function's calls as message publishes.
+    """
+    temp = path.with_name(f".{path.name.lstrip('.')}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    fd = create_private_file(temp)
+    try:
+        write_all(fd, data, temp)
+    except BaseException:
+        close_quietly(fd)
+        unlink_quietly(temp)
+        raise
+    try:
+        sync_and_close(fd, temp)
+        created = _link_new(temp, path)
+        if created:
+            _sync_or_take_back(path)
+    finally:
+        unlink_quietly(temp)  # garbage either way; its removal need not be durable
+    return created
+
+
+def _link_new(source: Path, target: Path) -> bool:
+    try:
+        os.link(source, target, follow_symlinks=False)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        raise store_error("create", target, exc) from exc
+    if _recorder is not None:
+        _recorder(Operation("link", source, target))
+    return True
+
+
+def _sync_or_take_back(path: Path) -> None:
+    """Fsync ``path``'s folder; if that fails, remove ``path`` again (as :func:`publish`)."""
+    try:
+        sync_dir(path.parent)
+    except BaseException:
+        unlink_quietly(path)
+        raise
+
+
 def retire(path: Path, *, sync_folder: bool = True) -> None:
     """Remove a temp file after its publish; failures are logged, not raised.
 
