@@ -21,18 +21,18 @@ from popvault.ledger.engine import create_ledger_engine, parse_url
 from popvault.ledger.migrate import backup_sqlite, migrations_dir
 from popvault.ledger.models import metadata
 
-HEAD = "0006"
+HEAD = "0007"
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
-NEXT = "0007"
+NEXT = "0008"
 
 DUMMY_NEXT = '''"""A later schema, for tests: runs get a note column."""
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007"
-down_revision = "0006"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 

@@ -297,6 +297,8 @@ class Schedule(Base):
         # RFC 1035 section 2.3.4: a host name is at most 255 octets.
         Column("daemon_host", String(255), nullable=False),
         Column("updated_at", UTCDateTime(), nullable=False),
+        # The daemons' claim of due accounts, every second (ledger/dispatch.py).
+        Index("ix_schedules_next_run_at", "next_run_at"),
         CheckConstraint("consecutive_failures >= 0", name="consecutive_failures"),
     )
 
