@@ -111,7 +111,8 @@ def test_sighup_adds_an_account_and_keeps_the_old_config_when_the_new_is_invalid
             return rows if all(row["next_run_at"] for row in rows) else None
 
         (row,) = wait_for(next_runs, what="status to show the next run")
-        first_run = daemon.runs("acct")[0]
+        # The run line comes once the run has ended, after its files are archived.
+        first_run = wait_for(lambda: daemon.runs("acct"), what="the first run's line")[0]
         for key in ("ts", "level", "logger", "message", *RUN_FIELDS):
             assert key in first_run, key
         assert (first_run["outcome"], first_run["messages"], first_run["error"]) == ("ok", 3, None)
