@@ -293,9 +293,13 @@ def _lock_and_count(connection: Connection, hosts: list[str], at: datetime) -> d
     """Take each server's advisory lock (sorted order), then count its live leases."""
     if not hosts:
         return {}
-    lock = text("SELECT pg_advisory_xact_lock(:class_id, hashtext(:host))")
-    for host in hosts:
-        connection.execute(lock, {"class_id": _SERVER_LOCK_CLASS, "host": host})
+    # One statement for every server, taken in the sorted order of the subquery
+    # (hosts is sorted already; ORDER BY keeps it so whatever the plan).
+    lock = text(
+        "SELECT count(pg_advisory_xact_lock(:class_id, hashtext(host))) "
+        "FROM (SELECT unnest(CAST(:hosts AS text[])) AS host ORDER BY 1) AS servers"
+    )
+    connection.execute(lock, {"class_id": _SERVER_LOCK_CLASS, "hosts": hosts})
     query = (
         select(LeaseRow.server_host, func.count())
         .where(among(LeaseRow.server_host, hosts, connection), LeaseRow.expires_at > at)

@@ -197,9 +197,13 @@ def _postgres_engine(url: URL) -> Engine:
         # idle for more than milliseconds; a holder stopped (SIGSTOP, a frozen VM)
         # inside a fenced write would keep its lease row locked, and so keep every
         # other daemon from claiming the account, for as long as its session lives.
+        # jit=off: the ledger's queries are short and indexed; PostgreSQL's JIT
+        # compiled the large ones (status over 10 million rows) for 0.1-1.5 s more
+        # and gained nothing (benchmarks/ledger_scale.py).
         "options": (
             "-c synchronous_commit=on "
-            f"-c idle_in_transaction_session_timeout={PG_IDLE_IN_TRANSACTION_S}s"
+            f"-c idle_in_transaction_session_timeout={PG_IDLE_IN_TRANSACTION_S}s "
+            "-c jit=off"
         ),
         # TCP keepalives and a send timeout: a connection whose peer vanished
         # (a cut cable, a half-open connection behind a dead NAT) fails within

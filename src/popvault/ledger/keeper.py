@@ -114,6 +114,12 @@ class LeaseKeeper:
             assert lease is not None  # noqa: S101 - filtered above
             expiry = renewed.get((lease.account, lease.token))
             if expiry is None:
+                with self._guard:
+                    kept = self._holds.get(lease.account) is hold
+                if not kept:
+                    # Its run ended and gave the lease up while this renewal was under
+                    # way: not renewed because released, not lost.
+                    continue
                 hold.lost = "the heartbeat found it expired or claimed by another holder"
                 log.warning(
                     "account %r: lease with token %d lost (expired or claimed by another "
