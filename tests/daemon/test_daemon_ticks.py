@@ -16,7 +16,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from popvault.config import Schedule
-from popvault.daemon.core import CRON_JITTER_S, jitter_for, next_tick
+from popvault.daemon.core import (
+    CRON_JITTER_S,
+    DISPATCH_POLL_S,
+    jitter_for,
+    next_tick,
+    tick_anchor,
+)
 
 T0 = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 
@@ -68,3 +74,28 @@ def test_a_cron_tick_is_the_next_matching_minute_plus_its_jitter(
     base = at.astimezone().replace(second=0, microsecond=0)
     assert base.minute == minute
     assert (at - base) <= timedelta(seconds=CRON_JITTER_S)
+
+
+@given(
+    every=st.floats(min_value=1.0, max_value=86400.0),
+    late=st.floats(min_value=0.0, max_value=7200.0),
+)
+def test_a_late_start_moves_the_grid_and_an_on_time_one_keeps_it(every: float, late: float) -> None:
+    schedule = Schedule(every=every)
+    started = T0 + timedelta(seconds=late)
+    anchor = tick_anchor(schedule, T0, started)
+    allowance = max(jitter_for(schedule), DISPATCH_POLL_S)
+    assert anchor == (started if late > allowance else T0)
+
+
+def test_accounts_due_together_and_run_one_after_another_spread_out() -> None:
+    # 60 accounts due at once, run by 4 slots taking 2 s each: their next ticks
+    # spread over the 30 s their runs took, instead of all falling on one instant.
+    schedule = Schedule(every=60.0)
+    rng = random.Random(3)
+    starts = [T0 + timedelta(seconds=2 * (n // 4)) for n in range(60)]
+    ticks = [
+        next_tick(schedule, tick_anchor(schedule, T0, start), start + timedelta(seconds=2), rng)
+        for start in starts
+    ]
+    assert max(ticks) - min(ticks) >= timedelta(seconds=20)
