@@ -225,7 +225,9 @@ class Run(Base):
         Column("error", Text),
         # How many UIDLs the server listed in this run; NULL if it never got that far.
         Column("on_server", Integer),
-        Index("ix_runs_account", "account"),
+        # status: each account's latest run, and latest success, in one probe each.
+        Index("ix_runs_account_id", "account", "id"),
+        Index("ix_runs_account_outcome_id", "account", "outcome", "id"),
         CheckConstraint(_in_check("outcome", RUN_OUTCOMES), name="outcome"),
         CheckConstraint("on_server >= 0", name="on_server"),
     )
