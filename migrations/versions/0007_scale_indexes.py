@@ -11,10 +11,10 @@ of every account's row, 10,000 of them at the scale the issue sets; with it,
 a walk of the few due rows in order.
 
 ``popvault status`` reads each account's latest run and latest success
-(``max(id)`` per account, and per account and outcome): with only an index
+(``max(id)`` per account, and its latest ``ended_at`` with outcome ok): with only an index
 on ``runs.account`` that visits every run of every account, twice (3.9 s at
 a million runs, 58 s at ten million: benchmarks/ledger_scale.py); on
-(account, id) and (account, outcome, id) each is one probe. They replace
+(account, id) and (account, outcome, ended_at) each is one probe. They replace
 the index on account alone, which both begin with.
 
 Migrations are frozen: they spell out what they build instead of importing
@@ -34,16 +34,16 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    """Index the schedules by their next run, and the runs by account, outcome and id."""
+    """Index the schedules by their next run, and the runs for status."""
     op.create_index("ix_schedules_next_run_at", "schedules", ["next_run_at"])
     op.create_index("ix_runs_account_id", "runs", ["account", "id"])
-    op.create_index("ix_runs_account_outcome_id", "runs", ["account", "outcome", "id"])
+    op.create_index("ix_runs_account_outcome_ended_at", "runs", ["account", "outcome", "ended_at"])
     op.drop_index("ix_runs_account", table_name="runs")
 
 
 def downgrade() -> None:
     """Back to the index on runs.account alone, and none on the schedules."""
     op.create_index("ix_runs_account", "runs", ["account"])
-    op.drop_index("ix_runs_account_outcome_id", table_name="runs")
+    op.drop_index("ix_runs_account_outcome_ended_at", table_name="runs")
     op.drop_index("ix_runs_account_id", table_name="runs")
     op.drop_index("ix_schedules_next_run_at", table_name="schedules")

@@ -227,7 +227,7 @@ class Run(Base):
         Column("on_server", Integer),
         # status: each account's latest run, and latest success, in one probe each.
         Index("ix_runs_account_id", "account", "id"),
-        Index("ix_runs_account_outcome_id", "account", "outcome", "id"),
+        Index("ix_runs_account_outcome_ended_at", "account", "outcome", "ended_at"),
         CheckConstraint(_in_check("outcome", RUN_OUTCOMES), name="outcome"),
         CheckConstraint("on_server >= 0", name="on_server"),
     )
