@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
 
@@ -23,7 +22,6 @@ import pytest
 from daemon_helpers import DaemonProcess, wait_for
 
 import postgres
-from popvault.ledger import Ledger
 from popvault.testing import sample_messages
 from tcp_proxy import TcpProxy
 from workspace import Workspace, maildir_form, wire_form
@@ -35,23 +33,6 @@ MESSAGES = 40
 # flight at a time (pipeline_depth = 1) a run of MESSAGES takes a few seconds.
 LATENCY_S = 0.08
 LEASE = {"lease": "2s", "lease_heartbeat": "0.5s"}
-
-
-@pytest.fixture
-def database() -> Iterator[str]:
-    with postgres.databases("popvault_daemons") as make:
-        url = make()
-        Ledger.open(url).close()  # the schema, before the daemons and this test read it
-        yield url
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for process in started:
-        process.signal(signal.SIGCONT)
-        process.kill()
 
 
 def lease_row(url: str) -> tuple[Any, ...] | None:

@@ -21,7 +21,6 @@ import psycopg
 import pytest
 from daemon_helpers import PASSWORD, account, wait_for
 
-import postgres
 from popvault import config as config_module
 from popvault.config import Config
 from popvault.daemon.core import ArchiveDaemon
@@ -35,14 +34,6 @@ pytestmark = pytest.mark.postgres
 ACCOUNTS = 6
 DAEMONS = 3
 MAX_PER_HOST = 2
-
-
-@pytest.fixture
-def database() -> Iterator[str]:
-    with postgres.databases("popvault_shared") as make:
-        url = make()
-        Ledger.open(url).close()
-        yield url
 
 
 @pytest.fixture
