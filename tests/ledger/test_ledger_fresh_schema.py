@@ -31,18 +31,9 @@ from popvault.ledger import current, upgrade
 from popvault.ledger.engine import create_ledger_engine, parse_url
 from popvault.ledger.migrate import HEAD_REVISION, create_fresh
 from popvault.ledger.models import metadata
+from postgres import LEDGER_TABLES
 
 Snapshot = dict[str, Any]
-
-LEDGER_TABLES = (
-    "messages",
-    "runs",
-    "failures",
-    "schedules",
-    "leases",
-    "ledger_identity",
-    "alembic_version",
-)
 
 # 0001 created these CHECK constraints with the table prefix twice; 0004 renames them.
 DOUBLED = {
