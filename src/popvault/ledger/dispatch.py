@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -45,8 +45,8 @@ from popvault.ledger.leases import (
     LeaseOwner,
     LeaseTerms,
     _claim_statement,
-    _held,
-    _times,
+    claim_values,
+    release,
     server_key,
 )
 from popvault.ledger.locking import LockingMixin
@@ -160,7 +160,7 @@ class DispatchMixin(LockingMixin):
             with writer._writing() as connection:
                 upsert(connection, _keep_earlier(connection, run, entry))
                 if hold is not None and hold.lease is not None:
-                    _release(connection, hold.lease)
+                    release(connection, hold.lease)
         finally:
             if hold is not None:
                 self._keeper_for(LeaseTerms()).remove(hold)
@@ -269,16 +269,7 @@ def _claim_rows(
         host = hosts[row.account]
         if max_per_host is not None and host and live.get(host, 0) >= max_per_host:
             continue
-        values = {
-            "account": row.account,
-            "token": 1,
-            "owner_host": owner.host,
-            "owner_pid": owner.pid,
-            "daemon_id": owner.daemon_id,
-            "claimed_at": at,
-            "expires_at": at + terms.ttl,
-            "server_host": host,
-        }
+        values = claim_values(row.account, owner, at, at + terms.ttl, host)
         got = connection.execute(_claim_statement(connection, values)).first()
         if got is None:  # a `popvault run` took it since the due query
             continue
@@ -316,26 +307,8 @@ def _keep_earlier(connection: Connection, run: DueRun, entry: ScheduleEntry) -> 
     moved = connection.scalar(query)
     planned = entry.next_run_at
     if moved is not None and moved > run.due_at and (planned is None or moved < planned):
-        return ScheduleEntry(
-            entry.account,
-            moved,
-            entry.consecutive_failures,
-            entry.backoff_reason,
-            entry.daemon_pid,
-            entry.daemon_host,
-            entry.updated_at,
-        )
+        return replace(entry, next_run_at=moved)
     return entry
-
-
-def _release(connection: Connection, lease: Lease) -> None:
-    start, _ = _times(connection, None, LeaseTerms().ttl)
-    statement = (
-        LeaseRow.__table__.update()
-        .where(*_held(lease), LeaseRow.expires_at > start)
-        .values(expires_at=start)
-    )
-    connection.execute(statement)
 
 
 __all__ = ["DispatchMixin", "DueRun"]

@@ -180,16 +180,7 @@ class LeasesMixin(LedgerCore):
         _require_ttl(ttl)
         with LedgerCore._writing(self) as connection:
             claimed, expires = _times(connection, now, ttl)
-            values = {
-                "account": account,
-                "token": 1,
-                "owner_host": owner.host,
-                "owner_pid": owner.pid,
-                "daemon_id": owner.daemon_id,
-                "claimed_at": claimed,
-                "expires_at": expires,
-                "server_host": server_key(server_host),
-            }
+            values = claim_values(account, owner, claimed, expires, server_host)
             row = connection.execute(_claim_statement(connection, values)).first()
         if row is None:
             return None
@@ -263,13 +254,7 @@ class LeasesMixin(LedgerCore):
         A lease already lost is left to its new holder: releasing it is no error.
         """
         with LedgerCore._writing(self) as connection:
-            start, _ = _times(connection, now, timedelta(0))
-            statement = (
-                update(LeaseRow)
-                .where(*_held(lease), LeaseRow.expires_at > start)
-                .values(expires_at=start)
-            )
-            connection.execute(statement)
+            release(connection, lease, now)
 
     def check_lease(self, lease: Lease, *, now: datetime | None = None) -> None:
         """Raise :class:`~popvault.errors.LeaseLost` unless ``lease`` is still held.
@@ -355,6 +340,31 @@ def _times(connection: Connection, now: datetime | None, ttl: timedelta) -> tupl
         return start, start + literal(ttl, Interval())
     local = datetime.now(UTC)
     return local, local + ttl
+
+
+def claim_values(
+    account: str, owner: LeaseOwner, claimed: Any, expires: Any, server_host: str | None
+) -> dict[str, Any]:
+    """The row a claim writes (its first token; a take-over counts on from the row's)."""
+    return {
+        "account": account,
+        "token": 1,
+        "owner_host": owner.host,
+        "owner_pid": owner.pid,
+        "daemon_id": owner.daemon_id,
+        "claimed_at": claimed,
+        "expires_at": expires,
+        "server_host": server_key(server_host),
+    }
+
+
+def release(connection: Connection, lease: Lease, now: datetime | None = None) -> None:
+    """Let ``lease`` expire at ``now`` (default: the database's clock), if it is still held."""
+    start, _ = _times(connection, now, timedelta(0))
+    statement = (
+        update(LeaseRow).where(*_held(lease), LeaseRow.expires_at > start).values(expires_at=start)
+    )
+    connection.execute(statement)
 
 
 def _claim_statement(connection: Connection, values: dict[str, Any]) -> Any:
