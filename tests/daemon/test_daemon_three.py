@@ -171,28 +171,41 @@ def test_three_daemons_share_kill_and_stall(
             for raw in raws:
                 mailbox.deliver(raw)
         total = ACCOUNTS * (FIRST + SECOND)
-        stalled, killed, survivor = trio
         username = {f"box{n}": mailbox.username for n, mailbox in enumerate(mailboxes)}
 
-        def stalled_mid_run() -> tuple[dict[str, int], list[int]] | None:
-            mine = {
-                a: t for a, (pid, t) in live_leases(database).items() if pid == stalled.process.pid
-            }
-            sessions = [mid_session(proxy, username[a]) for a in mine]
-            found = [index for index in sessions if index is not None]
-            return (mine, found) if found else None
+        def held_by(process: DaemonProcess) -> dict[str, int]:
+            """account -> lease token of the live leases ``process`` holds."""
+            leases = live_leases(database).items()
+            return {a: t for a, (pid, t) in leases if pid == process.process.pid}
 
-        stalled_held, stalled_sessions = wait_for(
-            stalled_mid_run, timeout=60, what="the second daemon to be mid-run"
+        def one_mid_run() -> tuple[DaemonProcess, dict[str, int], list[int]] | None:
+            # Whichever daemon is in the middle of RETRs first: which one the
+            # claims give the new work to is chance, and a fixed choice could
+            # wait for a daemon that gets none of it.
+            for process in trio:
+                mine = held_by(process)
+                sessions = [mid_session(proxy, username[a]) for a in mine]
+                found = [index for index in sessions if index is not None]
+                if found:
+                    return process, mine, found
+            return None
+
+        stalled, stalled_held, stalled_sessions = wait_for(
+            one_mid_run, timeout=60, what="a daemon to be mid-run"
         )
         stalled.signal(signal.SIGSTOP)
         stopped_at = time.monotonic()
-        held = wait_for(
-            lambda: {
-                a: t for a, (pid, t) in live_leases(database).items() if pid == killed.process.pid
-            },
-            what="the first daemon to be running accounts",
-        )
+        others = [process for process in trio if process is not stalled]
+
+        def one_running() -> tuple[DaemonProcess, dict[str, int]] | None:
+            for process in others:
+                mine = held_by(process)
+                if mine:
+                    return process, mine
+            return None
+
+        killed, held = wait_for(one_running, what="another daemon to be running accounts")
+        survivor = next(process for process in others if process is not killed)
         killed.process.kill()
         killed.process.wait(10)
         killed_at = time.monotonic()

@@ -8,9 +8,11 @@ the lease is lost.
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 import postgres
-from popvault.errors import LeaseLost
+from popvault.errors import LeaseLost, LedgerError
 from popvault.ledger import AccountBusy, LeaseOwner, LeaseTerms, Ledger, MessageKey
 
 pytestmark = pytest.mark.postgres
@@ -100,6 +102,27 @@ def test_the_heartbeat_keeps_a_lease_past_its_time_to_live(pg: str) -> None:
         with other.account_lock("alice", terms=SHORT) as taken:
             assert taken.lease is not None
             assert taken.lease.token == hold.lease.token + 1
+
+
+def heartbeats() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "popvault lease heartbeat"]
+
+
+def test_closing_the_ledger_ends_its_heartbeat_even_with_a_hold_open(
+    pg: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = heartbeats()
+    ledger = Ledger.open(pg)
+    with caplog.at_level(logging.WARNING, logger="popvault"):
+        with ledger.account_lock("alice", terms=SHORT) as hold:
+            assert [t for t in heartbeats() if t not in before]
+            ledger.close()  # as a daemon that stops with a run still going
+            time.sleep(SHORT.heartbeat.total_seconds() * 4)
+            with pytest.raises(LedgerError):
+                hold.ledger.start_run("alice", started_at=datetime.now(UTC))
+        assert not [t for t in heartbeats() if t not in before]
+    # No "could not renew ... is closed" every heartbeat, nor "could not release".
+    assert not caplog.records, caplog.text
 
 
 def test_a_stopped_holder_is_fenced_out_and_writes_nothing_when_resumed(

@@ -91,6 +91,10 @@ class Ledger(
         """
         if self._fence is None and not self._closed:
             self._closed = True
+            if self._keeper is not None:
+                # Otherwise its thread goes on trying to renew on a closed
+                # ledger, a warning every heartbeat.
+                self._keeper.stop()
             self._engine.dispose()
 
     def __enter__(self) -> Self:

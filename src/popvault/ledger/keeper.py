@@ -95,6 +95,20 @@ class LeaseKeeper:
             if self._holds.get(hold.lease.account) is hold:
                 del self._holds[hold.lease.account]
 
+    def stop(self) -> None:
+        """Stop renewing every lease and end the heartbeat thread (the ledger is closing).
+
+        The holds' deadlines stay as they are: a run still going stops on
+        its own at its deadline, as when a renewal fails, and its lease
+        expires at the database like a killed holder's.
+        """
+        with self._guard:
+            self._holds.clear()
+            thread = self._thread
+        self._wake.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5.0)
+
     def renew_now(self) -> None:
         """One renewal of every kept lease, at once (the loop's step; tests call it)."""
         with self._guard:

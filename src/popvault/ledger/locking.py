@@ -100,7 +100,9 @@ class LockingMixin(LeasesMixin):
                 yield hold
             finally:
                 keeper.remove(hold)
-                if hold.lease is not None and hold.lost is None:
+                # A ledger closed under the block (a daemon stopping) lets the
+                # lease expire on its own: there is no connection to release it by.
+                if hold.lease is not None and hold.lost is None and not self._closed:
                     try:
                         self.release_lease(hold.lease)
                     except LedgerError as exc:  # it expires on its own
