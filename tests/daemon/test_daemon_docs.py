@@ -8,7 +8,10 @@ from pathlib import Path
 
 from popvault.cli import build_parser
 from popvault.config import load
+from popvault.daemon.core import DISPATCH_POLL_S
 from popvault.daemon.metrics import Metrics
+from popvault.daemon.notify import WATCHDOG_SHARE
+from popvault.ledger.engine import SQLITE_BUSY_TIMEOUT_MS
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -26,7 +29,8 @@ def test_the_readme_shows_the_shipped_unit_verbatim():
 def test_the_unit_runs_the_daemon_and_reloads_with_sighup():
     unit = unit_text()
     for line in (
-        "Type=simple",
+        "Type=notify",
+        "NotifyAccess=main",
         "ExecReload=/bin/kill -HUP $MAINPID",
         "Restart=on-failure",
         "NoNewPrivileges=yes",
@@ -38,6 +42,12 @@ def test_the_unit_runs_the_daemon_and_reloads_with_sighup():
     assert re.search(r"^ReadWritePaths=\S+", unit, re.MULTILINE)
     stop = int(re.search(r"^TimeoutStopSec=(\d+)s$", unit, re.MULTILINE)[1])
     assert stop > load(ROOT / "config.example.toml", environ={}).daemon.shutdown_timeout
+    # A keep-alive every quarter of the interval, a dispatcher step at least every
+    # DISPATCH_POLL_S: the rest of the interval is what one step may take before systemd
+    # restarts the daemon, and it must hold a step that waits out SQLite's busy timeout twice.
+    watchdog = int(re.search(r"^WatchdogSec=(\d+)s$", unit, re.MULTILINE)[1])
+    budget = watchdog * (1 - WATCHDOG_SHARE) - DISPATCH_POLL_S
+    assert budget > 2 * SQLITE_BUSY_TIMEOUT_MS / 1000
 
 
 def test_the_daemon_command_and_its_flags_are_documented():

@@ -25,6 +25,9 @@
   start) takes it at once.
 * One account's trouble never touches the others:
   :func:`~popvault.sync.sync_account` never raises for it.
+* Under systemd (``Type=notify``), the dispatcher tells it ``READY=1`` after
+  its first step, a ``STATUS=`` line (:func:`status_line`) when runs start or
+  end, and ``WATCHDOG=1`` from its own loop (:mod:`.notify`).
 """
 
 from __future__ import annotations
@@ -35,10 +38,10 @@ import platform
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from popvault.config import Account, Config, Schedule, crontab_fields, format_seconds
@@ -51,6 +54,7 @@ from popvault.daemon.backoff import (
     waits_for_login_fix,
 )
 from popvault.daemon.metrics import Metrics
+from popvault.daemon.notify import Notifier, Watchdog
 from popvault.daemon.runlog import RunLine, log_run
 from popvault.errors import LeaseLost, LedgerError, PopvaultError
 from popvault.ledger import DueRun, LeaseTerms, Ledger, ScheduleEntry, server_key
@@ -82,6 +86,13 @@ DISPATCH_POLL_S: Final = 1.0
 # heartbeats, daemon.main.HEARTBEAT_S) belong to a daemon that stopped or
 # died: a live daemon configured with those accounts adopts them.
 ADOPT_AFTER: Final = timedelta(minutes=3)
+# STATUS= goes to systemd when the summary may have changed (a run started or
+# ended, a reload, a heartbeat), at most this often: a daemon of 10,000
+# accounts ends runs many times a second, and one line a second is plenty
+# for a person reading `systemctl status`.
+STATUS_MIN_GAP_S: Final = 1.0
+# At most this many failing accounts are named in the STATUS= line.
+STATUS_NAMES: Final = 3
 
 
 def jitter_for(schedule: Schedule) -> float:
@@ -169,8 +180,18 @@ class ArchiveDaemon:
         rng: random.Random | None = None,
         backoff: Callable[[BaseException], Policy] = policy_for,
         long_run_after: float = LONG_RUN_S,
+        notifier: Notifier | None = None,
     ) -> None:
         self.config = config
+        self._notifier = notifier or Notifier(None)
+        self._watchdog = Watchdog(self._notifier)
+        # Held while the dispatcher notifies systemd, and by stop() while it sends
+        # STOPPING=1: no READY or STATUS can follow it.
+        self._notify_lock = threading.Lock()
+        self._ready = False
+        # Whether the STATUS= line may have changed since it was sent (under _lock).
+        self._status_stale = True
+        self._status_sent_at: float | None = None
         self._long_run_after = long_run_after
         self._backoff = backoff
         self._ledger = ledger
@@ -236,12 +257,15 @@ class ArchiveDaemon:
     def stop(self, timeout: float) -> bool:
         """Claim no run, end the running ones cleanly, wait up to ``timeout`` seconds.
 
-        Returns True when every run ended in time. The ledger's schedule rows
-        stop being this daemon's: on SQLite they are removed (``status``
-        shows no next run without a daemon); on a shared PostgreSQL ledger
-        they stay, marked stale, for the other daemons to adopt.
+        Tells systemd ``STOPPING=1`` first. Returns True when every run ended
+        in time. The ledger's schedule rows stop being this daemon's: on
+        SQLite they are removed (``status`` shows no next run without a
+        daemon); on a shared PostgreSQL ledger they stay, marked stale, for
+        the other daemons to adopt.
         """
-        self._stopping.set()
+        with self._notify_lock:
+            self._stopping.set()
+            self._notifier.stopping("stopping: waiting for the runs in progress")
         self._wake.set()
         with self._lock:
             finished = self._idle.wait_for(lambda: self._active == 0, timeout)
@@ -279,6 +303,7 @@ class ArchiveDaemon:
         except LedgerError as exc:
             log.warning("could not refresh the schedules in the ledger: %s", exc)
         self._warn_long_runs(time.monotonic())
+        self._status_changed()
 
     def _warn_long_runs(self, now: float) -> None:
         with self._lock:
@@ -297,6 +322,13 @@ class ArchiveDaemon:
                     format_seconds(round(now - since)),
                     format_seconds(state.account.session_timeout),
                 )
+
+    def status_line(self) -> str:
+        """The daemon's state in one line, for ``systemctl status`` (see :func:`status_line`)."""
+        with self._lock:
+            states = list(self._states.values())
+            running = set(self._running)
+        return status_line(states, running, utc_now())
 
     def next_run(self, name: str) -> datetime | None:
         """When the account's next run is planned, as this daemon last knew (None: unknown)."""
@@ -340,10 +372,17 @@ class ArchiveDaemon:
         except LedgerError as exc:
             log.warning("could not plan the first runs in the ledger: %s", exc)
             return
+        with self._lock:
+            running = set(self._running)
         for state in states:
             row = planned.get(state.account.name)
             if row is not None:
                 state.next_run_at = row.next_run_at
+                if state.account.name not in running:
+                    # The row's count: on a shared ledger another daemon may have run
+                    # the account (STATUS= then counts it right). A run in progress
+                    # keeps its own: it took the row's count when it began.
+                    state.failures, state.reason = row.consecutive_failures, row.backoff_reason
 
     def _soon(self, now: datetime) -> datetime:
         return now + timedelta(seconds=self._rng.uniform(0, START_SPREAD_S))
@@ -363,13 +402,62 @@ class ArchiveDaemon:
     # -- dispatch -----------------------------------------------------------
 
     def _dispatch_loop(self) -> None:
+        # Waits at most a second, less when systemd's watchdog needs a faster pace.
+        poll = self._watchdog.poll_s(DISPATCH_POLL_S)
         while not self._stopping.is_set():
-            try:
-                self._dispatch_once()
-            except Exception:  # a bug here must not stop every later run
-                log.exception("unexpected error in the dispatcher")
-            self._wake.wait(DISPATCH_POLL_S)
+            self._dispatch_step()
+            self._wake.wait(poll)
             self._wake.clear()
+
+    def _dispatch_step(self) -> None:
+        """Claim and start the due runs, then tell systemd (READY, WATCHDOG, STATUS)."""
+        try:
+            self._dispatch_once()
+        except Exception:  # a bug here must not stop every later run
+            log.exception("unexpected error in the dispatcher")
+        if not self._notifier.enabled:
+            return  # not under systemd: no summary to make
+        try:
+            self._notify_systemd()
+        except Exception:  # nor a bug in the summary
+            log.exception("unexpected error in the notifications to systemd")
+
+    def _notify_systemd(self) -> None:
+        """READY=1 after the first step; the watchdog's keep-alive; STATUS= when it changed.
+
+        The keep-alive (``WATCHDOG=1``) is sent here, by the loop that claims
+        the due accounts, and not by a timer thread of its own: a timer would
+        go on pinging while this loop hangs (a ledger query that never
+        returns, a lock never released), and systemd would keep a daemon that
+        starts no run alive for ever. From here, a hung loop stops the
+        keep-alives and systemd restarts the daemon after ``WatchdogSec=``.
+        """
+        with self._notify_lock:
+            if not self._stopping.is_set():  # else STOPPING=1 was sent: nothing after it
+                self._notify_running()
+
+    def _notify_running(self) -> None:
+        if not self._ready:
+            self._ready = True
+            self._take_status_change()
+            self._notifier.ready(self.status_line())
+            self._status_sent_at = time.monotonic()
+        self._watchdog.beat()
+        now = time.monotonic()
+        if self._status_sent_at is not None and now - self._status_sent_at < STATUS_MIN_GAP_S:
+            return
+        if self._take_status_change():
+            self._notifier.status(self.status_line())
+            self._status_sent_at = now
+
+    def _status_changed(self) -> None:
+        with self._lock:
+            self._status_stale = True
+
+    def _take_status_change(self) -> bool:
+        with self._lock:
+            stale, self._status_stale = self._status_stale, False
+        return stale
 
     def _dispatch_once(self) -> None:
         """Claim as many due accounts as there are free slots, and start their runs."""
@@ -424,6 +512,7 @@ class ArchiveDaemon:
                 self._active += 1
                 self._running.add(run.account)
                 self._gauge_running()
+                self._status_stale = True
         if not start or state is None:
             self._release(run)
             return
@@ -450,6 +539,7 @@ class ArchiveDaemon:
             self._active -= 1
             self._running.discard(name)
             self._gauge_running()
+            self._status_stale = True
             self._idle.notify_all()
         self._wake.set()  # a slot is free: claim the next due account now
 
@@ -526,6 +616,7 @@ class ArchiveDaemon:
             len(after.keys() - before.keys()),
             len(before.keys() - after.keys()),
         )
+        self._status_changed()
 
     def _keep_fixed_settings(self, old: Config, new: Config) -> Config:
         if new.ledger_url != old.ledger_url:
@@ -735,6 +826,44 @@ def run_outcome(result: RunResult, *, stopping: bool) -> str:
     if result.ok:
         return "ok"
     return "partial" if result.exception is None else "failed"
+
+
+def status_line(states: Collection[_AccountState], running: Collection[str], now: datetime) -> str:
+    """One short line: ``3 accounts: 2 ok, 1 failing (work), 1 running; next run 12:05:00 UTC``.
+
+    Failing: the accounts with failures in a row (``popvault status``'s
+    ``consecutive_failures``), the first few named. The next run: the
+    earliest of the accounts not running now. Account names are plain
+    (config allows ``[A-Za-z0-9_.-]``); no server text, no secret.
+    """
+    failing = sorted(state.account.name for state in states if state.failures > 0)
+    total = len(states)
+    head = f"{total} account{'' if total == 1 else 's'}: {total - len(failing)} ok"
+    head += f", {len(failing)} failing"
+    if failing:
+        shown = failing[:STATUS_NAMES] + (["..."] if len(failing) > STATUS_NAMES else [])
+        head += f" ({', '.join(shown)})"
+    busy = sum(1 for state in states if state.account.name in running)
+    if busy:
+        head += f", {busy} running"
+    upcoming = [
+        state.next_run_at
+        for state in states
+        if state.next_run_at is not None and state.account.name not in running
+    ]
+    if not upcoming:
+        return head
+    return f"{head}; next run {_clock(min(upcoming), now)}"
+
+
+def _clock(at: datetime, now: datetime) -> str:
+    """``12:05:00 UTC`` today, ``2026-12-04 12:05 UTC`` on another day, ``due now`` if past."""
+    if at <= now:
+        return "due now"
+    at, now = at.astimezone(UTC), now.astimezone(UTC)
+    if at.date() == now.date():
+        return at.strftime("%H:%M:%S UTC")
+    return at.strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _not_before(state: _AccountState) -> datetime | None:

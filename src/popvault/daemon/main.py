@@ -1,4 +1,4 @@
-"""``popvault daemon``'s main loop: lock, metrics endpoint, scheduler, signals."""
+"""``popvault daemon``'s main loop: lock, metrics endpoint, scheduler, signals, systemd."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from popvault.archive_root import check_archive_root
 from popvault.config import Config
 from popvault.daemon.core import ArchiveDaemon
 from popvault.daemon.metrics import Metrics, MetricsServer
+from popvault.daemon.notify import Notifier
 from popvault.daemon.signals import SignalRequests
 from popvault.errors import ConfigError, LedgerError, StoreError
 from popvault.ledger import Ledger
@@ -31,17 +32,21 @@ def run_daemon(config: Config) -> int:
 
     Raises DaemonRunning, ConfigError, and ArchiveMismatch for an archive root
     (or an account's own folder) that is not the one the ledger's files live in.
+    Under systemd (``$NOTIFY_SOCKET``), the dispatcher's first step sends
+    ``READY=1``, so a start-up check that fails never does: the unit fails;
+    ``daemon.stop`` sends ``STOPPING=1``.
     """
+    notifier = Notifier.from_environment()
     with Ledger.open(config.ledger_url, upgrade=True) as ledger, ledger.daemon_lock():
         check_archive_root(config, ledger)
         metrics = Metrics()
-        daemon = ArchiveDaemon(config, ledger, metrics=metrics)
+        daemon = ArchiveDaemon(config, ledger, metrics=metrics, notifier=notifier)
         server = _start_metrics(config, metrics, daemon)
         signals = SignalRequests()
         signals.install()
         daemon.start()
         try:
-            _loop(daemon, ledger, signals)
+            _loop(daemon, ledger, signals, notifier)
         finally:
             log.info("stopping: no new runs; waiting for the runs in progress")
             finished = daemon.stop(daemon.config.daemon.shutdown_timeout)
@@ -53,12 +58,19 @@ def run_daemon(config: Config) -> int:
     return 0
 
 
-def _loop(daemon: ArchiveDaemon, ledger: Ledger, signals: SignalRequests) -> None:
+def _loop(
+    daemon: ArchiveDaemon, ledger: Ledger, signals: SignalRequests, notifier: Notifier
+) -> None:
     beat = time.monotonic()
     while not signals.stop_requested:
         signals.wait(TICK_S)
         if signals.take_reload() and not signals.stop_requested:
+            # sd_notify(3): RELOADING=1 ... READY=1 brackets the reload, so that
+            # `systemctl reload` (systemd 253 and later) returns once it is done;
+            # READY=1 again after a refused config too: the old one runs on.
+            notifier.reloading()
             _reload(daemon, ledger)
+            notifier.ready(daemon.status_line())
         if time.monotonic() - beat >= HEARTBEAT_S:
             daemon.heartbeat()
             beat = time.monotonic()
