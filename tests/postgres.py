@@ -67,6 +67,7 @@ LEDGER_TABLES = (
     "schedules",
     "leases",
     "ledger_identity",
+    "account_totals",
     "alembic_version",
 )
 

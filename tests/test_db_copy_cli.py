@@ -99,7 +99,7 @@ def test_a_non_empty_target_is_refused_then_forced_and_nothing_leaks(
 
     refused = ws.cli("db", "copy", "--to", pg)
     assert refused.code == 1
-    assert "is not empty (rows: messages 8, runs 1)" in refused.err
+    assert "is not empty (rows: account_totals 1, messages 8, runs 1)" in refused.err
     assert "--force empties its popvault tables first" in refused.err
     secrets_absent(refused.output)
 

@@ -7,12 +7,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from alembic import command
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Connection, Engine, case, delete, func, insert, select
 
 from popvault.ledger import KeyLike, Ledger, as_key
 from popvault.ledger.engine import WRITE_INTENT
 from popvault.ledger.migrate import alembic_config
-from popvault.ledger.models import Message
+from popvault.ledger.models import AccountTotals, Message
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
 
@@ -103,6 +103,24 @@ def fill(ledger: Ledger, account: str, uidls: list[str], **extra: Any) -> None:
     if rows:
         with ledger._engine.begin() as connection:
             connection.execute(insert(Message), rows)
+            recount_totals(connection, account)
+
+
+def recount_totals(connection: Connection, account: str) -> None:
+    """The account's account_totals row counted again, after rows loaded around the Ledger."""
+    connection.execute(delete(AccountTotals).where(AccountTotals.account == account))
+    archived = Message.state == "archived"
+    counted = (
+        select(
+            Message.account,
+            func.sum(case((archived, 1), else_=0)),
+            func.sum(case((archived, Message.size), else_=0)),
+        )
+        .where(Message.account == account)
+        .group_by(Message.account)
+    )
+    columns = ["account", "archived_messages", "archived_octets"]
+    connection.execute(insert(AccountTotals).from_select(columns, counted))
 
 
 def migrate(engine: Engine, revision: str, *, down: bool = False) -> None:

@@ -161,6 +161,7 @@ def test_sqlite_to_postgres_to_sqlite_round_trips_byte_exact(tmp_path, new_pg) -
         "schedules": 1,
         "leases": 1,
         "ledger_identity": 1,
+        "account_totals": 2,
     }
     assert there.stale_runs == back.stale_runs == 1
     # Timestamps keep their zone and microseconds: aware UTC on the way out of each.
@@ -179,7 +180,7 @@ def test_postgres_to_postgres_and_sequences_move_past_the_copied_ids(tmp_path, n
     result = copy_ledger(first, second)
 
     assert dump(second) == dump(first)
-    assert result.rows == 15  # 13, the lease row and the ledger's id row
+    assert result.rows == 17  # 13, the lease row, the ledger's id row, 2 accounts' totals
     with Ledger.open(second) as ledger:
         run = ledger.start_run("dave", started_at=T0)
         record(ledger, "after-the-copy")
@@ -244,7 +245,7 @@ def test_the_target_s_own_id_is_replaced_and_never_counts_as_a_row(tmp_path, for
         if force:
             archive(ledger, "only-in-target", account="zed")
     if force:  # a target with rows of its own is refused; its id row is not named
-        with pytest.raises(LedgerError, match=r"not empty \(rows: messages 1\);"):
+        with pytest.raises(LedgerError, match=r"not empty \(rows: account_totals 1, messages 1\);"):
             copy_ledger(source, target)
 
     result = copy_ledger(source, target, force=force)
@@ -279,7 +280,9 @@ def test_a_non_empty_target_is_refused_untouched_and_force_replaces_it(tmp_path)
         archive(ledger, "only-in-target", account="zed")
     before = raw_sqlite(target)
 
-    with pytest.raises(LedgerError, match=r"not empty \(rows: messages 1\); --force empties"):
+    with pytest.raises(
+        LedgerError, match=r"not empty \(rows: account_totals 1, messages 1\); --force empties"
+    ):
         copy_ledger(sqlite_url(source), sqlite_url(target))
     assert raw_sqlite(target) == before
 
@@ -538,7 +541,7 @@ def test_a_100k_row_table_copies_each_way_with_flat_memory(tmp_path, new_pg, cap
             started = time.perf_counter()
             result = copy_ledger(src, dst)
             elapsed = time.perf_counter() - started
-        assert result.rows == rows + 1  # and the ledger's id row
+        assert result.rows == rows + 2  # and the ledger's id row, the account's totals
         figures.append(
             f"{name}: {rows:,} rows copied and verified in {elapsed:.1f} s "
             f"({rows / elapsed:,.0f} rows/s), RSS grew {rss.growth_mib:.1f} MiB"

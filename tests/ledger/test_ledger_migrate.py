@@ -21,18 +21,18 @@ from popvault.ledger.engine import create_ledger_engine, parse_url
 from popvault.ledger.migrate import backup_sqlite, migrations_dir
 from popvault.ledger.models import metadata
 
-HEAD = "0007"
+HEAD = "0008"
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
-NEXT = "0008"
+NEXT = "0009"
 
 DUMMY_NEXT = '''"""A later schema, for tests: runs get a note column."""
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008"
-down_revision = "0007"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 

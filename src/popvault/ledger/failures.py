@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Insert, delete, select
 
-from popvault.ledger.core import LedgerCore, pair_of, require_aware
+from popvault.ledger.core import LedgerCore, pair_of, require_aware, upsert_insert
 from popvault.ledger.models import Failure
 from popvault.ledger.records import FailedMessage, KeyLike
 
@@ -81,16 +81,7 @@ def _failure_upsert(connection: Connection, values: dict[str, Any]) -> Insert:
     ON CONFLICT must name the unique constraint's columns exactly; a plain
     UIDL is occurrence 1 (the column's default).
     """
-    # Each dialect's insert is imported where it is used: a SQLite ledger's run
-    # need not load the PostgreSQL dialect (~25 ms), nor the other way round.
-    if connection.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as postgresql_insert  # noqa: PLC0415
-
-        statement: Any = postgresql_insert(Failure).values(values)
-    else:
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert  # noqa: PLC0415
-
-        statement = sqlite_insert(Failure).values(values)
+    statement = upsert_insert(connection, Failure).values(values)
     updated = {
         "attempts": Failure.attempts + 1,
         "last_failed_at": statement.excluded.last_failed_at,

@@ -64,7 +64,7 @@ from sqlalchemy import (
 )
 
 from popvault.errors import LeaseLost
-from popvault.ledger.core import LedgerCore, require_aware
+from popvault.ledger.core import LedgerCore, require_aware, upsert_insert
 from popvault.ledger.models import Lease as LeaseRow
 from popvault.ledger.models import UTCDateTime
 
@@ -369,13 +369,7 @@ def release(connection: Connection, lease: Lease, now: datetime | None = None) -
 
 def _claim_statement(connection: Connection, values: dict[str, Any]) -> Any:
     """INSERT the first lease, or take over a free or own one with the next token."""
-    # Each dialect's insert imported where used: a SQLite ledger's run need not
-    # load the PostgreSQL dialect (~25 ms; tests/test_import_run_path.py).
-    if connection.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as make  # noqa: PLC0415
-    else:
-        from sqlalchemy.dialects.sqlite import insert as make  # type: ignore[assignment]  # noqa: PLC0415
-    statement = make(LeaseRow.__table__).values(values)
+    statement = upsert_insert(connection, LeaseRow.__table__).values(values)
     new = statement.excluded
     taken = {
         "token": LeaseRow.token + 1,

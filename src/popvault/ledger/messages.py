@@ -9,6 +9,7 @@ moves it along. Messages are named by :class:`~popvault.ledger.records.MessageKe
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from functools import partial
@@ -26,13 +27,10 @@ from sqlalchemy import (
     or_,
     select,
     tuple_,
-    type_coerce,
     union,
     update,
 )
-from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.types import NullType
 
 from popvault.errors import LedgerError
 from popvault.ledger.core import (
@@ -40,12 +38,16 @@ from popvault.ledger.core import (
     LedgerCore,
     Pair,
     among,
+    cyclic_gc_paused,
+    decoded_columns,
     pair_of,
     require_aware,
     require_reason,
     uidls_of,
+    undecoded,
+    upsert_insert,
 )
-from popvault.ledger.models import Failure, Message
+from popvault.ledger.models import AccountTotals, Failure, Message
 from popvault.ledger.records import (
     ArchivedMessage,
     DuplicateMessage,
@@ -164,6 +166,8 @@ class MessagesMixin(LedgerCore):
                 if _is_unique_violation(exc):
                     raise self._duplicate(account, messages) from None
                 raise
+            # Every account with messages has its totals row (status lists it).
+            connection.execute(_totals_added(connection, account, 0, 0, only_make=True))
 
     def _duplicate(self, account: str, messages: Sequence[NewMessage]) -> DuplicateMessage:
         """The :class:`DuplicateMessage` for the first of ``messages`` that has a row."""
@@ -196,6 +200,7 @@ class MessagesMixin(LedgerCore):
             return
         try:
             with self._writing() as connection:
+                sizes: list[int] = []
                 for start in range(0, len(pairs), IN_LIST_LIMIT):
                     chunk = pairs[start : start + IN_LIST_LIMIT]
                     statement = (
@@ -206,9 +211,14 @@ class MessagesMixin(LedgerCore):
                             tuple_(Message.uidl, Message.occurrence).in_(chunk),
                         )
                         .values(state="archived", archived_at=archived_at)
+                        .returning(Message.size)
                     )
-                    if connection.execute(statement).rowcount != len(chunk):
+                    archived = connection.execute(statement).scalars().all()
+                    if len(archived) != len(chunk):
                         raise _NotAllPending(chunk)  # leaving the block rolls it all back
+                    sizes += archived
+                # In the same transaction: the totals move with the rows or not at all.
+                connection.execute(_totals_added(connection, account, len(sizes), sum(sizes)))
         except _NotAllPending as short:
             # Which one, asked after the rollback (the UPDATE changed the others).
             with self._reading() as connection:
@@ -247,10 +257,13 @@ class MessagesMixin(LedgerCore):
         wanted = list(dict.fromkeys(uidls))
         with self._reading() as connection:
             query = _known_rows_query(account, wanted, connection)
-            columns = _decoded_columns(connection.execute(query).all(), connection.dialect)
-        found = _grouped_by_uidl(list(map(_make_known_row, zip(*columns, strict=True))))
-        ordered = {uidl: found.pop(uidl) for uidl in wanted if uidl in found}
-        ordered.update(found)
+            with cyclic_gc_paused():
+                rows = connection.execute(query).all()
+        with cyclic_gc_paused():
+            columns = decoded_columns(rows, _KNOWN_COLUMNS, connection.dialect)
+            found = _grouped_by_uidl(list(map(_make_known_row, zip(*columns, strict=True))))
+            ordered = {uidl: found.pop(uidl) for uidl in wanted if uidl in found}
+            ordered.update(found)
         return ordered
 
     def next_occurrence(self, account: str, uidl: str) -> int:
@@ -446,7 +459,7 @@ _KNOWN_COLUMNS: tuple[ColumnElement[Any], ...] = (
     Message.server_size,
     Message.archived_at,
     # Only whether: decoding two more timestamps a row costs a full listing ~0.2 s.
-    # (An IS NOT NULL is typed Boolean: SQLite's 0/1 become bool in _decoded_columns.)
+    # (An IS NOT NULL is typed Boolean: SQLite's 0/1 become bool in decoded_columns.)
     Message.deleted_at.is_not(None).label("deleted"),
     Message.gone_at.is_not(None).label("gone"),
     Message.hold_reason,
@@ -457,40 +470,40 @@ _KNOWN_COLUMNS: tuple[ColumnElement[Any], ...] = (
 _make_known_row: Callable[[Iterable[Any]], KnownRow] = partial(tuple.__new__, KnownRow)
 
 
-def _undecoded(column: ColumnElement[Any]) -> ColumnElement[Any]:
-    """``column`` as the driver returns it: no SQLAlchemy result processing per row."""
-    return type_coerce(column, NullType()).label(column.key)
-
-
-def _decoded_columns(rows: Sequence[Sequence[Any]], dialect: Dialect) -> list[Iterable[Any]]:
-    """The rows of an _undecoded _KNOWN_COLUMNS query, as columns of decoded values.
-
-    Each column goes through its own type's result processing (the same
-    functions a plain execute would call: UTCDateTime's, Boolean's), but once
-    per distinct value, not once per row: archived_at takes one value per
-    group commit and the flags two, so 20k rows cost a few hundred decodings
-    instead of 60k (SQLAlchemy's per-row processing was ~40% of known_rows).
-    """
-    columns: list[Iterable[Any]] = list(zip(*rows, strict=True)) or [() for _ in _KNOWN_COLUMNS]
-    for index, column in enumerate(_KNOWN_COLUMNS):
-        # coltype None: none of these types' processors reads the driver's type code.
-        process = column.type.dialect_impl(dialect).result_processor(dialect, None)
-        if process is not None:
-            values = columns[index]
-            decoded = {value: process(value) for value in set(values)}
-            columns[index] = map(decoded.__getitem__, values)
-    return columns
+def _totals_added(
+    connection: Connection, account: str, messages: int, octets: int, *, only_make: bool = False
+) -> Any:
+    """The account's row of account_totals, made or added to (``only_make``: made if missing)."""
+    values = {"account": account, "archived_messages": messages, "archived_octets": octets}
+    statement = upsert_insert(connection, AccountTotals).values(values)
+    if only_make:
+        return statement.on_conflict_do_nothing(index_elements=[AccountTotals.account])
+    return statement.on_conflict_do_update(
+        index_elements=[AccountTotals.account],
+        set_={
+            "archived_messages": AccountTotals.archived_messages + messages,
+            "archived_octets": AccountTotals.archived_octets + octets,
+        },
+    )
 
 
 def _grouped_by_uidl(rows: list[KnownRow]) -> dict[str, list[KnownRow]]:
-    """Rows ordered by UIDL then occurrence, as lists by UIDL (in that order)."""
-    found: dict[str, list[KnownRow]] = {}
-    for row in rows:
-        group = found.get(row.uidl)
-        if group is None:
-            found[row.uidl] = [row]
-        else:
-            group.append(row)
+    """Rows ordered by UIDL then occurrence, as lists by UIDL (in that order).
+
+    Nearly every UIDL has one row: those lists are made in C (``zip`` gives
+    each row its own 1-tuple, ``list`` turns it into a list), without a
+    Python step per row; only the UIDLs with several occurrences are
+    gathered one by one.
+    """
+    uidls = [row.uidl for row in rows]
+    found = dict(zip(uidls, map(list, zip(rows, strict=True)), strict=True))
+    if len(found) < len(rows):
+        shared = {uidl for uidl, count in Counter(uidls).items() if count > 1}
+        for uidl in shared:
+            found[uidl] = []  # keeps its place: the first row's
+        for row in rows:
+            if row.uidl in shared:
+                found[row.uidl].append(row)
     return found
 
 
@@ -508,7 +521,7 @@ def _known_rows_query(
     if uidls:
         member = or_(among(Message.uidl, uidls, connection), member)
     return (
-        select(*map(_undecoded, _KNOWN_COLUMNS))
+        select(*map(undecoded, _KNOWN_COLUMNS))
         .where(Message.account == account, member)
         .order_by(Message.uidl, Message.occurrence)
     )

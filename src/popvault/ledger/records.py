@@ -1,4 +1,4 @@
-"""What the ledger hands out: plain frozen dataclasses (one named tuple) and its own errors.
+"""What the ledger hands out: plain frozen dataclasses (two named tuples) and its own errors.
 
 No SQLAlchemy type appears here; these are the values callers of
 :class:`~popvault.ledger.facade.Ledger` see.
@@ -161,12 +161,15 @@ class ArchivedMessage:
         return MessageKey(self.uidl, self.occurrence)
 
 
-@dataclass(frozen=True, slots=True)
-class RetainedMessage:
+class RetainedMessage(NamedTuple):
     """An archived message that, as far as the ledger knows, is still on the server.
 
     ``hold_reason`` is set while the server copy must not be deleted by
     retention (see :meth:`Ledger.hold`); None lets retention delete it.
+
+    A named tuple like :class:`KnownRow`, for the same reason: retention
+    builds one per message on the server each run (100k for a 100k-message
+    mailbox kept on the server).
     """
 
     uidl: str

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, delete, or_, select, update
 
-from popvault.ledger.core import LedgerCore, among, require_aware
+from popvault.ledger.core import LedgerCore, among, require_aware, upsert_insert
 from popvault.ledger.models import Schedule
 
 
@@ -39,15 +39,7 @@ class ScheduleEntry:
 def upsert(connection: Connection, entry: ScheduleEntry) -> None:
     """Insert the entry, or replace the account's row."""
     values: dict[str, Any] = asdict(entry)
-    if connection.dialect.name == "postgresql":
-        # Imported where used: a SQLite ledger need not load the PostgreSQL dialect.
-        from sqlalchemy.dialects.postgresql import insert as postgresql_insert  # noqa: PLC0415
-
-        statement: Any = postgresql_insert(Schedule).values(values)
-    else:
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert  # noqa: PLC0415
-
-        statement = sqlite_insert(Schedule).values(values)
+    statement = upsert_insert(connection, Schedule).values(values)
     changed = {key: value for key, value in values.items() if key != "account"}
     connection.execute(
         statement.on_conflict_do_update(index_elements=[Schedule.account], set_=changed)
@@ -58,11 +50,7 @@ def insert_many(connection: Connection, entries: Sequence[ScheduleEntry], *, rep
     """Insert the entries in one executemany: replacing existing rows, or leaving them be."""
     if not entries:
         return
-    if connection.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as make  # noqa: PLC0415
-    else:
-        from sqlalchemy.dialects.sqlite import insert as make  # type: ignore[assignment]  # noqa: PLC0415
-    statement: Any = make(Schedule)
+    statement = upsert_insert(connection, Schedule)
     if replace:
         new = statement.excluded
         columns = [key for key in ScheduleEntry.__dataclass_fields__ if key != "account"]
