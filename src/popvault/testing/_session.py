@@ -46,6 +46,9 @@ class Message:
     # expunge or FakePop3Server.remove_message): sessions whose snapshot
     # still holds it then answer by the server's ``vanished`` setting.
     removed: bool = False
+    # Set, under the server's lock, once a session that RETRed it ended with
+    # QUIT: a server with a ``window`` (Gmail's POP3) offers it no more.
+    downloaded: bool = False
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,7 @@ class Session:
         self._utf8 = False  # RFC 6856 UTF-8 mode: UTF8 was sent and got +OK
         self._snapshot: list[Message] = []
         self._marked: list[int] = []  # message numbers, in the order of their DELE
+        self._retrieved: set[int] = set()  # numbers RETR was carried out for (not TOP)
         self._then: Callable[[], None] | None = None
         self._verb_counts: dict[str, int] = {}  # commands received so far, by verb
         # Session octet count at which the reply being sent is cut (FakePop3Server.cut_reply).
@@ -447,9 +451,11 @@ class Session:
 
     def _cmd_quit(self, arg: str) -> bytes:
         if self._state == TRANSACTION:
-            # RFC 1939 section 6, the UPDATE state: only now do DELEs count.
+            # RFC 1939 section 6, the UPDATE state: only now do DELEs count, and
+            # (on a server with a window) only now do RETRs count as downloads.
             doomed = [self._snapshot[n - 1] for n in self._marked]
-            self._server._release_maildrop(self, doomed)
+            fetched = [self._snapshot[n - 1] for n in sorted(self._retrieved)]
+            self._server._release_maildrop(self, doomed, downloaded=fetched)
         self._then = self._end
         return _ok("popvault fake POP3 server signing off")
 
@@ -485,6 +491,9 @@ class Session:
     def _cmd_retr(self, arg: str) -> bytes:
         number, message, vanished = self._present(arg.strip())
         status = _ok(f"{self._server._listed_size(message)} octets")
+        if not vanished:
+            # Counted as downloaded only if this session ends with QUIT (Gmail's rule).
+            self._retrieved.add(number)
         return self._body(status, self._content(number, message), vanished=vanished)
 
     def _cmd_top(self, arg: str) -> bytes:

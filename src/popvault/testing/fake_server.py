@@ -6,7 +6,8 @@ misbehave: scripted ``-ERR`` answers, a connection cut after N octets (or in
 the middle of the reply to a chosen command, :meth:`FakePop3Server.cut_reply`), a hang,
 a slow server, no UIDL, no CAPA, bare LF line endings. It also reports how
 many commands a pipelining client (RFC 2449 PIPELINING) had in flight at once
-(:attr:`FakePop3Server.max_commands_in_flight`).
+(:attr:`FakePop3Server.max_commands_in_flight`). With ``window=N`` it hands
+out the mailbox N messages at a time, as Gmail's POP3 does.
 
 Public hooks reproduce what real servers do without patching this package:
 ``serve`` (what RETR/TOP send), ``list_size`` (what LIST/STAT report),
@@ -33,6 +34,7 @@ Example::
 from __future__ import annotations
 
 import hashlib
+import itertools
 import socket
 import ssl
 import threading
@@ -75,6 +77,11 @@ DEFAULT_CAPABILITIES: tuple[str, ...] = (
 DEFAULT_LOGIN_REFUSAL = "[AUTH] invalid login"
 # RFC 2449 section 8.1.1: [IN-USE] marks a maildrop locked by another session.
 DEFAULT_LOCK_REFUSAL = "[IN-USE] mailbox locked"
+# RFC 2449 section 6.7: what a server says of keeping retrieved messages. A server
+# with a window hides them once retrieved, so its default CAPA says EXPIRE 0, as
+# Gmail's does, instead of the default EXPIRE NEVER.
+_KEEPS_RETRIEVED = "EXPIRE NEVER"
+_HIDES_RETRIEVED = "EXPIRE 0"
 
 Vanished = Literal["err", "drop"]
 """What a session does for a message removed after its snapshot (see FakePop3Server)."""
@@ -164,6 +171,13 @@ def _errors(
     return dict(xoauth2 or DEFAULT_XOAUTH2_ERROR), dict(oauthbearer or DEFAULT_OAUTHBEARER_ERROR)
 
 
+def _window(window: int | None) -> int | None:
+    """Check a ``window`` argument: None (the whole mailbox) or at least 1."""
+    if window is not None and (isinstance(window, bool) or window < 1):
+        raise ValueError("window must be at least 1 (or None: no window)")
+    return window
+
+
 def _wanted(arg: str | None) -> str | None:
     """An ``arg`` filter, its whitespace normalised as commands' arguments are."""
     return None if arg is None else " ".join(arg.split())
@@ -215,6 +229,19 @@ class FakePop3Server:
     ``wrong_scram_signature = True`` makes SCRAM accept the proof and send a
     wrong server signature (a fault: :meth:`clear_faults` resets it).
     :attr:`logins` records how each session logged in.
+
+    ``window`` (default None: the whole mailbox) makes a server like Gmail's
+    POP3, which hands out a window of the mailbox: each session lists (in
+    STAT, LIST, UIDL) only the ``window`` oldest messages not yet
+    *downloaded*, numbered from 1. A message counts as downloaded once a
+    session that carried out a ``RETR`` of it ends with ``QUIT`` (``TOP`` does
+    not count; a session that ends without ``QUIT`` downloads nothing, so
+    what it retrieved stays on offer). Downloaded messages stay in
+    :attr:`mailbox` (the server still holds them; ``DELE`` and ``QUIT``
+    remove them as usual); :attr:`downloaded` names them and :attr:`offered`
+    is what the next session would list. The default CAPA then says
+    ``EXPIRE 0`` (RFC 2449 section 6.7: retrieved messages are not kept on
+    offer) instead of ``EXPIRE NEVER``.
 
     ``login_refusal`` is the ``-ERR`` text for a wrong USER/PASS or APOP, and
     ``lock_refusal`` the one for a locked maildrop: a server that does not
@@ -285,6 +312,7 @@ class FakePop3Server:
         xoauth2_one_line: bool = True,
         xoauth2_error: Mapping[str, Any] | None = None,
         oauthbearer_error: Mapping[str, Any] | None = None,
+        window: int | None = None,
     ) -> None:
         if uidls is not None and len(uidls) != len(messages):
             raise ValueError(f"{len(messages)} messages but {len(uidls)} uidls")
@@ -303,7 +331,7 @@ class FakePop3Server:
         self.rewrite_reply = rewrite_reply
         self.login_refusal = login_refusal
         self.lock_refusal = lock_refusal
-        self.exclusive_lock = exclusive_lock
+        self.exclusive_lock, self.window = exclusive_lock, _window(window)
         self.vanished: Vanished = vanished
         # SASL (see the class docstring); wrong_scram_signature is a fault.
         self.sasl, self.sasl_before_stls = _mechanisms(sasl), _offer_before_stls(sasl_before_stls)
@@ -314,7 +342,8 @@ class FakePop3Server:
         self.port = 0
         self._lock = threading.Lock()
         self._messages: list[Message] = []
-        self._deleted: list[str] = []
+        # Uidls removed by DELE and QUIT, and those retrieved in a session ended by QUIT.
+        self._deleted, self._downloaded = list[str](), list[str]()
         self._commands: list[str] = []
         self._sessions = 0
         self._holder: Session | None = None  # the exclusive lock's holder
@@ -440,6 +469,27 @@ class FakePop3Server:
         """Uidls removed by DELE and a following QUIT, in the order of the DELEs."""
         with self._lock:
             return list(self._deleted)
+
+    @property
+    def downloaded(self) -> list[str]:
+        """Uidls of the messages RETRed in a session that ended with QUIT, in that order.
+
+        Kept whether or not the server has a ``window``; only a server with
+        one stops offering them. A message is named once, however often it
+        was retrieved.
+        """
+        with self._lock:
+            return list(self._downloaded)
+
+    @property
+    def offered(self) -> list[tuple[str, bytes]]:
+        """What a session logging in now would list: (uidl, raw) in order.
+
+        The whole :attr:`mailbox` without a ``window``; with one, its oldest
+        ``window`` messages not yet :attr:`downloaded`.
+        """
+        with self._lock:
+            return [(m.uidl, m.raw) for m in self._offer()]
 
     @property
     def commands(self) -> list[str]:
@@ -776,10 +826,23 @@ class FakePop3Server:
             if self.exclusive_lock:
                 self._holder = session
             self._transacting.add(session)
-            return list(self._messages)
+            return self._offer()
 
-    def _release_maildrop(self, session: Session, expunge: Sequence[Message] = ()) -> None:
-        """Release the lock; remove ``expunge`` (the UPDATE state after QUIT).
+    def _offer(self) -> list[Message]:
+        """The messages a session gets as its snapshot (call with the lock held)."""
+        if self.window is None:
+            return list(self._messages)
+        waiting = (message for message in self._messages if not message.downloaded)
+        return list(itertools.islice(waiting, self.window))
+
+    def _release_maildrop(
+        self,
+        session: Session,
+        expunge: Sequence[Message] = (),
+        *,
+        downloaded: Sequence[Message] = (),
+    ) -> None:
+        """Release the lock; remove ``expunge`` and note ``downloaded`` (UPDATE after QUIT).
 
         A message another session or client removed meanwhile is skipped: it
         is gone already, and was not deleted by this session.
@@ -790,6 +853,10 @@ class FakePop3Server:
             self._transacting.discard(session)
             if self._holder is session:
                 self._holder = None
+            for message in downloaded:
+                if not message.downloaded:
+                    message.downloaded = True
+                    self._downloaded.append(message.uidl)
             for message in expunge:
                 if not message.removed:
                     message.removed = True
@@ -802,6 +869,8 @@ class FakePop3Server:
             lines = list(self.capabilities)
         else:
             lines = [c for c in DEFAULT_CAPABILITIES if not (self.no_uidl and c == "UIDL")]
+            if self.window is not None:
+                lines = [_HIDES_RETRIEVED if c == _KEEPS_RETRIEVED else c for c in lines]
         if offer_stls and "STLS" not in lines:
             lines.append("STLS")
         offer = self._sasl_offer(tls=tls)

@@ -271,7 +271,8 @@ _PROFILES: tuple[ServerProfile, ...] = (
     ServerProfile(
         name="gmail-like",
         description="Google's POP3 style: SASL PLAIN XOAUTH2 OAUTHBEARER, the token on the AUTH "
-        "line when it fits; a refused token gets a JSON error challenge before -ERR.",
+        "line when it fits; a refused token gets a JSON error challenge before -ERR. "
+        "server(messages, window=250) also hands out its mailbox 250 messages a session.",
         capabilities=("USER", "RESP-CODES", "EXPIRE 0", "LOGIN-DELAY 300", "TOP", "UIDL"),
         login_refusal="[AUTH] Username and password not accepted.",
         sasl=("PLAIN", "XOAUTH2", "OAUTHBEARER"),
