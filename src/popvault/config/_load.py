@@ -15,6 +15,7 @@ from pydantic_settings import SettingsError
 from popvault.config._environment import warn_about_unknown
 from popvault.config._model import (
     DEFAULT_LOGIN_TIMEOUT,
+    DEFAULT_MAX_SESSIONS_PER_RUN,
     DEFAULT_MIN_RATE,
     DEFAULT_PIPELINE_DEPTH,
     DEFAULT_PIPELINE_OCTETS,
@@ -30,6 +31,7 @@ from popvault.config._model import (
     Retention,
     Schedule,
     Security,
+    is_recent_mode,
 )
 from popvault.config._oauth import (
     check_password_auth,
@@ -254,6 +256,7 @@ def _resolve_account(
             message = "required key is missing (set it in the account or in [defaults])"
             raise ConfigError(message, file=file, account=name, key=key)
     _check_one_schedule(raw, file, name)
+    _check_recent_mode(raw, file, name)
     security: Security = raw.get("security", "tls")
     allow_plaintext: bool = raw.get("allow_plaintext", False)
     if security == "plain" and not allow_plaintext:
@@ -311,8 +314,31 @@ def _resolve_account(
         rate_window=raw.get("rate_window", DEFAULT_RATE_WINDOW),
         pipeline_depth=raw.get("pipeline_depth", DEFAULT_PIPELINE_DEPTH),
         pipeline_octets=raw.get("pipeline_octets", DEFAULT_PIPELINE_OCTETS),
+        max_sessions_per_run=raw.get("max_sessions_per_run", DEFAULT_MAX_SESSIONS_PER_RUN),
         **sign_in,
     )
+
+
+def _check_recent_mode(raw: Mapping[str, Any], file: str, name: str) -> None:
+    """Refuse Gmail's ``recent:`` login with a retention policy that deletes.
+
+    ``recent:user@gmail.com`` lists the last 30 days of mail whatever other
+    clients downloaded (issue 12), so it shows messages another client or
+    device relies on finding on the server; deleting what it lists would take
+    them from everyone. Whatever the retention is, [defaults] or the account's.
+    """
+    username: str = raw["username"]
+    retention: Retention = raw.get("retention", Retention(mode="keep"))
+    if retention.mode == "keep" or not is_recent_mode(username):
+        return
+    written = retention.written or retention.mode
+    message = (
+        f"username {username!r} uses Gmail's recent: mode (the last 30 days of mail, whatever "
+        f"other clients downloaded), which popvault never combines with deleting server "
+        f'copies (retention = "{written}"): set retention = "keep", or log in without '
+        '"recent:"'
+    )
+    raise ConfigError(message, file=file, account=name, key="retention")
 
 
 def _ca_file(value: str | None, folder: Path, file: str, name: str) -> Path | None:

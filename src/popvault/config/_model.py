@@ -60,6 +60,14 @@ MAX_PIPELINE_DEPTH: Final = 1000
 # ... and their LIST sizes in flight: 8 MiB covers the bandwidth-delay product
 # of ~1 Gbit/s at 50 ms; one message over it is still fetched, alone.
 DEFAULT_PIPELINE_OCTETS: Final = 8 << 20
+# Sessions one run may open with a server that hands out a window of the mailbox
+# (Gmail's POP3 lists about 250 of the oldest messages not yet downloaded per
+# session; see sync.py): 100 sessions drain 25,000 such messages in one run,
+# the 20,000-message first archive of issue 12 included, and bound a run's
+# length (and what a server that keeps offering "new" messages can cost) to
+# 100 logins. 10,000 sessions (2.5 million messages) is past any real mailbox.
+DEFAULT_MAX_SESSIONS_PER_RUN: Final = 100
+MAX_SESSIONS_PER_RUN: Final = 10_000
 _RETENTION_RE: Final = re.compile(r"(-?[0-9]+)([smhdw])")
 # The daemon's schedule: every 15 minutes unless an account says otherwise.
 DEFAULT_EVERY: Final = 900.0
@@ -222,6 +230,14 @@ class Account:
     # RETRs in flight by count (1: none), and by the LIST octets they announce.
     pipeline_depth: int = DEFAULT_PIPELINE_DEPTH
     pipeline_octets: int = DEFAULT_PIPELINE_OCTETS
+    # Sessions a run may open one after another while the server may have more
+    # to offer after each (a server that hands out a window of the mailbox).
+    max_sessions_per_run: int = DEFAULT_MAX_SESSIONS_PER_RUN
+
+    @property
+    def recent_mode(self) -> bool:
+        """Whether the account logs in to Gmail's ``recent:`` mode (see :func:`is_recent_mode`)."""
+        return is_recent_mode(self.username)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)
@@ -254,6 +270,16 @@ class Config:
             f"archive_root={self.archive_root!r}, accounts={self.accounts!r}, "
             f"daemon={self.daemon!r})"
         )
+
+
+def is_recent_mode(username: str) -> bool:
+    """Whether ``username`` asks Gmail for its ``recent:`` mode: the prefix, in any case.
+
+    ``recent:user@gmail.com`` lists the last 30 days of mail, whatever other
+    clients downloaded already, and never moves on: a new session lists the
+    same messages again.
+    """
+    return username[:7].casefold() == "recent:"
 
 
 # --- value parsers (pydantic calls them; a ValueError's text becomes the user's message) ----

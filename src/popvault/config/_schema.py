@@ -38,6 +38,7 @@ from popvault.config._model import (
     DEFAULT_MAX_CONCURRENT,
     DEFAULT_SHUTDOWN_TIMEOUT,
     MAX_PIPELINE_DEPTH,
+    MAX_SESSIONS_PER_RUN,
     ArchiveFormat,
     AuthMethod,
     OAuthGrant,
@@ -256,6 +257,7 @@ class AccountKeys(_Section):
     rate_window: Timeout | None = None
     pipeline_depth: Annotated[int, Field(ge=1, le=MAX_PIPELINE_DEPTH)] | None = None
     pipeline_octets: Annotated[int, PlainValidator(parse_window_size)] | None = None
+    max_sessions_per_run: Annotated[int, Field(ge=1, le=MAX_SESSIONS_PER_RUN)] | None = None
     timeout: Timeout | None = None
     format: ArchiveFormat | None = None
     retention: RetentionValue | None = None
