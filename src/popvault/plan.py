@@ -5,6 +5,8 @@ line skipped and reported), matches the listing to the ledger's rows
 (:mod:`popvault.identity`) and returns a :class:`Session`: the frozen view of
 the server, plus the few facts the run learns as it goes (which messages it
 saw to be their rows, which are retrieved but not durable yet).
+:func:`may_offer_more` says, once a session is over, whether the server may
+list more to a new one (a server that hands out a window of the mailbox).
 """
 
 from __future__ import annotations
@@ -176,6 +178,111 @@ def _plan_session(
         if message.row is None and message.key not in set_aside
     ]
     return session, planned
+
+
+@dataclass(frozen=True)
+class SessionEnd:
+    """What one session of a run did, as far as another session could find more.
+
+    ``quit``: it ended with ``QUIT`` (so the server counts what it retrieved
+    as downloaded); ``troubled``: a problem of the run came up in it (a
+    listing line, a message, a ``DELE``) or it was stopped early; ``planned``:
+    the new messages it set out to fetch; ``sizes``: its listing's LIST sizes
+    in order; ``capabilities``: the server's CAPA after login; ``first``: the
+    key of the first message it planned (None: none).
+    """
+
+    quit: bool
+    troubled: bool
+    planned: int
+    sizes: tuple[int, ...]
+    capabilities: Mapping[str, Sequence[str]]
+    first: MessageKey | None = None
+
+
+def may_offer_more(end: SessionEnd) -> bool:
+    """Whether the server may list new messages to a new session after ``end``.
+
+    Gmail's POP3 lists only about 250 of the oldest messages not yet
+    downloaded, a message counting as downloaded once it was retrieved in a
+    session ended by ``QUIT``. A session after which a server may have more
+    to offer is one that
+
+    * ended with ``QUIT`` and had no trouble, so every message it planned was
+      archived (a problem, a stop, a lost lease or a session dropped without
+      ``QUIT`` ends the run's sessions: the next run goes on);
+    * planned at least one message: a session with nothing new to fetch ends
+      them too (the window has moved on as far as it goes); and
+    * on a server that says ``EXPIRE 0`` (RFC 2449 section 6.7): retrieved
+      messages are not kept on offer, so the messages this session retrieved
+      have made room for others. Gmail says so. A server that says nothing,
+      ``EXPIRE NEVER`` or ``EXPIRE n`` lists the retrieved messages again (a
+      second session would only repeat the first one's listing: one more
+      login on every run with new mail, for nothing), and one that hides
+      them anyway without saying so is drained one window a run, as before.
+
+    Messages of the listing that the ledger has already do not count against
+    it: on such a server they are ones an earlier session retrieved and could
+    not end with ``QUIT`` (a crash, a lost lease), which stay in the window.
+    Gmail also says ``LOGIN-DELAY 300``, which it does not enforce: a server
+    that refuses the next login with ``[LOGIN-DELAY]`` ends the run's
+    sessions quietly (sync.py).
+    """
+    if not end.quit or end.troubled or end.planned == 0:
+        return False
+    return _count(end.capabilities, "EXPIRE") == 0
+
+
+def look_alike(before: SessionEnd, session: Session) -> MessageKey | None:
+    """``before``'s first message when a later session's listing looks like ``before``'s.
+
+    As many messages of exactly the same sizes, and again none of them known:
+    either the next window of a mailbox of look-alike messages (notices that
+    differ only in a fixed-width number), or a server that renames its
+    messages in every session (RFC 1939 section 7 forbids it), which would
+    have the run store every message again, once per session. The caller
+    tells the two apart by content: the first message of each (see sync.py).
+    None when the listings differ (or ``before`` planned nothing).
+    """
+    if before.sizes != listed_sizes(session) or not _all_new(session):
+        return None
+    return before.first
+
+
+def session_end(
+    session: Session,
+    planned: Sequence[PlannedMessage],
+    *,
+    quit: bool,
+    troubled: bool,
+    capabilities: Mapping[str, Sequence[str]],
+) -> SessionEnd:
+    """The :class:`SessionEnd` of a session whose listing is ``session``."""
+    return SessionEnd(
+        quit=quit,
+        troubled=troubled,
+        planned=len(planned),
+        sizes=listed_sizes(session),
+        capabilities=capabilities,
+        first=planned[0].ledger_key if planned else None,
+    )
+
+
+def listed_sizes(session: Session) -> tuple[int, ...]:
+    """The session's LIST sizes in listing order (-1 for a message LIST did not name)."""
+    return tuple(session.sizes.get(message.number, -1) for message in session.view.messages)
+
+
+def _all_new(session: Session) -> bool:
+    """Whether no message the session listed had a ledger row (pending or archived)."""
+    return all(message.row is None for message in session.view.messages)
+
+
+def _count(capabilities: Mapping[str, Sequence[str]], name: str) -> int | None:
+    """A capability's first argument as a count (days, seconds); None when it is not one."""
+    arguments = capabilities.get(name)
+    first = arguments[0] if arguments else ""
+    return int(first) if first.isascii() and first.isdigit() else None
 
 
 def verifications(session: Session, due: Iterable[MessageKey]) -> list[PlannedMessage]:

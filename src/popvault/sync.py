@@ -31,6 +31,13 @@ interesting rules live here as comments next to the code that keeps them:
 * Messages are matched to ledger rows by :mod:`popvault.identity`: two
   messages under one UIDL are two rows, and a server copy under a shared UIDL
   is deleted only once its content was seen to be the archived one.
+* A server that hands out a window of the mailbox (Gmail's POP3 lists about
+  250 of the oldest messages not yet downloaded) gets another session while
+  the last one may have left it more to offer (:func:`~popvault.plan.may_offer_more`
+  says when), up to the account's ``max_sessions_per_run``. Each session
+  keeps every rule above on its own: it ends with ``QUIT`` only once its
+  messages are durable, and looks at the lease before its ``DELE`` and its
+  ``QUIT``. The run has one run record, with the totals of all its sessions.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ from datetime import UTC, datetime, timedelta
 
 from popvault.archive_check import refuse_unknown_archive
 from popvault.config import Account, Config
-from popvault.errors import AuthError, LeaseLost, PopvaultError
+from popvault.errors import AuthError, InUseError, LeaseLost, LoginDelayError, PopvaultError
 from popvault.fetch import (
     OVERRUN_FLOOR,
     Fetcher,
@@ -55,7 +62,17 @@ from popvault.fetch import (
     settle_pending,
 )
 from popvault.ledger import AccountHold, LeaseTerms, Ledger, MessageKey, RetainedMessage
-from popvault.plan import MAX_ATTEMPTS, PlannedMessage, Session, plan_session, verifications
+from popvault.plan import (
+    MAX_ATTEMPTS,
+    PlannedMessage,
+    Session,
+    SessionEnd,
+    look_alike,
+    may_offer_more,
+    plan_session,
+    session_end,
+    verifications,
+)
 from popvault.pop3.client import Pop3Client
 from popvault.pop3.pace import Limits
 from popvault.redaction import install_log_redaction, redact
@@ -112,14 +129,22 @@ class RunResult:
     account: str
     started_at: datetime
     ended_at: datetime | None = None
-    # How many messages the server listed; None until it did (unknown, not 0).
+    # How many messages the server listed (in the run's last session with a
+    # listing); None until it did (unknown, not 0).
     on_server: int | None = None
+    # The messages to fetch, of every session (a dry run has one session).
     planned: list[PlannedMessage] = field(default_factory=list)
     messages: int = 0
     octets: int = 0
     recovered: int = 0
     due_for_deletion: list[RetainedMessage] = field(default_factory=list)
+    # Deleted in every session of the run; of them, deleted_earlier by the
+    # sessions before the one on_server counts (its listing no longer had them).
     deleted: int = 0
+    deleted_earlier: int = 0
+    # Sessions the run logged in to (0: none; more than 1 with a server that
+    # hands out a window of the mailbox, see may_offer_more).
+    sessions: int = 0
     set_aside: list[str] = field(default_factory=list)
     # Messages archived in this run whose server copies are held: "message N: why".
     held: list[str] = field(default_factory=list)
@@ -147,9 +172,12 @@ class RunResult:
         """Messages on the server once the run's deletions took effect (None: unknown).
 
         What the ledger records and ``status`` shows: a run that deleted all 200
-        leaves 0, not the 200 it listed.
+        leaves 0, not the 200 it listed. Of a run of several sessions, what
+        its last listing showed less what that session deleted.
         """
-        return None if self.on_server is None else max(0, self.on_server - self.deleted)
+        if self.on_server is None:
+            return None
+        return max(0, self.on_server - (self.deleted - self.deleted_earlier))
 
 
 def sync_account(
@@ -352,7 +380,7 @@ def _choose(
 
 
 class _AccountRun:
-    """One session with one account's server; the steps of :func:`sync_account`."""
+    """One account's run, in one session or several; the steps of :func:`sync_account`."""
 
     def __init__(
         self,
@@ -423,6 +451,18 @@ class _AccountRun:
         )
 
     def _run(self) -> None:
+        store = self._prepare_store()
+        # Read once for the run: its later sessions log in with the same.
+        signin = credentials(self.config, self.account)
+        before: SessionEnd | None = None
+        while True:
+            end = self._session(store, signin, before)
+            if end is None or not may_offer_more(end) or not self._another_session():
+                return
+            before = end
+
+    def _prepare_store(self) -> Store:
+        """Open the store and settle what an earlier run left, before any session."""
         name, options, result = self.account.name, self.options, self.result
         store = self._open_store()
         if not options.dry_run:
@@ -439,44 +479,185 @@ class _AccountRun:
             # A ledger that knows none of the folder's files fails the run before
             # any fetch (a lost ledger would archive everything again).
             refuse_unknown_archive(self.config, self.account, self.ledger, store)
-        signin = credentials(self.config, self.account)
+        return store
+
+    def _another_session(self) -> bool:
+        """Whether the run opens one more session, the last one having left more on offer.
+
+        Never in a dry run (it retrieved nothing, so the server offers the
+        same again), nor past ``max_sessions_per_run`` (1 for Gmail's
+        ``recent:`` mode, whose listing never moves on), nor once ``stop``
+        asks; and only while the lease is still this run's.
+        """
+        name, count = self.account.name, self.result.sessions
+        bound = 1 if self.account.recent_mode else self.account.max_sessions_per_run
+        if self.options.dry_run:
+            return False
+        if count >= bound:
+            if bound > 1:
+                log.info(
+                    "account %r: the server may have more to offer, but the run has had its "
+                    "%d sessions (max_sessions_per_run); the next run goes on",
+                    name,
+                    count,
+                )
+            return False
+        if self.options.stop is not None and self.options.stop():
+            log.info("account %r: stopping before session %d on request", name, count + 1)
+            self.tally.interrupted = True
+            return False
+        self.hold.check()  # a run whose lease passed to another holder opens no session
+        log.info(
+            "account %r: session %d archived every new message it listed, and the server "
+            "(EXPIRE 0) may offer more now: opening session %d",
+            name,
+            count,
+            count + 1,
+        )
+        return True
+
+    def _session(
+        self, store: Store, signin: Credentials, before: SessionEnd | None
+    ) -> SessionEnd | None:
+        """One session: log in, plan, fetch, delete, end; what it did (None: no listing).
+
+        ``before`` is the run's previous session, for a later one: a later
+        session's login refused with [LOGIN-DELAY] or [IN-USE] ends the run's
+        sessions quietly (what earlier ones archived is durable, and the next
+        run goes on), and one that lists the previous one's messages again
+        under new UIDLs ends them too (see :meth:`_renamed`).
+        """
+        options, result = self.options, self.result
+        self.session, self.deletions = Session(), []
+        problems = len(result.message_errors)
         with self._client() as client:
             client.connect()
-            self._login(client, signin)
-            del signin
+            if not self._log_in(client, signin, later=before is not None):
+                return None
+            result.sessions += 1
             result.capabilities = client.capabilities
-            self.session, result.planned = plan_session(
+            # A later session's own start: when unlisted rows are marked gone, when its
+            # new messages were first seen, and what its retention counts from.
+            started = result.started_at if before is None else self.clock()
+            self.session, planned = plan_session(
                 client,
                 self.ledger,
                 self.account,
-                reconcile_at=None if options.dry_run else result.started_at,
+                reconcile_at=None if options.dry_run else started,
                 retry_failed=options.retry_failed,
             )
+            result.deleted_earlier = result.deleted
             result.on_server = self.session.on_server
             result.message_errors.extend(self.session.problems)
-            if options.progress is not None:
-                octets = sum(message.size for message in result.planned)
-                options.progress.planned(name, len(result.planned), octets)
-            fetcher = Fetcher(
-                self.account,
-                store,
-                self.ledger,
-                self.session,
-                self.tally,
-                first_seen_at=result.started_at,
-                clock=self.clock,
-                progress=options.progress,
-                stop=options.stop,
+            result.planned.extend(planned)
+            if not self._fetch_and_delete(client, store, planned, started, before):
+                self._end_session(client)
+                return None
+            quit = self._end_session(client)
+        return session_end(
+            self.session,
+            planned,
+            quit=quit,
+            troubled=self.tally.interrupted or len(result.message_errors) > problems,
+            capabilities=result.capabilities,
+        )
+
+    def _log_in(self, client: Pop3Client, signin: Credentials, *, later: bool) -> bool:
+        """Log in; False when the server refuses a later session for now (see _session)."""
+        try:
+            self._login(client, signin)
+        except (LoginDelayError, InUseError) as exc:
+            if not later:
+                raise
+            log.info(
+                "account %r: the server refused another session for now (%s); the next run goes on",
+                self.account.name,
+                redact(str(exc)),
             )
-            if not options.dry_run:
-                fetcher.fetch_all(client, result.planned)
-            result.due_for_deletion = self._due()
-            if not options.dry_run and not self.tally.interrupted:
-                due = [message.key for message in result.due_for_deletion]
-                fetcher.fetch_all(client, verifications(self.session, due))
-                if not self.tally.interrupted:
-                    self._delete(client, store)
-            self._end_session(client)
+            client.close()
+            return False
+        return True
+
+    def _renamed(self, before: MessageKey, now: MessageKey) -> bool:
+        """Whether a later session's first message is the previous session's first, renamed.
+
+        Asked only when the session listed as many new messages of exactly
+        the sizes the one before listed (:func:`~popvault.plan.look_alike`),
+        once its first message is archived: the same content under a new UIDL
+        is a server that renames its messages in every session (RFC 1939
+        section 7 forbids it). The run then stops rather than store the
+        mailbox again in every session: one message stored twice instead of
+        a window's worth each time. Different content is the next window of
+        a mailbox of look-alike messages, and the session goes on.
+        """
+        rows = self.ledger.known_rows(self.account.name, [before.uidl, now.uidl])
+        digests = {
+            MessageKey(row.uidl, row.occurrence): row.sha256
+            for group in rows.values()
+            for row in group
+            if row.state == "archived"
+        }
+        if before not in digests or digests.get(before) != digests.get(now):
+            return False
+        log.warning(
+            "account %r: session %d listed %d new messages of the sizes the session before "
+            "listed, and its first message (UIDL %r) has the content of that session's first "
+            "(UIDL %r): most likely the server gives its messages new UIDLs in every session "
+            "(RFC 1939 section 7 forbids it), else the mailbox holds copies of one message; "
+            "this run fetches no more, the next one goes on (that message may be archived twice)",
+            self.account.name,
+            self.result.sessions,
+            self.session.on_server,
+            now.uidl,
+            before.uidl,
+        )
+        return True
+
+    def _fetch_and_delete(
+        self,
+        client: Pop3Client,
+        store: Store,
+        planned: list[PlannedMessage],
+        started: datetime,
+        before: SessionEnd | None,
+    ) -> bool:
+        """Fetch the session's new messages, then delete what retention lets go.
+
+        False when the session lists the previous one's messages under new
+        UIDLs (:meth:`_renamed`): then it fetched its first message only.
+        """
+        name, options, result = self.account.name, self.options, self.result
+        if options.progress is not None:
+            octets = sum(message.size for message in planned)
+            # Each session's plan is a new bar; a later one says which session it is.
+            label = name if result.sessions == 1 else f"{name} (session {result.sessions})"
+            options.progress.planned(label, len(planned), octets)
+        fetcher = Fetcher(
+            self.account,
+            store,
+            self.ledger,
+            self.session,
+            self.tally,
+            first_seen_at=started,
+            clock=self.clock,
+            progress=options.progress,
+            stop=options.stop,
+        )
+        if not options.dry_run:
+            earlier = None if before is None else look_alike(before, self.session)
+            if earlier is not None and planned:
+                first, planned = planned[:1], planned[1:]
+                fetcher.fetch_all(client, first)
+                if self._renamed(earlier, first[0].ledger_key):
+                    return False
+            fetcher.fetch_all(client, planned)
+        due = self._due(started)
+        result.due_for_deletion.extend(due)
+        if not options.dry_run and not self.tally.interrupted:
+            fetcher.fetch_all(client, verifications(self.session, [m.key for m in due]))
+            if not self.tally.interrupted:
+                self._delete(client, store, due)
+        return True
 
     def _open_store(self) -> Store:
         # The archive root is created on an account's first run only: once the
@@ -508,7 +689,7 @@ class _AccountRun:
             ),
         )
 
-    def _due(self) -> list[RetainedMessage]:
+    def _due(self, started: datetime) -> list[RetainedMessage]:
         """Which archived messages on the server the retention policy lets go now.
 
         A held message never goes (its hold is shown by status and
@@ -521,16 +702,14 @@ class _AccountRun:
         return [
             message
             for message in retained
-            if message.hold_reason is None
-            and is_due(policy, message.archived_at, self.result.started_at)
+            if message.hold_reason is None and is_due(policy, message.archived_at, started)
         ]
 
-    def _delete(self, client: Pop3Client, store: Store) -> None:
+    def _delete(self, client: Pop3Client, store: Store, due: Sequence[RetainedMessage]) -> None:
         """DELE each due message whose archived copy is in place; note them before QUIT."""
         if self.session.undurable:
             # This session will end without QUIT, which would discard the DELEs anyway.
             return
-        due = self.result.due_for_deletion
         on_disk = {message.path: store.stat(message.path) for message in due}
         going = []
         for choice in choose_deletions(due, self.session, on_disk):
@@ -583,8 +762,8 @@ class _AccountRun:
                 choice.keep,
             )
 
-    def _end_session(self, client: Pop3Client) -> None:
-        """QUIT only if every retrieved message is durable; otherwise drop the line.
+    def _end_session(self, client: Pop3Client) -> bool:
+        """QUIT only if every retrieved message is durable (True), else drop the line.
 
         A session that ends without QUIT never reaches the UPDATE state (RFC
         1939 section 6), so the server deletes nothing and — for providers that
@@ -598,7 +777,7 @@ class _AccountRun:
                 len(self.session.undurable),
             )
             client.close()
-            return
+            return False
         # QUIT commits this session's DELEs: only while the lease is ours. A lease
         # lost after this look can only let through DELEs of messages the ledger
         # says are archived (their rows were written through the fence).
@@ -607,7 +786,8 @@ class _AccountRun:
         if self.deletions:
             # QUIT's +OK means the UPDATE state removed them (RFC 1939 section 6).
             self.ledger.mark_deleted(self.account.name, self.deletions, at=self.clock())
-            self.result.deleted = len(self.deletions)
+            self.result.deleted += len(self.deletions)
+        return True
 
 
 def sync_accounts(

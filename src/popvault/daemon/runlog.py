@@ -35,6 +35,7 @@ class RunLine:
             "bytes": result.octets,
             "deleted": result.deleted,
             "on_server": result.left_on_server,
+            "sessions": result.sessions,
             "duration_s": round(self.duration, 3),
             "next_run_at": next_run_at.isoformat() if next_run_at is not None else None,
             "error": result.error,
@@ -46,10 +47,12 @@ class RunLine:
         # On the server after the run's deletions, as `status` shows it; octets as downloaded.
         left = result.left_on_server
         on_server = "?" if left is None else str(left)
+        # A server that hands out a window of the mailbox takes several sessions a run.
+        sessions = f"{result.sessions} sessions, " if result.sessions > 1 else ""
         text = (
             f"account {self.account!r}: {self.outcome}: {result.messages} new message(s), "
             f"{human_size(result.octets)} downloaded, {result.deleted} deleted, "
-            f"{on_server} on server, "
+            f"{on_server} on server, {sessions}"
             f"{self.duration:.1f}s"
         )
         if next_run_at is not None:
