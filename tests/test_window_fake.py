@@ -11,6 +11,7 @@ to max_sessions_per_run, every message archived exactly once.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
 import tempfile
@@ -103,8 +104,10 @@ def test_a_thousand_messages_behind_a_250_window_are_drained_in_one_run(ws) -> N
     ]
     assert progress.messages == 1000
     # One run record for the whole run, with the totals of every session.
-    first, _ = ws.ledger_rows("SELECT outcome, messages, on_server FROM runs ORDER BY id")
-    assert first == ("ok", 1000, 0)
+    first, second = ws.ledger_rows(
+        "SELECT outcome, messages, on_server, sessions FROM runs ORDER BY id"
+    )
+    assert (first, second) == (("ok", 1000, 0, 5), ("ok", 0, 0, 1))
     line = RunLine("acct", result, "ok", 1.0)
     assert "1000 new message(s)" in line.text(None, None)
     assert "5 sessions" in line.text(None, None)
@@ -121,8 +124,14 @@ def test_max_sessions_per_run_bounds_a_run_and_the_next_run_goes_on(ws, caplog) 
         assert (first.messages, first.sessions) == (100, 2)
         assert "(max_sessions_per_run); the next run goes on" in caplog.text
         assert len(srv.offered) == 20
-        second = ws.run_at(T0)
-        assert (second.messages, second.sessions) == (20, 2)  # 20, then none
+        ran = ws.cli("run")
+        assert ran.code == 0, ran.err
+        assert "20 new message(s)" in ran.out, ran.out
+        assert "in 2 sessions" in ran.out, ran.out
+        shown = ws.cli("status")
+        assert "acct: the last run took 2 sessions" in shown.out, shown.out
+        (row,) = json.loads(ws.cli("status", "--json").out)
+        assert row["last_sessions"] == 2
         third = ws.run_at(T0)
         assert (third.messages, third.sessions) == (0, 1)
     assert ws.stored() == sorted(stored_form(raw) for raw in messages)

@@ -1,4 +1,4 @@
-"""Per-account archived totals kept as they change, and an index of the held messages.
+"""Per-account archived totals kept as they change, an index of the held messages, runs.sessions.
 
 Revision ID: 0008
 Revises: 0007
@@ -18,6 +18,10 @@ The held messages (a hold forbids deleting the server copy) are a handful
 among millions: ``ix_messages_held`` indexes only them (a partial index, on
 SQLite and PostgreSQL), for status's count and ``popvault held``.
 
+Issue 12 part 2: a run on a server that hands out a window of the mailbox
+(Gmail) takes several sessions; ``runs.sessions`` records how many, for
+status (1 for every run before).
+
 Migrations are frozen: they spell out what they build instead of importing
 the models, which will move on.
 """
@@ -36,7 +40,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    """Create account_totals filled from messages, and the held messages' index."""
+    """Create account_totals filled from messages, the held messages' index, runs.sessions."""
     binary = sa.String(collation="BINARY").with_variant(sa.String(collation="C"), "postgresql")
     op.create_table(
         "account_totals",
@@ -56,6 +60,8 @@ def upgrade() -> None:
         "sum(CASE WHEN state = 'archived' THEN size ELSE 0 END) "
         "FROM messages GROUP BY account"
     )
+    with op.batch_alter_table("runs") as batch:
+        batch.add_column(sa.Column("sessions", sa.Integer(), server_default="1", nullable=False))
     op.create_index(
         op.f("ix_messages_held"),
         "messages",
@@ -66,6 +72,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    """Drop the totals (status counts the messages again) and the held messages' index."""
+    """Drop the totals (status counts the messages again), the held index, runs.sessions."""
     op.drop_index(op.f("ix_messages_held"), table_name="messages")
+    with op.batch_alter_table("runs") as batch:
+        batch.drop_column("sessions")
     op.drop_table("account_totals")

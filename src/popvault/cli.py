@@ -426,6 +426,8 @@ def _counts(result: RunResult) -> str:
         parts.append(f"{result.deleted} deleted from server")
     if result.recovered:
         parts.append(f"{result.recovered} recovered from an interrupted run")
+    if result.sessions > 1:  # a server that hands out a window of the mailbox (Gmail)
+        parts.append(f"in {result.sessions} sessions")
     return ", ".join(parts)
 
 

@@ -55,6 +55,9 @@ class StatusRow:
     running_by: str | None = None
     running_since: datetime | None = None
     lease_expires_at: datetime | None = None
+    # Sessions the latest run took (more than 1: a server that hands out a
+    # window of the mailbox, Gmail); None before any run.
+    last_sessions: int | None = None
 
 
 log = logging.getLogger("popvault.status")
@@ -195,6 +198,7 @@ def _row(name: str, status: AccountStatus | None) -> StatusRow:
         due_for_deletion=0,
         next_deletion_at=None,
         failed_messages=status.failed_messages,
+        last_sessions=status.last_sessions,
     )
 
 
@@ -267,6 +271,11 @@ def _cells(row: StatusRow) -> tuple[str, ...]:
 
 def _notes(row: StatusRow) -> list[str]:
     notes = []
+    if row.last_sessions is not None and row.last_sessions > 1:
+        notes.append(
+            f"{row.name}: the last run took {row.last_sessions} sessions "
+            "(the server hands out a window of the mailbox at a time)"
+        )
     if row.due_for_deletion:
         notes.append(
             f"{row.name}: {row.due_for_deletion} message(s) due for deletion on the next run"

@@ -308,6 +308,7 @@ def _close_run(ledger: Ledger, run_id: int | None, result: RunResult, clock: Clo
             bytes=result.octets,
             error=None if result.error is None else redact(result.error),
             on_server=result.left_on_server,
+            sessions=max(result.sessions, 1),
         )
     except PopvaultError as exc:
         log.error("account %r: could not record the run's outcome: %s", name, exc)

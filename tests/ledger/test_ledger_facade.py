@@ -258,6 +258,7 @@ def test_failed_run_keeps_last_success_and_shows_error(ledger: Ledger) -> None:
         last_success_at=T0,
         on_server=None,
         failed_messages=0,
+        last_sessions=1,
     )
 
 

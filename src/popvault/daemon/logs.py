@@ -23,6 +23,7 @@ RUN_FIELDS: Final = (
     "bytes",
     "deleted",
     "on_server",
+    "sessions",
     "duration_s",
     "next_run_at",
     "error",

@@ -262,6 +262,10 @@ class Run(Base):
         Column("error", Text),
         # How many UIDLs the server listed in this run; NULL if it never got that far.
         Column("on_server", Integer),
+        # Sessions the run took: more than 1 with a server that hands out a
+        # window of the mailbox (Gmail; popvault.plan.may_offer_more).
+        # The server's default only: rows written at older revisions name no such column.
+        Column("sessions", Integer, server_default="1", nullable=False),
         # status: each account's latest run, and latest success, in one probe each.
         Index("ix_runs_account_id", "account", "id"),
         Index("ix_runs_account_outcome_ended_at", "account", "outcome", "ended_at"),
@@ -278,6 +282,7 @@ class Run(Base):
     bytes: ClassVar[ColumnElement[int]] = __table__.c.bytes
     error: ClassVar[ColumnElement[str | None]] = __table__.c.error
     on_server: ClassVar[ColumnElement[int | None]] = __table__.c.on_server
+    sessions: ClassVar[ColumnElement[int]] = __table__.c.sessions
 
 
 class Failure(Base):

@@ -302,7 +302,8 @@ class AccountStatus:
     ``on_server`` is the message count of the latest run that listed the
     server; ``failed_messages`` counts messages with recorded failures;
     ``held_messages`` counts retained messages whose server copy is held
-    (retention will not delete it until the user releases it).
+    (retention will not delete it until the user releases it);
+    ``last_sessions`` is how many sessions the latest run took.
     """
 
     name: str
@@ -315,3 +316,4 @@ class AccountStatus:
     on_server: int | None
     failed_messages: int
     held_messages: int = 0
+    last_sessions: int | None = None

@@ -88,7 +88,7 @@ def _totals_query() -> Select[str, int, int, int, int]:
     ).group_by(rows.c.account)
 
 
-def _last_run_query() -> Select[str, datetime, str, str | None, datetime | None, int | None]:
+def _last_run_query() -> Select[str, datetime, str, str | None, datetime | None, int | None, int]:
     """Per account: the latest run (the highest id: clocks may step back), when
     the latest successful one ended, and the latest server message count."""
     latest = select(func.max(Run.id)).group_by(Run.account).scalar_subquery()
@@ -112,13 +112,14 @@ def _last_run_query() -> Select[str, datetime, str, str | None, datetime | None,
         Run.error,
         success_at.label("success_at"),
         on_server.label("on_server"),
+        Run.sessions,
     ).where(Run.id.in_(latest))
 
 
 def _account_status(
     name: str,
     totals: Row[str, int, int, int, int] | None,
-    last: Row[str, datetime, str, str | None, datetime | None, int | None] | None,
+    last: Row[str, datetime, str, str | None, datetime | None, int | None, int] | None,
 ) -> AccountStatus:
     return AccountStatus(
         name=name,
@@ -131,4 +132,5 @@ def _account_status(
         on_server=last.on_server if last else None,
         failed_messages=int(totals.failed) if totals else 0,
         held_messages=int(totals.held) if totals else 0,
+        last_sessions=last.sessions if last else None,
     )

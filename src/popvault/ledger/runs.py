@@ -56,14 +56,18 @@ class RunsMixin(LedgerCore):
         bytes: int,
         error: str | None,
         on_server: int | None = None,
+        sessions: int = 1,
     ) -> None:
         """Record how a running run ended: ``outcome`` is "ok" or "failed".
 
         ``on_server`` is how many UIDLs the server listed (None if the run
-        never got that far). Raises :class:`LedgerError` if no such run is running.
+        never got that far); ``sessions`` how many sessions the run took (at
+        least 1). Raises :class:`LedgerError` if no such run is running.
         """
         require_aware(ended_at, "ended_at")
         _check_run_end(outcome=outcome, messages=messages, octets=bytes, on_server=on_server)
+        if sessions < 1:
+            raise ValueError(f"a run takes at least one session, got {sessions}")
         values = {
             "ended_at": ended_at,
             "outcome": outcome,
@@ -71,6 +75,7 @@ class RunsMixin(LedgerCore):
             "bytes": bytes,
             "error": error,
             "on_server": on_server,
+            "sessions": sessions,
         }
         statement = update(Run).where(Run.id == run_id, Run.outcome == "running").values(values)
         with self._writing() as connection:
