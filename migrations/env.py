@@ -14,7 +14,7 @@ from alembic import context
 from sqlalchemy import Connection
 
 from popvault.ledger.engine import create_ledger_engine, parse_url
-from popvault.ledger.models import metadata
+from popvault.ledger.models import compared_by_autogenerate, metadata
 
 config = context.config
 target_metadata = metadata
@@ -29,6 +29,7 @@ def _configure(connection: Connection) -> None:
         # Our engine emits BEGIN itself on SQLite, so DDL is transactional too.
         transactional_ddl=True,
         compare_type=True,
+        include_name=compared_by_autogenerate,
     )
 
 

@@ -11,20 +11,21 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from popvault.plan import Session, _collection_paused, _listing
+from popvault.gcpause import cyclic_gc_paused
+from popvault.plan import Session, _listing
 from popvault.pop3.listing import list_entries, uidl_entries
 from popvault.pop3.parsing import parse_list_line, parse_uidl_entry
 
 
 def test_collection_is_paused_and_turned_back_on() -> None:
     assert gc.isenabled()
-    with _collection_paused():
+    with cyclic_gc_paused():
         assert not gc.isenabled()
     assert gc.isenabled()
 
 
 def test_collection_is_turned_back_on_after_an_error() -> None:
-    with pytest.raises(RuntimeError), _collection_paused():
+    with pytest.raises(RuntimeError), cyclic_gc_paused():
         raise RuntimeError("boom")
     assert gc.isenabled()
 
@@ -32,7 +33,7 @@ def test_collection_is_turned_back_on_after_an_error() -> None:
 def test_a_collector_held_off_elsewhere_stays_off() -> None:
     gc.disable()
     try:
-        with _collection_paused():
+        with cyclic_gc_paused():
             assert not gc.isenabled()
         assert not gc.isenabled()  # another thread's pause (or the user's) still holds
     finally:

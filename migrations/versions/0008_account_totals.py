@@ -62,13 +62,9 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("runs") as batch:
         batch.add_column(sa.Column("sessions", sa.Integer(), server_default="1", nullable=False))
-    op.create_index(
-        op.f("ix_messages_held"),
-        "messages",
-        ["account"],
-        sqlite_where=sa.text("hold_reason IS NOT NULL"),
-        postgresql_where=sa.text("hold_reason IS NOT NULL"),
-    )
+    # The same statement as a new ledger's (popvault.ledger.models.HELD_INDEX_DDL,
+    # spelled out here: migrations are frozen), so that both have the same index.
+    op.execute("CREATE INDEX ix_messages_held ON messages (account) WHERE hold_reason IS NOT NULL")
 
 
 def downgrade() -> None:

@@ -8,7 +8,6 @@ check arguments and build bounded IN conditions for any table.
 
 from __future__ import annotations
 
-import gc
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -101,25 +100,6 @@ def require_reason(reason: str) -> None:
 def undecoded(column: ColumnElement[Any]) -> ColumnElement[Any]:
     """``column`` as the driver returns it: no SQLAlchemy result processing per row."""
     return type_coerce(column, NullType()).label(column.key)
-
-
-@contextmanager
-def cyclic_gc_paused() -> Iterator[None]:
-    """Python's cycle collector off for the block, back on after if it was on.
-
-    For building a row object per message of a mailbox: 100k tuples and
-    lists set off the collector's young-generation passes again and again
-    (a third of a 100k-message diff). The rows hold no cycles; nothing is
-    leaked, the collection comes after. Process-wide: a thread that pauses
-    it while another has it paused leaves it to that one to turn back on.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def decoded_columns(

@@ -33,12 +33,12 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from popvault.errors import LedgerError
+from popvault.gcpause import cyclic_gc_paused
 from popvault.ledger.core import (
     IN_LIST_LIMIT,
     LedgerCore,
     Pair,
     among,
-    cyclic_gc_paused,
     decoded_columns,
     pair_of,
     require_aware,

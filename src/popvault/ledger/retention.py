@@ -27,12 +27,12 @@ from sqlalchemy import (
     update,
 )
 
+from popvault.gcpause import cyclic_gc_paused
 from popvault.ledger.core import (
     IN_LIST_LIMIT,
     LedgerCore,
     Pair,
     among,
-    cyclic_gc_paused,
     decoded_columns,
     pair_of,
     pairs_among,
