@@ -373,24 +373,34 @@ def _password_fields(raw: Mapping[str, Any], folder: Path, file: str, name: str)
 
 
 def _check_unique(accounts: Iterable[Account], file: str) -> None:
-    """No two accounts share a name, or archive folders where one holds the other."""
-    seen: list[tuple[tuple[str, ...], Account]] = []
+    """No two accounts share a name, or archive folders where one holds the other.
+
+    In time linear in the accounts (times the folders' depth): a config of
+    10,000 accounts compared pair by pair took 50 million comparisons, 25 s
+    of every command's start. An earlier folder holds this one when it is
+    one of this one's prefixes (or the same); this one holds an earlier one
+    when it is among the earlier folders' proper prefixes.
+    """
+    names: set[str] = set()
+    folders: dict[tuple[str, ...], Account] = {}
+    holders: dict[tuple[str, ...], Account] = {}  # each proper prefix of an earlier folder
     for account in accounts:
+        if account.name in names:
+            raise ConfigError("duplicate account name", file=file, account=account.name, key="name")
+        names.add(account.name)
         # Case-folded: on a case-insensitive file system "Work" and "work" are one folder.
         parts = tuple(part.casefold() for part in PurePosixPath(account.path).parts)
-        for other_parts, other in seen:
-            if account.name == other.name:
-                raise ConfigError(
-                    "duplicate account name", file=file, account=other.name, key="name"
-                )
-            common = min(len(parts), len(other_parts))
-            if parts[:common] == other_parts[:common]:
-                message = (
-                    f"archive folder {account.path!r} overlaps account {other.name!r}'s folder"
-                    f" {other.path!r}; give each account its own folder"
-                )
-                raise ConfigError(message, file=file, account=account.name, key="path")
-        seen.append((parts, account))
+        prefixes = [parts[:length] for length in range(len(parts) + 1)]
+        other = next((folders[p] for p in prefixes if p in folders), None) or holders.get(parts)
+        if other is not None:
+            message = (
+                f"archive folder {account.path!r} overlaps account {other.name!r}'s folder"
+                f" {other.path!r}; give each account its own folder"
+            )
+            raise ConfigError(message, file=file, account=account.name, key="path")
+        folders[parts] = account
+        for prefix in prefixes[:-1]:
+            holders.setdefault(prefix, account)
 
 
 def _absolute(value: str, folder: Path) -> Path:

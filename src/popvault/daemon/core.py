@@ -38,7 +38,7 @@ import platform
 import random
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -228,7 +228,7 @@ class ArchiveDaemon:
             target=self._dispatch_loop, name="popvault dispatcher", daemon=True
         )
         self._dispatcher.start()
-        names = ", ".join(f"{a.name} ({a.schedule.describe()})" for a in self.config.accounts)
+        names = _named_accounts(self.config.accounts)
         joined = ""
         if others:
             joined = "; sharing the schedule with " + ", ".join(
@@ -817,6 +817,19 @@ class ArchiveDaemon:
 
 
 OUTCOMES: Final = ("ok", "partial", "failed", "interrupted")
+
+
+# Accounts the start-up line names one by one: past this many it counts the
+# rest (10,000 names made a line of 180,000 characters, which log pipelines
+# cut or split; `popvault status` lists them all).
+NAMED_AT_START: Final = 20
+
+
+def _named_accounts(accounts: Sequence[Account]) -> str:
+    """The first accounts with their schedules, and how many more, for the start-up line."""
+    shown = ", ".join(f"{a.name} ({a.schedule.describe()})" for a in accounts[:NAMED_AT_START])
+    more = len(accounts) - NAMED_AT_START
+    return shown if more <= 0 else f"{shown} and {more} more (`popvault status` lists them)"
 
 
 def run_outcome(result: RunResult, *, stopping: bool) -> str:

@@ -120,7 +120,8 @@ class DispatchMixin(LockingMixin):
             # a write transaction every second would take the database's write
             # lock from a `popvault run` beside the daemon for nothing.
             with self._reading() as connection:
-                rows = _due_rows(connection, names, _now(connection, now), limit)
+                at = _now(connection, now)
+                rows = _due_rows(connection, names, at, limit, len(servers) - len(names))
                 return [_due_run(row, None) for row in rows]
         sent_at = time.monotonic()
         with self._writing() as connection:
@@ -211,18 +212,24 @@ def _now(connection: Connection, now: datetime | None) -> datetime:
     return datetime.now(UTC)
 
 
-def _due_rows(connection: Connection, names: list[str], at: datetime, scan: int) -> list[Any]:
+def _due_rows(
+    connection: Connection, names: list[str], at: datetime, scan: int, busy: int = 0
+) -> list[Any]:
     """Up to ``scan`` due rows of ``names``, earliest first (locked on PostgreSQL).
 
     First without the names: every daemon usually has the same accounts, and
     the account list (10,000 names) would cost more than the query; only if
     rows of other accounts took places is the query made again with it.
+    ``busy`` more rows are read for the accounts this daemon runs now (not
+    among ``names``): on SQLite they stay due until their runs end, and
+    without the room they took the places and sent every claim to the
+    second query (most of a 10,000-account daemon's start-up round).
     """
     wanted = set(names)
-    rows = list(connection.execute(_due_query(connection, None, at, scan)))
+    rows = list(connection.execute(_due_query(connection, None, at, scan + busy)))
     mine = [row for row in rows if row.account in wanted]
-    if len(mine) == len(rows) or len(rows) < scan:
-        return mine
+    if len(mine) >= scan or len(rows) < scan + busy:
+        return mine[:scan]
     return list(connection.execute(_due_query(connection, names, at, scan)))
 
 
