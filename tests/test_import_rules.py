@@ -19,6 +19,8 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "errors": ("popvault.",),
     # The redaction point is used by every layer, so it depends on none of them.
     "redaction": ("popvault.",),
+    # The cycle collector's pause is used by the plan and the ledger: it depends on neither.
+    "gcpause": ("popvault.",),
     "pop3": (
         "popvault.store",
         "popvault.ledger",
