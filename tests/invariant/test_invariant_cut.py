@@ -26,9 +26,9 @@ from invariant_check import (
 from popvault.testing import sample_messages
 from workspace import Workspace
 
-# Dense up to the end of LIST (every octet), then every 7th: a prime stride so
+# Dense up to the end of LIST (every octet), then every 11th: a prime stride so
 # that the sampled offsets fall at varying places within lines and replies.
-STRIDE = 7
+STRIDE = 11
 
 
 MESSAGES = 2
