@@ -46,7 +46,6 @@ import itertools
 import json
 import os
 import platform
-import secrets
 import shutil
 import signal
 import sqlite3
@@ -69,6 +68,7 @@ from daemons_scale import (
     Outcome,
     machine_cpu,
     message,
+    pg_database,
     problem_rows,
     psycopg_url,
     read_lines,
@@ -76,7 +76,6 @@ from daemons_scale import (
     start_daemon,
     write_config,
 )
-from psycopg import sql
 
 from popvault.ledger import Ledger
 
@@ -185,23 +184,6 @@ def alive_or_raise(daemon: Daemon) -> None:
 
 
 # -- the ledgers -------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def idle_database(server: str, keep: bool) -> Iterator[str]:
-    """A new database popvault_idle_<hex> on ``server``, dropped at the end unless ``keep``."""
-    server = server.rstrip("/")
-    name = f"popvault_idle_{secrets.token_hex(4)}"
-    with psycopg.connect(psycopg_url(server) + "/postgres", autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        try:
-            yield f"{server}/{name}"
-        finally:
-            if keep:
-                say(f"kept the PostgreSQL database {name}")
-            else:
-                drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
-                admin.execute(drop.format(sql.Identifier(name)))
 
 
 @contextlib.contextmanager
@@ -543,7 +525,7 @@ def run(args: argparse.Namespace) -> list[Measure]:
             url = f"sqlite:///{args.work / 'ledger.sqlite3'}"
             measures.append(measure("sqlite", url, dovecot, args))
         if args.backend in ("postgresql", "both"):
-            with idle_database(args.postgres_url, args.keep) as url:
+            with pg_database(args.postgres_url, args.keep, prefix="popvault_idle") as url:
                 measures.append(measure("postgresql", url, dovecot, args))
         return measures
     finally:

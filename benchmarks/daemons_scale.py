@@ -254,10 +254,11 @@ def psycopg_url(url: str) -> str:
 
 
 @contextlib.contextmanager
-def pg_database(server: str, keep: bool) -> Iterator[str]:
-    """A new database on ``server`` (a URL without one), dropped at the end unless ``keep``."""
+def pg_database(server: str, keep: bool, prefix: str = "popvault_daemons") -> Iterator[str]:
+    """A new database <prefix>_<hex> on ``server`` (a URL without one), dropped at the end
+    unless ``keep``."""
     server = server.rstrip("/")
-    name = f"popvault_daemons_{secrets.token_hex(4)}"
+    name = f"{prefix}_{secrets.token_hex(4)}"
     admin = psycopg_url(server) + "/postgres"
     with psycopg.connect(admin, autocommit=True) as db:
         db.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
