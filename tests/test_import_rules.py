@@ -63,6 +63,15 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
         "popvault.testing",
         "sqlalchemy",
     ),
+    # Reading other tools' state files and archives: files only (popvault.importing).
+    "importing": (
+        "popvault.ledger",
+        "popvault.store",
+        "popvault.sync",
+        "sqlalchemy",
+        "socket",
+        "ssl",
+    ),
     "sync": ("sqlalchemy", "alembic", "socket", "ssl", "apscheduler"),
     "status": ("sqlalchemy", "socket", "popvault.pop3"),
     "daemon": ("socket", "sqlalchemy"),

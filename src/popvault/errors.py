@@ -33,6 +33,7 @@ they arise, into one of these; callers never see the foreign type.
      |         +-- AuthorizationFailed                 a login did not complete (denied, expired)
      +-- StoreError                                    disk full, read-only, permissions
      |    +-- ArchiveMismatch                          the archive root is not the ledger's
+     +-- ImportFileError(path, line)                   another tool's state file or archive
      +-- LedgerError
           +-- DatabaseUnavailable
           +-- SchemaMismatch
@@ -324,6 +325,21 @@ class ArchiveMismatch(StoreError):
     anything is fetched; the message names the folder, both ledger ids (or
     the missing files) and what to do.
     """
+
+
+class ImportFileError(PopvaultError):
+    """Another tool's state file (or archive) cannot be imported as it is.
+
+    A line that is not of the tool's format, a UIDL that is not one (RFC 1939
+    section 7), no entry for the account. The message names the file and the
+    1-based line number and quotes the line; ``popvault import`` then
+    imports nothing from that file.
+    """
+
+    def __init__(self, message: str, *, path: str, line: int | None = None) -> None:
+        self.path = path
+        self.line = line
+        super().__init__(message)
 
 
 class LedgerError(PopvaultError):
