@@ -68,6 +68,7 @@ LEDGER_TABLES = (
     "leases",
     "ledger_identity",
     "account_totals",
+    "imported",
     "alembic_version",
 )
 

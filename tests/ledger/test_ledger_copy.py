@@ -24,7 +24,7 @@ from ledger_helpers import T0, archive, fill, migrate, record
 from sqlalchemy import create_engine, select, text, update
 
 from popvault.errors import LedgerError, SchemaMismatch
-from popvault.ledger import LeaseOwner, Ledger, MessageKey, ScheduleEntry
+from popvault.ledger import ImportedUidl, LeaseOwner, Ledger, MessageKey, ScheduleEntry
 from popvault.ledger.copy import _row_encoder, copy_ledger, report_lines, row_bytes
 from popvault.ledger.engine import parse_url
 from popvault.ledger.models import Message, metadata
@@ -88,6 +88,14 @@ def populate(url: str) -> None:
                 updated_at=T0,  # long stale: that daemon is gone
             )
         )
+        imported = [
+            ImportedUidl("from-getmail", T0 - timedelta(days=400), "/home/a/.getmail/oldmail-x"),
+            ImportedUidl("unseen-date", None, "/home/a/.getmail/oldmail-x"),
+        ]
+        ledger.record_imported(
+            "alice", imported, source="getmail6", allow_delete=True, at=T0.astimezone(PLUS2)
+        )
+        ledger.mark_imported_deleted("alice", ["from-getmail"], at=T0 + timedelta(hours=3))
         owner = LeaseOwner("elsewhere.example", 999_999, "0123456789abcdef")
         for at in (T0, T0 + timedelta(minutes=1), T0 + timedelta(minutes=2)):
             ledger.claim_lease("alice", owner, timedelta(seconds=30), now=at)  # token 3
@@ -162,6 +170,7 @@ def test_sqlite_to_postgres_to_sqlite_round_trips_byte_exact(tmp_path, new_pg) -
         "leases": 1,
         "ledger_identity": 1,
         "account_totals": 2,
+        "imported": 2,
     }
     assert there.stale_runs == back.stale_runs == 1
     # Timestamps keep their zone and microseconds: aware UTC on the way out of each.
@@ -180,11 +189,15 @@ def test_postgres_to_postgres_and_sequences_move_past_the_copied_ids(tmp_path, n
     result = copy_ledger(first, second)
 
     assert dump(second) == dump(first)
-    assert result.rows == 17  # 13, the lease row, the ledger's id row, 2 accounts' totals
+    # 13, the lease row, the ledger's id row, 2 accounts' totals, 2 imported UIDLs
+    assert result.rows == 19
     with Ledger.open(second) as ledger:
         run = ledger.start_run("dave", started_at=T0)
         record(ledger, "after-the-copy")
         ledger.record_failure("alice", "another", error="x", at=T0)
+        again = [ImportedUidl("imported-after-the-copy", None, "/x")]
+        outcome = ledger.record_imported("bob", again, source="mpop", allow_delete=False, at=T0)
+        assert outcome.recorded == 1
     assert run > max(row[0] for row in dump(first)["runs"])
 
 

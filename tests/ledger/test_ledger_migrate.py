@@ -21,18 +21,18 @@ from popvault.ledger.engine import create_ledger_engine, parse_url
 from popvault.ledger.migrate import backup_sqlite, migrations_dir
 from popvault.ledger.models import compared_by_autogenerate, metadata
 
-HEAD = "0008"
+HEAD = "0009"
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
-NEXT = "0009"
+NEXT = "0010"
 
 DUMMY_NEXT = '''"""A later schema, for tests: runs get a note column."""
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009"
-down_revision = "0008"
+revision = "0010"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 

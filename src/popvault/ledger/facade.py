@@ -17,6 +17,7 @@ from popvault.ledger.dispatch import DispatchMixin
 from popvault.ledger.engine import create_ledger_engine, parse_url
 from popvault.ledger.failures import FailuresMixin
 from popvault.ledger.holds import HoldsMixin
+from popvault.ledger.imports import ImportsMixin
 from popvault.ledger.leases import LeasesMixin
 from popvault.ledger.ledger_id import LedgerIdMixin
 from popvault.ledger.locking import LockingMixin
@@ -32,6 +33,7 @@ class Ledger(
     MessagesMixin,
     RetentionMixin,
     HoldsMixin,
+    ImportsMixin,
     FailuresMixin,
     DispatchMixin,
     LockingMixin,
@@ -53,7 +55,7 @@ class Ledger(
     which means occurrence 1.
 
     Each concern lives in a mixin of its own module (messages, retention,
-    holds, failures, dispatch, locking, runs, reports, schedules, the
+    holds, imports, failures, dispatch, locking, runs, reports, schedules, the
     ledger's id, leases);
     :class:`LedgerCore` holds the engine and the read and write blocks they
     share. :class:`LeasesMixin` comes last before it: its write block is the

@@ -61,7 +61,7 @@ UPGRADE_COMMAND = "popvault db upgrade"
 # The newest revision of migrations/versions, known without importing Alembic:
 # a ledger at it has nothing to migrate. tests/ledger/test_ledger_head.py checks
 # it against the scripts, so a new migration cannot leave it stale.
-HEAD_REVISION: Final = "0008"
+HEAD_REVISION: Final = "0009"
 
 # Alembic's version table (its default name; env.py does not change it).
 _VERSION_TABLE: Final = "alembic_version"

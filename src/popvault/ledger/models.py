@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     ColumnElement,
@@ -58,6 +59,9 @@ NAMING_CONVENTION: dict[str, str] = {
 # A message that keeps failing is no state of its own: it has no file, so it
 # lives in `failures`, and every messages row keeps honest NOT NULL columns.
 MESSAGE_STATES = ("pending", "archived")
+# Where an imported UIDL comes from: another fetcher's state file, or a
+# Maildir it wrote (popvault.importing; issue 12).
+IMPORT_SOURCES = ("getmail6", "fetchmail", "mpop", "maildir")
 # interrupted: the run's process died before it recorded an outcome (found by the
 # account's next run, or by `status` seeing the account's lock free).
 RUN_OUTCOMES = ("running", "ok", "failed", "interrupted")
@@ -258,6 +262,53 @@ class AccountTotals(Base):
     account: ClassVar[ColumnElement[str]] = __table__.c.account
     archived_messages: ClassVar[ColumnElement[int]] = __table__.c.archived_messages
     archived_octets: ClassVar[ColumnElement[int]] = __table__.c.archived_octets
+
+
+class Imported(Base):
+    """A message another tool retrieved before popvault: *archived elsewhere*.
+
+    ``popvault import`` records the UIDLs of getmail6's, fetchmail's or mpop's
+    state file (``source_file`` is that file), or the messages it matched to
+    the files of a Maildir such a tool wrote (``source_file`` is the file).
+    A run never fetches a listed message whose UIDL is here and that the
+    ledger has no row of (popvault.plan), and never deletes its server copy,
+    because popvault holds no copy of its own, unless the import said so
+    (``allow_delete``): then retention deletes it as if it had been archived
+    at ``seen_at`` (when the other tool saw it, if its file says) or else at
+    ``imported_at``. ``deleted_at`` is set once QUIT confirmed its DELE (RFC
+    1939 section 6).
+
+    One row per (account, UIDL): the other tools know a message by its UIDL
+    alone, so every message the server lists under it is theirs. A second
+    import of the same UIDL changes nothing, nor does one of a UIDL the
+    ledger already has in ``messages``.
+    """
+
+    __table__ = Table(
+        "imported",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column("account", binary_string(), nullable=False),
+        Column("uidl", binary_string(), nullable=False),
+        Column("source", String(16), nullable=False),
+        Column("source_file", Text, nullable=False),
+        Column("seen_at", UTCDateTime()),
+        Column("imported_at", UTCDateTime(), nullable=False),
+        Column("allow_delete", Boolean(), nullable=False),
+        Column("deleted_at", UTCDateTime()),
+        UniqueConstraint("account", "uidl"),
+        CheckConstraint(_in_check("source", IMPORT_SOURCES), name="source"),
+    )
+
+    id: ClassVar[ColumnElement[int]] = __table__.c.id
+    account: ClassVar[ColumnElement[str]] = __table__.c.account
+    uidl: ClassVar[ColumnElement[str]] = __table__.c.uidl
+    source: ClassVar[ColumnElement[str]] = __table__.c.source
+    source_file: ClassVar[ColumnElement[str]] = __table__.c.source_file
+    seen_at: ClassVar[ColumnElement[datetime | None]] = __table__.c.seen_at
+    imported_at: ClassVar[ColumnElement[datetime]] = __table__.c.imported_at
+    allow_delete: ClassVar[ColumnElement[bool]] = __table__.c.allow_delete
+    deleted_at: ClassVar[ColumnElement[datetime | None]] = __table__.c.deleted_at
 
 
 class Run(Base):

@@ -214,6 +214,49 @@ class HeldMessage:
         return MessageKey(self.uidl, self.occurrence)
 
 
+class ImportedUidl(NamedTuple):
+    """A UIDL to record as archived elsewhere: when the other tool saw it, and where from.
+
+    ``source_file`` is the state file that named it, or the Maildir file the
+    message was matched to.
+    """
+
+    uidl: str
+    seen_at: datetime | None
+    source_file: str
+
+
+@dataclass(frozen=True, slots=True)
+class ImportOutcome:
+    """What one import recorded: new UIDLs, and those left as they were."""
+
+    recorded: int
+    # Imported before: the first import stands.
+    already_imported: int
+    # Archived by popvault itself: its own copy stands.
+    already_archived: int
+
+
+class ImportedMessage(NamedTuple):
+    """A message archived elsewhere, as a run sees it.
+
+    Retention may delete its server copy only if ``allow_delete``; its age
+    counts from ``seen_at`` (when the other tool saw it) or ``imported_at``.
+    """
+
+    uidl: str
+    source: str
+    seen_at: datetime | None
+    imported_at: datetime
+    allow_delete: bool
+    deleted_at: datetime | None
+
+    @property
+    def archived_at(self) -> datetime:
+        """When it counts as archived, for the retention policy."""
+        return self.seen_at if self.seen_at is not None else self.imported_at
+
+
 class KnownRow(NamedTuple):
     """Everything the ledger knows of one message row, for matching a listing to it.
 

@@ -1,0 +1,134 @@
+"""Messages archived elsewhere: the UIDLs another tool retrieved before popvault.
+
+``popvault import`` records them (:meth:`ImportsMixin.record_imported`); a
+run leaves them unfetched (:meth:`ImportsMixin.imported_among`) and deletes
+their server copies only where the import allowed it
+(:meth:`ImportsMixin.mark_imported_deleted` once QUIT confirmed the DELEs).
+See :class:`~popvault.ledger.models.Imported`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import Connection, func, select, update
+
+from popvault.ledger.core import LedgerCore, among, require_aware, upsert_insert
+from popvault.ledger.models import IMPORT_SOURCES, Imported, Message
+from popvault.ledger.records import ImportedMessage, ImportedUidl, ImportOutcome
+
+# Rows inserted per statement: a 100k-UIDL state file is 200 statements, each
+# far below the drivers' parameter limits (5 columns a row; SQLite allows
+# 32766 parameters since 3.32, PostgreSQL's protocol 65535).
+_INSERT_BATCH = 500
+
+
+class ImportsMixin(LedgerCore):
+    """The Ledger's messages archived elsewhere."""
+
+    def record_imported(
+        self,
+        account: str,
+        entries: Sequence[ImportedUidl],
+        *,
+        source: str,
+        allow_delete: bool,
+        at: datetime,
+    ) -> ImportOutcome:
+        """Record ``entries`` as archived elsewhere, in one transaction.
+
+        A UIDL already imported keeps its first import (importing twice
+        changes nothing), and one the ledger has in ``messages`` is left out
+        (popvault holds its own copy of it). Entries repeating a UIDL count
+        once, the first one.
+        """
+        if source not in IMPORT_SOURCES:
+            raise ValueError(f"unknown import source {source!r}; one of {IMPORT_SOURCES}")
+        require_aware(at, "at")
+        unique = list({entry.uidl: entry for entry in reversed(entries)}.values())[::-1]
+        uidls = [entry.uidl for entry in unique]
+        with self._writing() as connection:
+            archived = _uidls_with_rows(connection, account, uidls)
+            before = _count(connection, account)
+            rows = [
+                {
+                    "account": account,
+                    "uidl": entry.uidl,
+                    "source": source,
+                    "source_file": entry.source_file,
+                    "seen_at": entry.seen_at,
+                    "imported_at": at,
+                    "allow_delete": allow_delete,
+                }
+                for entry in unique
+                if entry.uidl not in archived
+            ]
+            for start in range(0, len(rows), _INSERT_BATCH):
+                statement = upsert_insert(connection, Imported).on_conflict_do_nothing(
+                    index_elements=["account", "uidl"]
+                )
+                connection.execute(statement, rows[start : start + _INSERT_BATCH])
+            recorded = _count(connection, account) - before
+        return ImportOutcome(
+            recorded=recorded,
+            already_imported=len(rows) - recorded,
+            already_archived=len(archived),
+        )
+
+    def imported_among(self, account: str, uidls: Sequence[str]) -> dict[str, ImportedMessage]:
+        """The account's imported UIDLs among ``uidls``, whatever their state."""
+        wanted = list(dict.fromkeys(uidls))
+        if not wanted:
+            return {}
+        with self._reading() as connection:
+            query = select(
+                Imported.uidl,
+                Imported.source,
+                Imported.seen_at,
+                Imported.imported_at,
+                Imported.allow_delete,
+                Imported.deleted_at,
+            ).where(Imported.account == account, among(Imported.uidl, wanted, connection))
+            rows = connection.execute(query).all()
+        return {row.uidl: ImportedMessage(*row) for row in rows}
+
+    def mark_imported_deleted(self, account: str, uidls: Sequence[str], *, at: datetime) -> None:
+        """Note that the server deleted these imported messages (QUIT's +OK after their DELEs)."""
+        require_aware(at, "at")
+        wanted = list(dict.fromkeys(uidls))
+        if not wanted:
+            return
+        with self._writing() as connection:
+            connection.execute(
+                update(Imported)
+                .where(
+                    Imported.account == account,
+                    Imported.deleted_at.is_(None),
+                    among(Imported.uidl, wanted, connection),
+                )
+                .values(deleted_at=at)
+            )
+
+    def imported_counts(self) -> dict[str, int]:
+        """How many messages each account has imported (for ``popvault status``)."""
+        query = select(Imported.account, func.count()).group_by(Imported.account)
+        with self._reading() as connection:
+            return {account: int(count) for account, count in connection.execute(query).all()}
+
+
+def _uidls_with_rows(connection: Connection, account: str, uidls: list[str]) -> set[str]:
+    """Which of ``uidls`` the account has message rows of (any state)."""
+    if not uidls:
+        return set()
+    query = (
+        select(Message.uidl)
+        .where(Message.account == account, among(Message.uidl, uidls, connection))
+        .distinct()
+    )
+    return set(connection.scalars(query).all())
+
+
+def _count(connection: Connection, account: str) -> int:
+    query = select(func.count()).select_from(Imported).where(Imported.account == account)
+    return int(connection.scalar(query) or 0)
