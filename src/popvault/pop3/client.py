@@ -19,6 +19,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, Protocol, Self, TypeVar
@@ -96,6 +97,17 @@ _CODE_CLASSES: tuple[tuple[str, type[ServerError]], ...] = (
     ("LOGIN-DELAY", LoginDelayError),  # RFC 2449 section 8.1.2
     ("SYS/TEMP", TemporaryError),  # RFC 3206 section 4
 )
+
+#: The largest reply to ``TOP n 0`` that :meth:`Pop3Client.top_headers` holds. RFC 5322
+#: section 2.1.1 keeps a line under 998 octets and real header sections are a few KB
+#: (a long Received chain, DKIM and ARC seals: 20 to 50 KB); 1 MiB is 20 times that
+#: and still little to hold. A longer reply is a server that ignored the ``0`` and
+#: sends the body, or never ends: it must not be collected in memory.
+MAX_HEADER_SECTION = 1024 * 1024
+#: TOPs in flight at once with PIPELINING (RFC 2449 section 6.6): 256 command lines
+#: are about 3 KB, one write that never waits on the server; the replies in flight
+#: (a few KB each) are the server's to hold, and they are read one at a time.
+DEFAULT_TOP_DEPTH = 256
 
 Security = Literal["tls", "starttls", "plain"]
 #: Gives the OAuth 2.0 access token for one login (called once per login).
@@ -620,6 +632,119 @@ class Pop3Client:
                 written += len(chunk)
             return written
 
+    def top_headers(self, number: int, *, limit: int = MAX_HEADER_SECTION) -> bytes:
+        """The header section of message ``number``, without its body (``TOP n 0``).
+
+        RFC 1939 section 7: the reply is the header, the empty line after it,
+        and no body line. Returned as received, dot-unstuffed, line ends as
+        sent (CRLF; a server that sends more than it was asked for is not
+        corrected here). A reply over ``limit`` octets
+        (:data:`MAX_HEADER_SECTION`) raises
+        :class:`~popvault.errors.RemoteProtocolError` and drops the
+        connection instead of being held. A ``-ERR`` raises its
+        :class:`~popvault.errors.ServerError` (the session stays usable); from a
+        server whose CAPA does not list TOP, the error says it lacks TOP.
+        """
+        with self._operation():
+            try:
+                self._multiline(Command("TOP", number, 0))
+            except ServerError as exc:
+                raise self._top_refusal(exc) from None
+            return self._read_header_section(number, limit)
+
+    def top_headers_many(
+        self,
+        numbers: Iterable[int],
+        *,
+        depth: int = DEFAULT_TOP_DEPTH,
+        limit: int = MAX_HEADER_SECTION,
+    ) -> Generator[TopHeaders, None, None]:
+        """``TOP n 0`` for each of ``numbers``; one :class:`TopHeaders` each, in order.
+
+        With PIPELINING (RFC 2449 section 6.6) up to ``depth`` TOPs are in
+        flight, sent in one write whenever half of the window has drained, so
+        a mailbox costs a few round trips instead of one per message; without
+        it (or ``pipeline=False``), one at a time. ``numbers`` is read lazily.
+        A ``-ERR`` to one TOP is that message's :attr:`TopHeaders.error` and
+        the others go on; but when the first reply is a ``-ERR`` and CAPA does
+        not list TOP, the server does not support it: the replies in flight
+        are read and dropped (the session stays in step) and the refusal
+        raised. Each header section is bounded as in :meth:`top_headers`.
+        Leaving the iteration early reads and drops the replies still due.
+        """
+        if depth < 1 or limit < 1:
+            raise ValueError(f"depth and limit must be positive, got {depth} and {limit}")
+        if not self.pipelining:
+            depth = 1
+        self._nothing_ahead("TOP")
+        source = iter(numbers)
+        in_flight: deque[int] = deque()
+        answered = False
+        try:
+            while True:
+                self._send_tops(source, in_flight, depth)
+                if not in_flight:
+                    return
+                reply = self._top_reply(in_flight.popleft(), limit)
+                if reply.error is not None and not answered and "TOP" not in self.capabilities:
+                    self._drop_top_replies(in_flight, limit)
+                    raise self._top_refusal(reply.error)
+                answered = answered or reply.error is None
+                yield reply
+        finally:
+            if in_flight and self._sock is not None:
+                self._drop_top_replies(in_flight, limit)  # left early: keep the session in step
+
+    def _send_tops(self, source: Iterator[int], in_flight: deque[int], depth: int) -> None:
+        """Top the window up once half of it has drained (or it is empty), in one write."""
+        if in_flight and len(in_flight) > depth // 2:
+            return
+        batch = [number for _, number in zip(range(depth - len(in_flight)), source, strict=False)]
+        if batch:
+            in_flight.extend(batch)
+            with self._operation():
+                self._write_all([Command("TOP", number, 0) for number in batch])
+
+    def _top_reply(self, number: int, limit: int) -> TopHeaders:
+        """The reply to the oldest TOP in flight: its header section, or its refusal."""
+        with self._operation():
+            try:
+                self._multiline_reply(f"TOP {number} 0")
+            except ServerError as exc:
+                self._own(exc)
+                return TopHeaders(number, None, exc)
+            return TopHeaders(number, self._read_header_section(number, limit), None)
+
+    def _drop_top_replies(self, in_flight: deque[int], limit: int) -> None:
+        """Read and drop the replies to the TOPs still in flight."""
+        while in_flight:
+            self._top_reply(in_flight.popleft(), limit)
+
+    def _read_header_section(self, number: int, limit: int) -> bytes:
+        """The multi-line reply under way, collected up to ``limit`` octets."""
+        with self._operation():
+            collected = bytearray()
+            for chunk in self._body():
+                collected += chunk
+                if len(collected) > limit:
+                    raise RemoteProtocolError(
+                        f"TOP {number} 0: the header section passes {limit} octets "
+                        "(a server sending the body, or a reply that never ends); not held"
+                    )
+            return bytes(collected)
+
+    def _top_refusal(self, error: ServerError) -> ServerError:
+        """``error`` (a -ERR to TOP), saying so when the server does not offer TOP at all."""
+        if "TOP" in self.capabilities:
+            return error
+        note = (
+            "its CAPA does not list TOP: this server does not support TOP (optional in "
+            "RFC 1939 section 7), which reading headers without the bodies needs"
+        )
+        error.message = f"{error.message} ({note})"
+        error.args = (error.message,)
+        return error
+
     def dele_many(self, numbers: Sequence[int], *, depth: int) -> Refusals:
         """DELE each of ``numbers``, up to ``depth`` in flight; per number, its refusal or None.
 
@@ -1027,6 +1152,20 @@ class Retrieval:
         written = self._client._read_body_into(sink)
         self.finished = True
         return written
+
+
+@dataclass(frozen=True, slots=True)
+class TopHeaders:
+    """The reply to one ``TOP n 0`` of :meth:`Pop3Client.top_headers_many`.
+
+    ``headers`` is the header section as received (see
+    :meth:`Pop3Client.top_headers`), or None when the server refused this TOP:
+    then ``error`` is its ``-ERR``.
+    """
+
+    number: int
+    headers: bytes | None
+    error: ServerError | None
 
 
 def _redact_error(exc: Pop3Error) -> None:
