@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     held.add_argument("--json", action="store_true", help="print JSON for scripts")
     held.set_defaults(func=cmd_held)
 
+    _add_import_parser(commands, common)
+
     daemon = commands.add_parser(
         "daemon",
         parents=[common],
@@ -236,6 +238,41 @@ def _add_auth_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         help="only delete the local tokens; do not ask the provider to revoke them",
     )
     auth_logout.set_defaults(func=cmd_auth_logout)
+
+
+def _add_import_parser(commands: Any, common: argparse.ArgumentParser) -> None:
+    """``popvault import TOOL FILE --account NAME``: another fetcher's state, no download."""
+    importer = commands.add_parser(
+        "import",
+        parents=[common],
+        help="record what getmail6, fetchmail or mpop already retrieved, so that popvault "
+        "does not download it again",
+        description="Record the UIDLs another fetcher's state file names as archived "
+        "elsewhere: popvault never downloads them, and never deletes them from the server "
+        "unless --allow-delete. Importing the same file again changes nothing.",
+    )
+    # popvault.adopt.STATE_FILE_TOOLS, spelled out: `--help` must not import the run's modules.
+    tools = ("getmail6", "fetchmail", "mpop")
+    importer.add_argument("tool", choices=tools, help="the tool that wrote FILE")
+    importer.add_argument(
+        "file",
+        type=Path,
+        metavar="FILE",
+        help="its state file: getmail6's oldmail-* file, fetchmail's .fetchids, mpop's uidls file",
+    )
+    importer.add_argument("--account", required=True, metavar="NAME", help="the account")
+    importer.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="record nothing; show what would be imported and how many the server lists now",
+    )
+    importer.add_argument(
+        "--allow-delete",
+        action="store_true",
+        help="let retention delete these server copies by the account's policy; only if the "
+        "other tool's archive is kept: popvault holds no copy of them",
+    )
+    importer.set_defaults(func=cmd_import)
 
 
 def _add_account_option(parser: argparse.ArgumentParser) -> None:
@@ -443,13 +480,16 @@ def _print_dry_run(result: RunResult) -> None:
     octets = sum(message.size for message in result.planned)
     print(
         f"{result.account}: would download {len(result.planned)} of {_on_server(result)} "
-        f"message(s), {human_size(octets)}; would delete {len(result.due_for_deletion)}"
+        f"message(s), {human_size(octets)}; "
+        f"would delete {len(result.due_for_deletion) + len(result.imported_due)}"
     )
     for message in result.planned:
         print(f"  download message {message.number} ({message.size} octets)")
     for retained in result.due_for_deletion:
         when = retained.archived_at.strftime("%Y-%m-%d %H:%M")
         print(f"  remove server copy of {retained.path} (archived {when} UTC)")
+    for uidl in result.imported_due:
+        print(f"  remove server copy of UIDL {uidl!r} (archived elsewhere, imported)")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -512,6 +552,29 @@ def cmd_held(args: argparse.Namespace) -> int:
     with _open_ledger(cfg, create=False) as ledger:
         holds = held.list_holds(ledger, accounts)
     print(held.render_json(holds) if args.json else held.render_text(holds))
+    return EXIT_OK
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """``popvault import TOOL FILE --account NAME``: record another tool's retrieved UIDLs."""
+    from popvault import adopt
+    from popvault.sync import utc_now
+
+    cfg = _load_config(args)
+    account = cfg.account(args.account)
+    with _open_ledger(cfg, create=not args.dry_run) as ledger:
+        report = adopt.import_state_file(
+            cfg,
+            account,
+            ledger,
+            args.tool,
+            args.file,
+            allow_delete=args.allow_delete,
+            dry_run=args.dry_run,
+            now=utc_now,
+        )
+    for line in adopt.render_report(report):
+        print(line)
     return EXIT_OK
 
 

@@ -23,7 +23,7 @@ from popvault.config import Account
 from popvault.errors import RemoteProtocolError, ServerError
 from popvault.gcpause import cyclic_gc_paused
 from popvault.identity import Listed, ServerView, identify
-from popvault.ledger import KnownRow, Ledger, MessageKey
+from popvault.ledger import ImportedMessage, KnownRow, Ledger, MessageKey
 from popvault.pop3.client import Pop3Client
 from popvault.pop3.listing import BATCH_LINES, list_entries, uidl_entries
 from popvault.pop3.parsing import parse_list_line, parse_uidl_entry
@@ -88,6 +88,9 @@ class Session:
     # Keys that failed in earlier runs (as the session began): fetched last.
     failing: frozenset[MessageKey] = frozenset()
     on_server: int = 0
+    # Listed messages another tool retrieved before popvault (``popvault
+    # import``), by UIDL: never fetched, deleted only where the import allowed it.
+    imported: dict[str, ImportedMessage] = field(default_factory=dict)
 
 
 def plan_session(
@@ -143,16 +146,19 @@ def _plan_session(
         # reply) or taken by another client.
         ledger.reconcile(name, session.view.keys_on_server, now=reconcile_at)
     # A message paired with no row is one the ledger has never recorded (identify
-    # gives every other one its row, pending or archived): fetch it, unless it
-    # failed MAX_ATTEMPTS times and is set aside.
+    # gives every other one its row, pending or archived): fetch it, unless
+    # another tool retrieved it before popvault (imported: archived elsewhere)
+    # or it failed MAX_ATTEMPTS times and is set aside.
+    new = [message for message in session.view.messages if message.row is None]
+    session.imported = imported = ledger.imported_among(name, [message.uidl for message in new])
     failures = ledger.failures(name)
     session.failing = frozenset(failure.key for failure in failures)
     set_aside = set() if retry_failed else {f.key for f in failures if f.attempts >= MAX_ATTEMPTS}
     # RETR in message order (the listing's): servers read their mailbox front to back.
     planned = [
         _planned(message, sizes)
-        for message in session.view.messages
-        if message.row is None and message.key not in set_aside
+        for message in new
+        if message.key not in set_aside and message.uidl not in imported
     ]
     return session, planned
 

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from popvault.archive_check import refuse_unknown_archive
-from popvault.config import Account, Config
+from popvault.config import Account, Config, Retention
 from popvault.errors import AuthError, InUseError, LeaseLost, LoginDelayError, PopvaultError
 from popvault.fetch import (
     OVERRUN_FLOOR,
@@ -138,6 +138,8 @@ class RunResult:
     octets: int = 0
     recovered: int = 0
     due_for_deletion: list[RetainedMessage] = field(default_factory=list)
+    # UIDLs archived elsewhere (``popvault import --allow-delete``) due for deletion.
+    imported_due: list[str] = field(default_factory=list)
     # Deleted in every session of the run; of them, deleted_earlier by the
     # sessions before the one on_server counts (its listing no longer had them).
     deleted: int = 0
@@ -380,6 +382,92 @@ def _choose(
     )
 
 
+def due_imported(policy: Retention, session: Session, started: datetime) -> list[tuple[int, str]]:
+    """Messages archived elsewhere whose server copies retention lets go now: (number, UIDL).
+
+    Only those whose import said ``--allow-delete``, listed once under their
+    UIDL (a UIDL the server lists twice names two messages, and the other
+    tool kept at most one of them: RFC 1939 section 7 wants it unique, so
+    which one is unknowable), not deleted already, and due by the policy as
+    if archived when the other tool saw them. A message popvault has a row
+    of is its own archived copy, never one of these.
+    """
+    if policy.mode == "keep" or not session.imported:
+        return []
+    due = []
+    for message in session.view.messages:
+        imported = session.imported.get(message.uidl)
+        if (
+            imported is None
+            or message.row is not None
+            or not imported.allow_delete
+            or imported.deleted_at is not None
+            or message.uidl in session.view.shared
+            or not is_due(policy, imported.archived_at, started)
+        ):
+            continue
+        due.append((message.number, message.uidl))
+    return due
+
+
+def account_client(account: Account) -> Pop3Client:
+    """A client (not connected yet) for the account's server, with its security and limits."""
+    return Pop3Client(
+        account.host,
+        account.port,
+        security=account.security,
+        timeout=account.timeout,
+        ca_file=account.ca_file,
+        account=account.name,
+        pipeline=account.pipeline_depth > 1,
+        limits=Limits(
+            login=account.login_timeout,
+            session=account.session_timeout,
+            min_rate=account.min_rate,
+            rate_window=account.rate_window,
+        ),
+    )
+
+
+def log_in(
+    client: Pop3Client, account: Account, signin: Credentials, *, prefetch_listings: bool = True
+) -> None:
+    """Log in with the account's password or OAuth token (see :mod:`popvault.signin`).
+
+    A refused OAuth token is renewed once at once, on a new connection
+    (the server may have revoked it before its expiry): a revoked grant
+    then fails as the refresh it is (`popvault auth login`), not as a
+    refused password, and a token that was only stale costs no backoff.
+    """
+    try:
+        _log_in_once(client, account, signin, prefetch_listings=prefetch_listings)
+    except AuthError:
+        renew = getattr(signin.token, "invalidate", None)
+        if renew is None:
+            raise
+        renew()
+        assert signin.token is not None  # noqa: S101 - a token source has invalidate
+        signin.token()  # a refresh now: a revoked grant raises ReauthorizationRequired
+        log.info("account %r: the server refused the access token; renewed it", account.name)
+        client.close()
+        client.connect()
+        _log_in_once(client, account, signin, prefetch_listings=prefetch_listings)
+
+
+def _log_in_once(
+    client: Pop3Client, account: Account, signin: Credentials, *, prefetch_listings: bool
+) -> None:
+    client.login(
+        account.username,
+        signin.password,
+        method=account.auth,
+        allow_plaintext=account.allow_plaintext,
+        token=signin.token,
+        xoauth2_form="two-step" if signin.two_step else "one-line",
+        prefetch_listings=prefetch_listings,  # a run's plan reads UIDL and LIST next
+    )
+
+
 class _AccountRun:
     """One account's run, in one session or several; the steps of :func:`sync_account`."""
 
@@ -403,6 +491,8 @@ class _AccountRun:
         self.session = Session()
         # Keys whose DELE the server accepted; they go at QUIT.
         self.deletions: list[MessageKey] = []
+        # UIDLs archived elsewhere whose DELE the server accepted; they go at QUIT.
+        self.imported_deletions: list[str] = []
         # What the fetches did: the lists are the result's own.
         self.tally = Tally(
             set_aside=result.set_aside, held=result.held, problems=result.message_errors
@@ -417,39 +507,8 @@ class _AccountRun:
             self.result.interrupted = self.tally.interrupted
 
     def _login(self, client: Pop3Client, signin: Credentials) -> None:
-        """Log in with the account's password or OAuth token (see :mod:`popvault.signin`).
-
-        A refused OAuth token is renewed once at once, on a new connection
-        (the server may have revoked it before its expiry): a revoked grant
-        then fails as the refresh it is (`popvault auth login`), not as a
-        refused password, and a token that was only stale costs no backoff.
-        """
-        try:
-            self._login_once(client, signin)
-        except AuthError:
-            renew = getattr(signin.token, "invalidate", None)
-            if renew is None:
-                raise
-            renew()
-            assert signin.token is not None  # noqa: S101 - a token source has invalidate
-            signin.token()  # a refresh now: a revoked grant raises ReauthorizationRequired
-            log.info(
-                "account %r: the server refused the access token; renewed it", self.account.name
-            )
-            client.close()
-            client.connect()
-            self._login_once(client, signin)
-
-    def _login_once(self, client: Pop3Client, signin: Credentials) -> None:
-        client.login(
-            self.account.username,
-            signin.password,
-            method=self.account.auth,
-            allow_plaintext=self.account.allow_plaintext,
-            token=signin.token,
-            xoauth2_form="two-step" if signin.two_step else "one-line",
-            prefetch_listings=True,  # the plan reads UIDL and LIST next
-        )
+        """Log in with the account's password or OAuth token (see :func:`log_in`)."""
+        log_in(client, self.account, signin)
 
     def _run(self) -> None:
         store = self._prepare_store()
@@ -529,7 +588,7 @@ class _AccountRun:
         under new UIDLs ends them too (see :meth:`_renamed`).
         """
         options, result = self.options, self.result
-        self.session, self.deletions = Session(), []
+        self.session, self.deletions, self.imported_deletions = Session(), [], []
         problems = len(result.message_errors)
         with self._client() as client:
             client.connect()
@@ -654,10 +713,12 @@ class _AccountRun:
             fetcher.fetch_all(client, planned)
         due = self._due(started)
         result.due_for_deletion.extend(due)
+        imported_due = due_imported(self.account.retention, self.session, started)
+        result.imported_due.extend(uidl for _, uidl in imported_due)
         if not options.dry_run and not self.tally.interrupted:
             fetcher.fetch_all(client, verifications(self.session, [m.key for m in due]))
             if not self.tally.interrupted:
-                self._delete(client, store, due)
+                self._delete(client, store, due, imported_due)
         return True
 
     def _open_store(self) -> Store:
@@ -673,22 +734,7 @@ class _AccountRun:
         )
 
     def _client(self) -> Pop3Client:
-        account = self.account
-        return Pop3Client(
-            account.host,
-            account.port,
-            security=account.security,
-            timeout=account.timeout,
-            ca_file=account.ca_file,
-            account=account.name,
-            pipeline=account.pipeline_depth > 1,
-            limits=Limits(
-                login=account.login_timeout,
-                session=account.session_timeout,
-                min_rate=account.min_rate,
-                rate_window=account.rate_window,
-            ),
-        )
+        return account_client(self.account)
 
     def _due(self, started: datetime) -> list[RetainedMessage]:
         """Which archived messages on the server the retention policy lets go now.
@@ -706,8 +752,15 @@ class _AccountRun:
             if message.hold_reason is None and is_due(policy, message.archived_at, started)
         ]
 
-    def _delete(self, client: Pop3Client, store: Store, due: Sequence[RetainedMessage]) -> None:
-        """DELE each due message whose archived copy is in place; note them before QUIT."""
+    def _delete(
+        self,
+        client: Pop3Client,
+        store: Store,
+        due: Sequence[RetainedMessage],
+        imported: Sequence[tuple[int, str]],
+    ) -> None:
+        """DELE each due message whose archived copy is in place, and each due
+        message archived elsewhere whose import allowed it; note them before QUIT."""
         if self.session.undurable:
             # This session will end without QUIT, which would discard the DELEs anyway.
             return
@@ -721,15 +774,21 @@ class _AccountRun:
         # The last look before DELE: a run whose lease passed to another holder
         # deletes nothing (it drops the session; RFC 1939 section 6).
         self.hold.check()
-        refusals = client.dele_many(
-            [choice.number for choice in going], depth=self.account.pipeline_depth
-        )
-        for choice, refusal in zip(going, refusals, strict=True):
-            if refusal is None:
-                self.deletions.append(choice.message.key)
-                continue
-            log.warning("account %r: DELE refused: %s", self.account.name, refusal)
-            self.result.message_errors.append(f"DELE {choice.number}: {redact(refusal.text)}")
+        numbers = [choice.number for choice in going] + [number for number, _ in imported]
+        refusals = client.dele_many(numbers, depth=self.account.pipeline_depth)
+        for number, refusal in zip(numbers, refusals, strict=True):
+            if refusal is not None:
+                log.warning("account %r: DELE refused: %s", self.account.name, refusal)
+                self.result.message_errors.append(f"DELE {number}: {redact(refusal.text)}")
+        accepted = [refusal is None for refusal in refusals]
+        self.deletions = [
+            choice.message.key
+            for choice, ok in zip(going, accepted[: len(going)], strict=True)
+            if ok
+        ]
+        self.imported_deletions = [
+            uidl for (_, uidl), ok in zip(imported, accepted[len(going) :], strict=True) if ok
+        ]
         if self.deletions:
             self.ledger.mark_delete_requested(self.account.name, self.deletions, at=self.clock())
 
@@ -788,6 +847,13 @@ class _AccountRun:
             # QUIT's +OK means the UPDATE state removed them (RFC 1939 section 6).
             self.ledger.mark_deleted(self.account.name, self.deletions, at=self.clock())
             self.result.deleted += len(self.deletions)
+        if self.imported_deletions:
+            # Nothing to settle if the reply is lost: a message still listed next
+            # time is still due, and one no longer listed is gone either way.
+            self.ledger.mark_imported_deleted(
+                self.account.name, self.imported_deletions, at=self.clock()
+            )
+            self.result.deleted += len(self.imported_deletions)
         return True
 
 

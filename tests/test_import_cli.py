@@ -1,0 +1,164 @@
+"""``popvault import TOOL FILE --account NAME`` (issue 12 part 1), against the fake server.
+
+The state files here are written in each tool's format by the test; the files
+the real tools write are tests/importing/'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from popvault.testing import FakePop3Server, sample_messages
+from workspace import Workspace, fake_account
+
+PASSWORD = "import-cli-Secret-42"
+SEEN = 1_767_225_600  # 2026-01-01 00:00 UTC, as getmail6 writes it: unix seconds
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Workspace:
+    return Workspace(tmp_path, password=PASSWORD)
+
+
+@pytest.fixture
+def server() -> Iterator[FakePop3Server]:
+    with FakePop3Server(sample_messages(6), username="bob", password=PASSWORD) as srv:
+        yield srv
+
+
+def getmail6_file(folder: Path, uidls: list[str]) -> Path:
+    path = folder / "oldmail-127.0.0.1-110-bob"
+    path.write_bytes(b"".join(f"{uidl}\0{SEEN}\n".encode() for uidl in uidls))
+    return path
+
+
+def imported_rows(ws: Workspace) -> list[tuple[str, str]]:
+    return sorted(ws.ledger_rows("SELECT uidl, source FROM imported"))
+
+
+def test_the_next_run_downloads_only_what_the_other_tool_had_not(
+    ws: Workspace, server: FakePop3Server
+) -> None:
+    ws.write_config([fake_account(server, "acct")])
+    uidls = [uidl for uidl, _ in server.mailbox]
+    state = getmail6_file(ws.folder, uidls[:4])
+
+    result = ws.cli("import", "getmail6", str(state), "--account", "acct")
+
+    assert result.code == 0, result.output
+    assert "names 4 UIDL(s); imported 4 as archived elsewhere" in result.out
+    assert "will not delete them" in result.out
+    assert imported_rows(ws) == sorted((uidl, "getmail6") for uidl in uidls[:4])
+    run = ws.cli("run")
+    assert run.code == 0, run.output
+    assert sorted(server.downloaded) == sorted(uidls[4:])
+    assert len(ws.archived_files("acct")) == 2
+
+
+def test_importing_twice_changes_nothing(ws: Workspace, server: FakePop3Server) -> None:
+    ws.write_config([fake_account(server, "acct")])
+    state = getmail6_file(ws.folder, [uidl for uidl, _ in server.mailbox][:3])
+    assert ws.cli("import", "getmail6", str(state), "--account", "acct").code == 0
+    before = ws.ledger_dump()
+
+    again = ws.cli("import", "getmail6", str(state), "--account", "acct")
+
+    assert again.code == 0, again.output
+    assert "imported 0 as archived elsewhere (3 imported before" in again.out
+    assert ws.ledger_dump() == before
+
+
+def test_a_dry_run_records_nothing_and_counts_what_the_server_lists(
+    ws: Workspace, server: FakePop3Server
+) -> None:
+    ws.write_config([fake_account(server, "acct")])
+    uidls = [uidl for uidl, _ in server.mailbox]
+    # Two of the tool's UIDLs are no longer on the server (deleted since).
+    state = getmail6_file(ws.folder, [*uidls[:3], "gone-1", "gone-2"])
+
+    result = ws.cli("import", "getmail6", str(state), "--account", "acct", "--dry-run")
+
+    assert result.code == 0, result.output
+    assert "would import 5 as archived elsewhere" in result.out
+    assert "the server lists 3 of them now" in result.out
+    assert "dry run: nothing recorded" in result.out
+    assert not ws.ledger_file.exists() or imported_rows(ws) == []
+    # It read the listing only: nothing retrieved, nothing deleted.
+    assert not [c for c in server.commands if c.split()[0] in {"RETR", "TOP", "DELE"}]
+
+
+def test_a_malformed_line_is_named_and_nothing_is_imported(
+    ws: Workspace, server: FakePop3Server
+) -> None:
+    ws.write_config([fake_account(server, "acct")])
+    state = ws.folder / "oldmail-broken"
+    state.write_bytes(b"good-1\x001767225600\ngood-2\x001767225600\nno time here\ngood-3\x001\n")
+    ws.cli("status")  # the ledger exists: the import's refusal must leave it as it is
+
+    result = ws.cli("import", "getmail6", str(state), "--account", "acct")
+
+    assert result.code != 0
+    assert "line 3" in result.err
+    assert str(state) in result.err
+    assert imported_rows(ws) == []
+
+
+def test_getmail6_dashes_are_matched_to_the_servers_slashes(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path, password=PASSWORD)
+    messages = sample_messages(3)
+    with FakePop3Server(
+        messages, uidls=["a/b/1", "plain-2", "new/3"], username="bob", password=PASSWORD
+    ) as srv:
+        ws.write_config([fake_account(srv, "acct")])
+        # getmail6 wrote "a/b/1" as "a-b-1" (its oldmail file keeps "/" out).
+        state = getmail6_file(ws.folder, ["a-b-1", "plain-2"])
+
+        result = ws.cli("import", "getmail6", str(state), "--account", "acct")
+
+        assert result.code == 0, result.output
+        assert imported_rows(ws) == [("a/b/1", "getmail6"), ("plain-2", "getmail6")]
+        assert ws.cli("run").code == 0
+        assert srv.downloaded == ["new/3"]
+
+
+def test_fetchmail_ids_of_the_accounts_entry_only(ws: Workspace, server: FakePop3Server) -> None:
+    ws.write_config([fake_account(server, "acct")])
+    uidls = [uidl for uidl, _ in server.mailbox]
+    ids = ws.folder / ".fetchids"
+    lines = [f"bob@{server.host} {uidls[0]}", f"other@{server.host} {uidls[1]}"]
+    lines += [f"bob@elsewhere.example {uidls[2]}", f"bob@{server.host} {uidls[3]}"]
+    ids.write_text("\n".join(lines) + "\n")
+
+    result = ws.cli("import", "fetchmail", str(ids), "--account", "acct")
+
+    assert result.code == 0, result.output
+    assert imported_rows(ws) == sorted((uidl, "fetchmail") for uidl in (uidls[0], uidls[3]))
+
+
+def test_allow_delete_lets_retention_remove_the_imported_copies(
+    ws: Workspace, server: FakePop3Server
+) -> None:
+    ws.write_config([fake_account(server, "acct", retention="delete")])
+    uidls = [uidl for uidl, _ in server.mailbox]
+    state = getmail6_file(ws.folder, uidls[:2])
+
+    result = ws.cli("import", "getmail6", str(state), "--account", "acct", "--allow-delete")
+
+    assert result.code == 0, result.output
+    assert "retention will delete their server copies" in result.out
+    assert ws.cli("run").code == 0
+    assert set(server.deleted) == set(uidls)
+    assert sorted(server.downloaded) == sorted(uidls[2:])
+
+
+def test_an_unknown_account_is_a_configuration_error(ws: Workspace, server: FakePop3Server) -> None:
+    ws.write_config([fake_account(server, "acct")])
+    state = getmail6_file(ws.folder, ["x"])
+
+    result = ws.cli("import", "getmail6", str(state), "--account", "nope")
+
+    assert result.code == 2
+    assert "nope" in result.err
