@@ -140,3 +140,17 @@ def test_imports_add_up_to_the_union_less_what_popvault_archived(
         assert one.recorded + two.recorded == len(expected)
         assert one.already_archived == len(set(first) & set(archived))
         assert two.already_imported == len((set(second) & set(first)) - set(archived))
+
+
+def test_status_counts_each_accounts_imported_messages(ledger: Ledger) -> None:
+    archive(ledger, "mine")
+    ledger.record_imported("alice", seen("a", "b"), source="mpop", allow_delete=False, at=T0)
+    ledger.record_imported("carol", seen("c"), source="maildir", allow_delete=False, at=T0)
+
+    by_name = {status.name: status for status in ledger.status()}
+
+    assert by_name["alice"].imported_messages == 2
+    assert by_name["alice"].archived_messages == 1
+    # An account with imports only has its line too.
+    assert by_name["carol"].imported_messages == 1
+    assert by_name["carol"].archived_messages == 0

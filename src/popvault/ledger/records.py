@@ -346,7 +346,9 @@ class AccountStatus:
     server; ``failed_messages`` counts messages with recorded failures;
     ``held_messages`` counts retained messages whose server copy is held
     (retention will not delete it until the user releases it);
-    ``last_sessions`` is how many sessions the latest run took.
+    ``last_sessions`` is how many sessions the latest run took;
+    ``imported_messages`` counts the messages archived elsewhere that
+    ``popvault import`` recorded (never fetched by popvault).
     """
 
     name: str
@@ -360,3 +362,4 @@ class AccountStatus:
     failed_messages: int
     held_messages: int = 0
     last_sessions: int | None = None
+    imported_messages: int = 0

@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import Row, Select, func, literal, select, union, union_all
 
 from popvault.ledger.core import LedgerCore
-from popvault.ledger.models import AccountTotals, Failure, Message, Run
+from popvault.ledger.models import AccountTotals, Failure, Imported, Message, Run
 from popvault.ledger.records import AccountStatus
 
 
@@ -56,11 +56,12 @@ class ReportsMixin(LedgerCore):
             return {row[0]: (int(row[1]), int(row[2])) for row in connection.execute(query)}
 
 
-def _totals_query() -> Select[str, int, int, int, int]:
-    """Per account: archived messages, their octets, failed and held messages.
+def _totals_query() -> Select[str, int, int, int, int, int]:
+    """Per account: archived messages, their octets, failed, held and imported messages.
 
-    Every source is small: a row an account, the failures, and the held
-    messages (through ix_messages_held); none reads the messages at large.
+    Every source is small: a row an account, the failures, the held
+    messages (through ix_messages_held) and the imported ones (a count of
+    the unique index of ``imported``); none reads the messages at large.
     """
     per_account = select(
         AccountTotals.account.label("account"),
@@ -68,23 +69,32 @@ def _totals_query() -> Select[str, int, int, int, int]:
         AccountTotals.archived_octets.label("octets"),
         literal(0).label("failed"),
         literal(0).label("held"),
+        literal(0).label("imported"),
     )
-    per_failure = select(Failure.account, literal(0), literal(0), literal(1), literal(0))
+    per_failure = select(
+        Failure.account, literal(0), literal(0), literal(1), literal(0), literal(0)
+    )
     # Held as retention sees it: archived, still on the server, with a hold. The
     # index condition is spelled as the index's own, so both planners use it.
-    per_hold = select(Message.account, literal(0), literal(0), literal(0), literal(1)).where(
+    per_hold = select(
+        Message.account, literal(0), literal(0), literal(0), literal(1), literal(0)
+    ).where(
         Message.hold_reason.is_not(None),
         Message.state == "archived",
         Message.deleted_at.is_(None),
         Message.gone_at.is_(None),
     )
-    rows = union_all(per_account, per_failure, per_hold).subquery()
+    per_import = select(
+        Imported.account, literal(0), literal(0), literal(0), literal(0), func.count()
+    ).group_by(Imported.account)
+    rows = union_all(per_account, per_failure, per_hold, per_import).subquery()
     return select(
         rows.c.account,
         func.sum(rows.c.archived).label("archived"),
         func.sum(rows.c.octets).label("octets"),
         func.sum(rows.c.failed).label("failed"),
         func.sum(rows.c.held).label("held"),
+        func.sum(rows.c.imported).label("imported"),
     ).group_by(rows.c.account)
 
 
@@ -118,7 +128,7 @@ def _last_run_query() -> Select[str, datetime, str, str | None, datetime | None,
 
 def _account_status(
     name: str,
-    totals: Row[str, int, int, int, int] | None,
+    totals: Row[str, int, int, int, int, int] | None,
     last: Row[str, datetime, str, str | None, datetime | None, int | None, int] | None,
 ) -> AccountStatus:
     return AccountStatus(
@@ -132,5 +142,6 @@ def _account_status(
         on_server=last.on_server if last else None,
         failed_messages=int(totals.failed) if totals else 0,
         held_messages=int(totals.held) if totals else 0,
+        imported_messages=int(totals.imported) if totals else 0,
         last_sessions=last.sessions if last else None,
     )
