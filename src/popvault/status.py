@@ -1,7 +1,9 @@
 """What ``popvault status`` shows: the configured accounts joined with the ledger.
 
 Nothing here reads a secret: status works without any password being
-available, and prints none.
+available, and prints none. An account that is fine is one line of the
+table; one with trouble gets, below the table, what is wrong and what to do
+(popvault.advice), the same as ``advice`` in ``--json``.
 """
 
 from __future__ import annotations
@@ -14,13 +16,17 @@ import platform
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Final
 
+from popvault import advice
+from popvault.advice import Advice, Subject
 from popvault.config import Account, Config, redact_url, sqlite_path
 from popvault.errors import LedgerError
 from popvault.held import describe as describe_hold
 from popvault.humanize import human_size
 from popvault.ledger import AccountBusy, AccountStatus, Lease, Ledger, ScheduleEntry
+from popvault.plan import MAX_ATTEMPTS
 from popvault.redaction import redact
 from popvault.retention import describe, due_cutoff, next_due
 
@@ -58,6 +64,10 @@ class StatusRow:
     # Sessions the latest run took (more than 1: a server that hands out a
     # window of the mailbox, Gmail); None before any run.
     last_sessions: int | None = None
+    # Why a running daemon's next run is off its schedule (a backoff), or None.
+    backoff_reason: str | None = None
+    # What is wrong and what to do about it; empty when the account is fine.
+    advice: tuple[Advice, ...] = ()
 
 
 log = logging.getLogger("popvault.status")
@@ -86,9 +96,78 @@ def account_statuses(config: Config, ledger: Ledger, *, now: datetime) -> list[S
     ]
     rows += [_row(name, status) for name, status in sorted(known.items())]
     holders = {lease.account: lease for lease in ledger.leases() if lease.expires_at > now}
-    return [
+    rows = [
         _with_holder(_with_plan(row, plans.get(row.name)), holders.get(row.name)) for row in rows
     ]
+    accounts = {account.name: account for account in config.accounts}
+    return [
+        replace(
+            row,
+            advice=_advice(row, accounts[row.name], config.file, ledger, holders.get(row.name)),
+        )
+        if row.configured
+        else row
+        for row in rows
+    ]
+
+
+def _advice(
+    row: StatusRow, account: Account, config_file: Path, ledger: Ledger, lease: Lease | None
+) -> tuple[Advice, ...]:
+    """What is wrong with a configured account and what to do, most urgent first.
+
+    An account no longer in the config gets none: nothing will run it.
+    """
+    found = [
+        _last_run_advice(row, Subject(account, config_file)),
+        _lease_advice(row, lease),
+        _failing_advice(row, ledger),
+        advice.held(row.name, row.held_messages) if row.held_messages else None,
+    ]
+    return tuple(item for item in found if item is not None)
+
+
+def _last_run_advice(row: StatusRow, subject: Subject) -> Advice | None:
+    if row.last_run_at is None:
+        # A running daemon plans the first run: nothing to do but wait for it.
+        return None if row.next_run_at is not None else advice.never_run(row.name)
+    if row.last_outcome == "interrupted":
+        return _with_retry(advice.interrupted(row.name, row.last_run_at), row)
+    if row.last_outcome != "failed" or row.last_error is None:
+        return None
+    found = advice.run_failed(subject, row.last_error)
+    if found.kind == "message_problems" and row.failed_messages:
+        return None  # the failing messages' own advice says it, with their error
+    return _with_retry(found, row)
+
+
+def _with_retry(found: Advice, row: StatusRow) -> Advice:
+    """The advice, and when a running daemon tries the account again after failures."""
+    if row.next_run_at is None or not row.consecutive_failures:
+        return found
+    when = advice.daemon_retry(row.next_run_at, row.consecutive_failures, row.backoff_reason)
+    return replace(found, action=f"{found.action}. {when}")
+
+
+def _lease_advice(row: StatusRow, lease: Lease | None) -> Advice | None:
+    """A live lease whose holder ran on this machine and is gone (PostgreSQL)."""
+    if lease is None or lease.owner.host != platform.node() or pid_alive(lease.owner.pid):
+        return None
+    return advice.stale_lease(row.name, lease.owner.describe(), lease.expires_at)
+
+
+def _failing_advice(row: StatusRow, ledger: Ledger) -> Advice | None:
+    if not row.failed_messages:
+        return None
+    failures = ledger.failures(row.name)  # read only for accounts that have some
+    set_aside = sum(1 for failure in failures if failure.attempts >= MAX_ATTEMPTS)
+    latest = max(failures, key=lambda failure: failure.last_failed_at, default=None)
+    example = None
+    if latest is not None:
+        example = f"{latest.key.describe()}: {redact(latest.last_error)}"
+    return advice.failing(
+        row.name, set_aside=set_aside, retrying=len(failures) - set_aside, example=example
+    )
 
 
 def _with_holder(row: StatusRow, lease: Lease | None) -> StatusRow:
@@ -157,7 +236,10 @@ def _with_plan(row: StatusRow, plan: ScheduleEntry | None) -> StatusRow:
     if plan is None:
         return row
     return replace(
-        row, next_run_at=plan.next_run_at, consecutive_failures=plan.consecutive_failures
+        row,
+        next_run_at=plan.next_run_at,
+        consecutive_failures=plan.consecutive_failures,
+        backoff_reason=plan.backoff_reason,
     )
 
 
@@ -203,8 +285,18 @@ def _row(name: str, status: AccountStatus | None) -> StatusRow:
 
 
 def render_json(rows: list[StatusRow]) -> str:
-    """A JSON list of objects; times are ISO 8601 in UTC, absent values null."""
-    return json.dumps([asdict(row) for row in rows], indent=2, default=_iso)
+    """A JSON list of objects; times are ISO 8601 in UTC, absent values null.
+
+    ``advice`` is a list of ``{"kind", "problem", "action"}``, or null when
+    the account is fine.
+    """
+    return json.dumps([_json_row(row) for row in rows], indent=2, default=_iso)
+
+
+def _json_row(row: StatusRow) -> dict[str, object]:
+    fields = asdict(row)
+    fields["advice"] = [asdict(item) for item in row.advice] or None
+    return fields
 
 
 def _iso(value: object) -> str:
@@ -230,7 +322,12 @@ def render_locations(config: Config) -> str:
 
 
 def render_table(rows: list[StatusRow]) -> str:
-    """A plain-text table for people; errors and failures go on lines of their own."""
+    """A plain-text table for people: one line per account, then what needs doing.
+
+    An account that is fine is its line alone. Below the table: each
+    account being archived at this moment, and each problem with what to do
+    about it (the row's :attr:`StatusRow.advice`).
+    """
     if not rows:
         return "no accounts configured and none in the ledger"
     # STORED: the archived files' octets (Maildir keeps LF line ends), not the
@@ -243,6 +340,7 @@ def render_table(rows: list[StatusRow]) -> str:
         "RETENTION",
         "LAST RUN (UTC)",
         "OUTCOME",
+        "NEXT RUN (UTC)",
     )
     lines = [header] + [_cells(row) for row in rows]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
@@ -250,9 +348,8 @@ def render_table(rows: list[StatusRow]) -> str:
         "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
         for line in lines
     ]
-    for row in rows:
-        out += _notes(row)
-    return "\n".join(out)
+    notes = [note for row in rows for note in _notes(row)]
+    return "\n".join(out + (["", *notes] if notes else []))
 
 
 def _cells(row: StatusRow) -> tuple[str, ...]:
@@ -263,47 +360,45 @@ def _cells(row: StatusRow) -> tuple[str, ...]:
         str(row.archived_messages),
         human_size(row.archived_bytes),
         on_server,
-        row.retention or "-",
+        _retention_cell(row),
         _when(row.last_run_at) or "never",
-        row.last_outcome or "-",
+        _outcome_cell(row),
+        _when(row.next_run_at) or "-",
     )
 
 
-def _notes(row: StatusRow) -> list[str]:
-    notes = []
-    if row.last_sessions is not None and row.last_sessions > 1:
-        notes.append(
-            f"{row.name}: the last run took {row.last_sessions} sessions "
-            "(the server hands out a window of the mailbox at a time)"
-        )
+def _retention_cell(row: StatusRow) -> str:
+    """The policy as written, and what it will delete: ``after 14d, 3 due`` / ``, next ...``."""
+    if row.retention is None:
+        return "-"
     if row.due_for_deletion:
-        notes.append(
-            f"{row.name}: {row.due_for_deletion} message(s) due for deletion on the next run"
-        )
+        return f"{row.retention}, {row.due_for_deletion} due"
     if row.next_deletion_at is not None:
-        notes.append(f"{row.name}: next deletion due {_when(row.next_deletion_at)} UTC")
-    if row.held_messages:
-        notes.append(
-            f"{row.name}: {row.held_messages} server copy(ies) held, never deleted until "
-            "released: the server sent other octets than it listed (`popvault held`)"
-        )
-        notes += [f"{row.name}:   {held}" for held in row.held]
-    if row.failed_messages:
-        notes.append(
-            f"{row.name}: {row.failed_messages} message(s) failing; "
-            "`popvault run --retry-failed` retries those set aside"
-        )
+        return f"{row.retention}, next {row.next_deletion_at:%Y-%m-%d %H:%M}"
+    return row.retention
+
+
+def _outcome_cell(row: StatusRow) -> str:
+    """The last run's outcome; ``ok (3 sessions)`` for a server that hands out a window (Gmail)."""
+    outcome = row.last_outcome or "-"
+    if row.last_sessions is not None and row.last_sessions > 1:
+        return f"{outcome} ({row.last_sessions} sessions)"
+    return outcome
+
+
+def _notes(row: StatusRow) -> list[str]:
+    """The lines under the table for one account: a run going on, each problem and its fix."""
+    notes = []
     if row.running_by is not None:
         notes.append(
             f"{row.name}: being archived now by {row.running_by} since "
             f"{_when(row.running_since)} UTC (lease until {_when(row.lease_expires_at)} UTC)"
         )
-    if row.next_run_at is not None:
-        notes.append(f"{row.name}: next run by the daemon {_when(row.next_run_at)} UTC")
-    if row.consecutive_failures:
-        notes.append(f"{row.name}: {row.consecutive_failures} failed run(s) in a row")
-    if row.last_error:
-        notes.append(f"{row.name}: last error: {row.last_error}")
+    for item in row.advice:
+        notes.append(f"{row.name}: {item.problem}")
+        if item.kind == "held":
+            notes += [f"{row.name}:   {held}" for held in row.held]
+        notes.append(f"{row.name}:   -> {item.action}")
     return notes
 
 
