@@ -586,6 +586,12 @@ def test_every_advice_names_only_commands_and_keys_that_exist(subjects: list[Sub
             assert stale_names(found) == [], found
 
 
+def test_every_key_a_failed_source_may_be_named_by_is_an_account_key() -> None:
+    # The keys _fix_key and login_key put in backticks come from these lists.
+    assert set(advice.PASSWORD_KEYS) <= advice.SECRET_KEYS
+    assert sorted(advice.SECRET_KEYS - set(AccountEntry.model_fields)) == []
+
+
 def test_a_login_advice_names_the_accounts_own_way_to_log_in(subjects: list[Subject]) -> None:
     password, oauth = subjects
     refused = EXAMPLES["login_refused"][0]
