@@ -56,10 +56,11 @@ from popvault.daemon.backoff import (
 from popvault.daemon.metrics import Metrics
 from popvault.daemon.notify import Notifier, Watchdog
 from popvault.daemon.runlog import RunLine, log_run
+from popvault.daemon.statuspage import PageData
 from popvault.errors import LeaseLost, LedgerError, PopvaultError
 from popvault.ledger import DueRun, LeaseTerms, Ledger, ScheduleEntry, server_key
 from popvault.signin import token_source
-from popvault.status import STALE_AFTER, pid_alive
+from popvault.status import STALE_AFTER, account_statuses, pid_alive
 from popvault.sync import RunResult, sync_account, utc_now
 
 log = logging.getLogger("popvault.daemon")
@@ -248,6 +249,19 @@ class ArchiveDaemon:
         """True while the dispatcher runs and no shutdown was asked for."""
         dispatcher = self._dispatcher
         return dispatcher is not None and dispatcher.is_alive() and not self._stopping.is_set()
+
+    def status_page(self) -> PageData:
+        """What the status page shows now: ``popvault status``'s rows, read from the ledger.
+
+        Called by the metrics endpoint's request thread; the Ledger may be
+        shared by threads (each call takes its own pooled connection). Raises
+        LedgerError when the ledger cannot be read.
+        """
+        now = utc_now()
+        with self._lock:
+            running = frozenset(self._running)
+        rows = account_statuses(self.config, self._ledger, now=now)
+        return PageData(rows, now, served_by=f"{self.host} pid {self.pid}", running_here=running)
 
     @property
     def stopping(self) -> bool:

@@ -97,13 +97,17 @@ def _start_metrics(config: Config, metrics: Metrics, daemon: ArchiveDaemon) -> M
         return None
     host, port = config.daemon.metrics
     try:
-        server = MetricsServer(metrics, host, port, lambda: daemon.healthy)
+        server = MetricsServer(
+            metrics, host, port, lambda: daemon.healthy, status_page=daemon.status_page
+        )
     except OSError as exc:
         reason = exc.strerror or str(exc)
         message = f"cannot serve metrics on {host}:{port}: {reason}"
         raise ConfigError(message, file=str(config.file), key="daemon.metrics") from None
     server.start()
-    log.info("metrics on http://%s:%d/metrics, health on /healthz", host, server.port)
+    log.info(
+        "metrics on http://%s:%d/metrics, health on /healthz, status page on /", host, server.port
+    )
     return server
 
 

@@ -3,12 +3,15 @@
 The metrics live in a registry of their own (not prometheus_client's global
 one), served at ``/metrics`` in the Prometheus text format by
 prometheus_client itself; ``/healthz`` answers 200 "ok" while the scheduler
-runs and 503 otherwise (for systemd watchdogs, load balancers, probes).
+runs and 503 otherwise (for systemd watchdogs, load balancers, probes); ``/``
+is the read-only status page (:mod:`.statuspage`) when the daemon gives one;
+any other path is 404.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
@@ -17,6 +20,11 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from wsgiref.types import StartResponse, WSGIEnvironment
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+
+from popvault.daemon.statuspage import PageData, render_page
+from popvault.errors import LedgerError
+
+log = logging.getLogger("popvault.daemon")
 
 # A run takes from a second (nothing new) to hours (a first download of a big mailbox).
 RUN_BUCKETS: Final = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
@@ -141,12 +149,38 @@ class _QuietHandler(WSGIRequestHandler):
         return
 
 
-class MetricsServer:
-    """The HTTP endpoint: ``/metrics`` and ``/healthz`` on ``host:port``, in a thread."""
+# The status page's headers. No script, no asset, nothing framed: the policy
+# allows only the page's own inline style, so even text that escaped the
+# escaping could run nothing. no-store: it shows the state of one moment.
+PAGE_HEADERS: Final = (
+    ("Content-Type", "text/html; charset=utf-8"),
+    ("Cache-Control", "no-store"),
+    ("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'"),
+    ("X-Content-Type-Options", "nosniff"),
+)
 
-    def __init__(self, metrics: Metrics, host: str, port: int, healthy: Callable[[], bool]):
+
+class MetricsServer:
+    """The HTTP endpoint on ``host:port``, in a thread: ``/metrics``, ``/healthz``, ``/``.
+
+    ``status_page``: called per request of ``/`` (in that request's thread),
+    it returns what the page shows; None: ``/`` is 404.
+    """
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        host: str,
+        port: int,
+        healthy: Callable[[], bool],
+        status_page: Callable[[], PageData] | None = None,
+    ):
         self._metrics_app = make_wsgi_app(metrics.registry)
         self._healthy = healthy
+        self._status_page = status_page
+        # One page read at a time: at 10,000 accounts a read is seconds of ledger
+        # queries, and many open tabs reloading at once must not multiply them.
+        self._page_lock = threading.Lock()
         # Raises OSError when the address is taken or not ours.
         self._server = make_server(
             host, port, self._route, server_class=_Server, handler_class=_QuietHandler
@@ -167,10 +201,46 @@ class MetricsServer:
         self._server.server_close()
 
     def _route(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") != "/healthz":
+        path = environ.get("PATH_INFO")
+        if path == "/metrics":
             body: Iterable[bytes] = self._metrics_app(environ, start_response)
             return body
+        if path == "/healthz":
+            return self._health(start_response)
+        provider = self._status_page
+        if path == "/" and provider is not None:
+            return self._page(provider, start_response)
+        return _plain(start_response, "404 Not Found", b"not found: see /metrics, /healthz or /\n")
+
+    def _health(self, start_response: StartResponse) -> list[bytes]:
         ok = self._healthy()
         status = "200 OK" if ok else "503 Service Unavailable"
         start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
         return [b"ok\n" if ok else b"not running\n"]
+
+    def _page(self, provider: Callable[[], PageData], start_response: StartResponse) -> list[bytes]:
+        """The status page; unreadable, a 500 with a fixed text (no secret, no server text)."""
+        try:
+            with self._page_lock:
+                body = render_page(provider())
+        except LedgerError as exc:  # its text names the database with the password masked
+            log.warning("status page: could not read the ledger: %s", exc)
+            return _plain(
+                start_response, _ERROR, b"status page unavailable: the ledger could not be read\n"
+            )
+        except Exception:  # a bug: logged (redacted), never shown
+            log.exception("status page: unexpected error")
+            return _plain(
+                start_response, _ERROR, b"status page unavailable: see the daemon's log\n"
+            )
+        start_response("200 OK", [*PAGE_HEADERS, ("Content-Length", str(len(body)))])
+        return [body]
+
+
+_ERROR: Final = "500 Internal Server Error"
+
+
+def _plain(start_response: StartResponse, status: str, body: bytes) -> list[bytes]:
+    headers = [("Content-Type", "text/plain; charset=utf-8"), ("Cache-Control", "no-store")]
+    start_response(status, headers)
+    return [body]
