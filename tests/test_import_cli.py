@@ -6,6 +6,7 @@ the real tools write are tests/importing/'s.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,6 +57,10 @@ def test_the_next_run_downloads_only_what_the_other_tool_had_not(
     assert run.code == 0, run.output
     assert sorted(server.downloaded) == sorted(uidls[4:])
     assert len(ws.archived_files("acct")) == 2
+    status = ws.cli("status")
+    assert "2 (+4 imported)" in status.out
+    (row,) = json.loads(ws.cli("status", "--json").out)
+    assert (row["archived_messages"], row["imported_messages"]) == (2, 4)
 
 
 def test_importing_twice_changes_nothing(ws: Workspace, server: FakePop3Server) -> None:

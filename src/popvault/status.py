@@ -68,6 +68,8 @@ class StatusRow:
     backoff_reason: str | None = None
     # What is wrong and what to do about it; empty when the account is fine.
     advice: tuple[Advice, ...] = ()
+    # Messages archived elsewhere (`popvault import`): never fetched by popvault.
+    imported_messages: int = 0
 
 
 log = logging.getLogger("popvault.status")
@@ -281,6 +283,7 @@ def _row(name: str, status: AccountStatus | None) -> StatusRow:
         next_deletion_at=None,
         failed_messages=status.failed_messages,
         last_sessions=status.last_sessions,
+        imported_messages=status.imported_messages,
     )
 
 
@@ -352,12 +355,19 @@ def render_table(rows: list[StatusRow]) -> str:
     return "\n".join(out + (["", *notes] if notes else []))
 
 
+def _archived_cell(row: StatusRow) -> str:
+    """The messages popvault archived, and those another tool did (``popvault import``)."""
+    if not row.imported_messages:
+        return str(row.archived_messages)
+    return f"{row.archived_messages} (+{row.imported_messages} imported)"
+
+
 def _cells(row: StatusRow) -> tuple[str, ...]:
     name = row.name if row.configured else f"{row.name} (not in config)"
     on_server = "?" if row.on_server is None else str(row.on_server)
     return (
         name,
-        str(row.archived_messages),
+        _archived_cell(row),
         human_size(row.archived_bytes),
         on_server,
         _retention_cell(row),
