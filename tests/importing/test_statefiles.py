@@ -461,3 +461,11 @@ def test_getmail6_file_name_has_none_of_the_characters_getmail6_strips(
     assert not set(name) & set("/\\:;<>|")
     if not set(server + user) & set("/\\:;<>|"):
         assert name == f"oldmail-{server}-{port}-{user}"
+
+
+@given(uidl=UIDL)
+def test_getmail6_uidl_form_is_the_uidl_with_each_slash_a_dash(uidl: str) -> None:
+    form = getmail6_uidl_form(uidl)
+    assert "/" not in form
+    assert len(form) == len(uidl)
+    assert all(a == b or (a, b) == ("/", "-") for a, b in zip(uidl, form, strict=True))
