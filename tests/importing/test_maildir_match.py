@@ -28,6 +28,7 @@ from popvault.importing.maildir import (
     ServerMessage,
     adopt_plan,
     body_fits,
+    delivery_time,
     header_facts,
     header_section_length,
     measure_body,
@@ -163,6 +164,10 @@ def test_every_message_matches_its_own_file_exactly_once(
     ]
     assert (plan.ambiguous, plan.unmatched, plan.files_unmatched) == ((), (), 0)
     assert [m.relpath for m in plan.matched] == [p.relative_to(root).as_posix() for p in paths]
+    # write_maildir names the n-th file with the time 1700000000 + n.
+    assert [m.delivered_at for m in plan.matched] == [
+        datetime.fromtimestamp(1700000000 + n, UTC) for n in range(len(paths))
+    ]
 
 
 @PROPERTY
@@ -461,3 +466,14 @@ def test_not_a_maildir_is_an_import_file_error(tmp_path: Path) -> None:
     with pytest.raises(ImportFileError, match="not a Maildir") as info:
         scan_maildir(tmp_path)
     assert info.value.path == str(tmp_path)
+
+
+@given(
+    seconds=st.integers(0, 9_999_999_999), rest=st.sampled_from([".M1P2.host", ".x:2,S", "", "x"])
+)
+def test_the_delivery_time_is_the_names_leading_seconds_when_plausible(
+    seconds: int, rest: str
+) -> None:
+    found = delivery_time(f"{seconds}{rest}")
+    plausible = rest.startswith(".") and 820_454_400 <= seconds < 4_102_444_800
+    assert found == (datetime.fromtimestamp(seconds, UTC) if plausible else None)

@@ -232,12 +232,32 @@ class MaildirFile:
     """One message file: where it is, its size, and its header section's facts.
 
     ``relpath`` is relative to the Maildir (``cur/...``, ``.Sent/new/...``).
+    ``delivered_at`` is when the tool delivered it, from its name (see
+    :func:`delivery_time`), or None.
     """
 
     path: Path
     relpath: str
     size: int
     headers: HeaderFacts
+    delivered_at: datetime | None = None
+
+
+# The Maildir specification (cr.yp.to/proto/maildir.html) names a file
+# "time.unique.host[:2,flags]", time in seconds since the epoch; Dovecot and
+# mpop keep that, getmail6 too ("1700000000.M12P34.host"). Before 1996 or far
+# ahead is no such time.
+_NAME_TIME = re.compile(r"([0-9]{9,10})\.")
+_EARLIEST_DELIVERY = 820_454_400  # 1996-01-01, before Maildir existed
+_LATEST_DELIVERY = 4_102_444_800  # 2100-01-01
+
+
+def delivery_time(name: str) -> datetime | None:
+    """When a Maildir file was delivered, from the time its name starts with (UTC)."""
+    found = _NAME_TIME.match(name)
+    if found is None or not _EARLIEST_DELIVERY <= int(found[1]) < _LATEST_DELIVERY:
+        return None
+    return datetime.fromtimestamp(int(found[1]), UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,7 +341,8 @@ def read_maildir_file(path: Path, root: Path) -> MaildirFile:
             section = read_header_section(stream, path)
     except OSError as exc:
         raise ImportFileError(f"cannot read the file: {exc.strerror}", path=str(path)) from exc
-    return MaildirFile(path, path.relative_to(root).as_posix(), size, header_facts(section))
+    relpath = path.relative_to(root).as_posix()
+    return MaildirFile(path, relpath, size, header_facts(section), delivery_time(path.name))
 
 
 def read_header_section(stream: BinaryIO, path: Path, *, block_size: int = _HEADER_BLOCK) -> bytes:
@@ -397,12 +418,17 @@ class ServerMessage:
 
 @dataclass(frozen=True, slots=True)
 class Match:
-    """A server message that is this file: record it as archived."""
+    """A server message that is this file: record it as archived (elsewhere).
+
+    ``delivered_at`` is the file's :attr:`MaildirFile.delivered_at`: when the
+    other tool fetched it, as far as the file's name says.
+    """
 
     number: int
     uidl: str
     path: Path
     relpath: str
+    delivered_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -519,7 +545,7 @@ class _Matcher:
             paths = tuple(file.path for file in candidates)
             return Ambiguous(message.number, message.uidl, reason, paths)
         file = candidates[0]
-        return Match(message.number, message.uidl, file.path, file.relpath)
+        return Match(message.number, message.uidl, file.path, file.relpath, file.delivered_at)
 
     def _refusal(
         self, message: ServerMessage, facts: HeaderFacts, candidates: list[MaildirFile]
