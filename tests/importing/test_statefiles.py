@@ -286,12 +286,36 @@ def test_mpop_hash_lines_are_comments_only_before_the_first_list(tmp_path: Path)
     assert uidls(read_mpop(path, user="me", host="pop.example.org")) == ["#1", "#2"]
 
 
-def test_mpop_refuses_a_file_of_an_mpop_with_per_uid_times(tmp_path: Path) -> None:
+def test_mpop_with_per_uid_times_gives_each_uidl_its_time(tmp_path: Path) -> None:
+    # A UIDL has no space (RFC 1939 section 7): "UIDL SP seconds", either way round.
+    at = 1_767_225_600
     for version in ("1.4.23", "1.5.0", "2.0"):
-        path = write(tmp_path / "uidls", mpop_lines([("h", "u", ["a"])], version))
-        with pytest.raises(ImportFileError, match=f"mpop {version}") as caught:
+        ids = [f"a {at}", f"{at + 60} b", "c", f"{at} 1234"]
+        path = write(tmp_path / "uidls", mpop_lines([("h", "u", ids)], version))
+        seen = read_mpop(path, user="u", host="h")
+        assert [(e.uidl, e.seen_at) for e in seen] == [
+            ("a", datetime.fromtimestamp(at, UTC)),
+            ("b", datetime.fromtimestamp(at + 60, UTC)),
+            ("c", None),
+            # 1234 is no time of this century: the UIDL.
+            ("1234", datetime.fromtimestamp(at, UTC)),
+        ]
+
+
+def test_mpop_per_uid_times_refuse_what_cannot_be_told_apart(tmp_path: Path) -> None:
+    at = 1_767_225_600
+    for bad in (f"{at} {at + 1}", "a b", f"a {at} x"):
+        path = write(tmp_path / "uidls", mpop_lines([("h", "u", ["ok", bad])], "1.4.23"))
+        with pytest.raises(ImportFileError) as caught:
             read_mpop(path, user="u", host="h")
-        assert caught.value.line == 1
+        assert caught.value.line == len(MPOP_HEADER) + 3
+
+
+def test_mpop_before_per_uid_times_refuses_a_line_with_a_space(tmp_path: Path) -> None:
+    path = write(tmp_path / "uidls", mpop_lines([("h", "u", ["a 1767225600"])], "1.4.18"))
+    with pytest.raises(ImportFileError) as caught:
+        read_mpop(path, user="u", host="h")
+    assert caught.value.line == len(MPOP_HEADER) + 2
 
 
 def test_empty_files_as_each_tool_leaves_them(tmp_path: Path) -> None:
