@@ -109,7 +109,10 @@ def test_the_daemon_archives_across_token_expiries_and_backs_off_a_revoked_grant
                 expiry = metric(metrics, "popvault_oauth_token_expiry_timestamp_seconds")
                 assert expiry is not None
                 assert expiry > time.time() - 2 * LIFETIME
-                assert not metric(metrics, "popvault_oauth_refresh_failures_total")
+                # At 0, not absent: Prometheus's increase() (the refresh alert's) sees
+                # no rise in a series that first appears at 1.
+                assert metric(metrics, "popvault_oauth_refresh_failures_total") == 0
+                assert metric(metrics, "popvault_oauth_login_needed") == 0
 
                 # The grant is revoked: the next refresh fails, the account backs off
                 # slowly (a person must sign in again), and the failure is counted.
@@ -118,6 +121,10 @@ def test_the_daemon_archives_across_token_expiries_and_backs_off_a_revoked_grant
                     lambda: (metric(metrics, "popvault_oauth_refresh_failures_total") or 0) >= 1,
                     timeout=4 * LIFETIME + 10,
                     what="a counted refresh failure",
+                )
+                wait_for(
+                    lambda: metric(metrics, "popvault_oauth_login_needed") == 1,
+                    what="the login needed, for the alert",
                 )
 
                 def reason() -> str | None:

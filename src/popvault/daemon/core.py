@@ -33,6 +33,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import platform
 import random
@@ -53,6 +54,7 @@ from popvault.daemon.backoff import (
     policy_for,
     waits_for_login_fix,
 )
+from popvault.daemon.interval import schedule_interval
 from popvault.daemon.metrics import Metrics
 from popvault.daemon.notify import Notifier, Watchdog
 from popvault.daemon.runlog import RunLine, log_run
@@ -197,6 +199,8 @@ class ArchiveDaemon:
         self._backoff = backoff
         self._ledger = ledger
         self._metrics = metrics
+        if metrics is not None:  # the config's root at each scrape: a reload may move it
+            metrics.watch_archive(lambda: self.config.archive_root)
         # Only spreads start times; nothing secret depends on it.
         self._rng = rng or random.Random()  # noqa: S311
         self.pid = os.getpid()
@@ -397,6 +401,8 @@ class ArchiveDaemon:
                     # the account (STATUS= then counts it right). A run in progress
                     # keeps its own: it took the row's count when it began.
                     state.failures, state.reason = row.consecutive_failures, row.backoff_reason
+                    if self._metrics is not None:  # the alert's count follows the shared row
+                        self._metrics.failures.labels(state.account.name).set(state.failures)
 
     def _soon(self, now: datetime) -> datetime:
         return now + timedelta(seconds=self._rng.uniform(0, START_SPREAD_S))
@@ -651,6 +657,8 @@ class ArchiveDaemon:
         if state is None:
             return
         state.account = account
+        if self._metrics is not None:  # the schedule may have changed
+            self._metrics.interval.labels(account.name).set(schedule_interval(account.schedule))
         if changed or waits_for_login_fix(state.reason):
             self._run_soon(state)
 
@@ -780,8 +788,13 @@ class ArchiveDaemon:
         state.totals = self._archive_totals(name, (0, 0)) if totals is None else totals
         self._metrics.grow_archive(name, *state.totals)
         self._metrics.failures.labels(name).set(0)
+        self._metrics.interval.labels(name).set(schedule_interval(state.account.schedule))
         for outcome in OUTCOMES:
             self._metrics.runs.labels(name, outcome)
+        if state.account.oauth is not None:
+            # At 0 from the start: Prometheus's increase() sees no rise in a series
+            # whose first sample is already 1, and the refresh alert uses increase().
+            self._metrics.oauth_refresh_failures.labels(name)
 
     def _archive_totals(self, name: str, fallback: tuple[int, int]) -> tuple[int, int]:
         try:
@@ -824,6 +837,11 @@ class ArchiveDaemon:
             return
         if status.expires_at is not None:
             metrics.oauth_expiry.labels(name).set(status.expires_at)
+        # Asked of the time the current access token expires, not of now: the run
+        # whose refresh was refused (the grant gone) ends with a token still valid
+        # for a few minutes of margin, and the next run is a slow backoff away.
+        will_need_login = status.needs_login(math.inf)
+        metrics.oauth_login_needed.labels(name).set(int(will_need_login))
         new_failures = source.refresh_failures - state.oauth_failures
         if new_failures > 0:
             metrics.oauth_refresh_failures.labels(name).inc(new_failures)

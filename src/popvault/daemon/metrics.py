@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import Any, Final
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from wsgiref.types import StartResponse, WSGIEnvironment
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.core import GaugeMetricFamily
 
 from popvault.daemon.statuspage import PageData, render_page
 from popvault.errors import LedgerError
@@ -99,6 +103,20 @@ class Metrics:
             labels,
             registry=reg,
         )
+        self.oauth_login_needed = Gauge(
+            "popvault_oauth_login_needed",
+            "1 when only `popvault auth login` can renew the account's token, else 0.",
+            labels,
+            registry=reg,
+        )
+        # What the alert on a missing success compares with (issue 12): the
+        # schedule's longest gap between runs (popvault.daemon.interval).
+        self.interval = Gauge(
+            "popvault_account_interval_seconds",
+            "The longest time the account's schedule leaves between two runs.",
+            labels,
+            registry=reg,
+        )
 
         # Per daemon, not per account: with several daemons on one PostgreSQL
         # ledger, each one's /metrics shows its share of the runs (issue 11).
@@ -112,6 +130,20 @@ class Metrics:
             "Accounts this daemon process is running now (at most [daemon] max_concurrent).",
             registry=reg,
         )
+        # An account that has not succeeded since the daemon started has no
+        # last-success series yet: the alert counts from this instead.
+        self.daemon_start = Gauge(
+            "popvault_daemon_start_timestamp_seconds",
+            "Unix time at which this daemon process made its metrics (at start-up).",
+            registry=reg,
+        )
+        self.daemon_start.set(time.time())
+        self.archive_space = ArchiveSpace()
+        reg.register(self.archive_space)
+
+    def watch_archive(self, root: Callable[[], Path]) -> None:
+        """Report the free space of the file system of ``root()`` (read at each scrape)."""
+        self.archive_space.root = root
 
     def grow_archive(self, account: str, messages: int, octets: int) -> None:
         """Add newly archived messages (never negative: a counter only grows)."""
@@ -125,10 +157,60 @@ class Metrics:
         counters = (self.archived, self.archived_bytes, self.deleted, self.duration)
         for metric in (*counters, self.oauth_refresh_failures):
             _remove(metric, account)
-        for gauge in (self.last_success, self.failures, self.on_server, self.oauth_expiry):
+        gauges = (self.last_success, self.failures, self.on_server, self.interval)
+        for gauge in (*gauges, self.oauth_expiry, self.oauth_login_needed):
             _remove(gauge, account)
         for outcome in ("ok", "partial", "failed", "interrupted"):
             _remove(self.runs, account, outcome)
+
+
+class ArchiveSpace:
+    """A collector: the archive root's file system, measured with ``statvfs`` at each scrape.
+
+    At scrape time rather than on a timer of the daemon's: always as fresh as
+    the scrape, nothing to run between scrapes, and one ``statvfs`` call
+    (microseconds) per scrape. The root is read through ``root`` at each
+    scrape, so a reload that moves ``[archive] root`` is followed. A root that
+    cannot be measured (not there yet, an unmounted share) has no sample.
+    """
+
+    def __init__(self) -> None:
+        self.root: Callable[[], Path] | None = None
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        """The families without samples, for the registry's name check."""
+        return iter(self._families())
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """The free and total octets of the root's file system, labelled with the root."""
+        free, size = self._families()
+        root = self.root() if self.root is not None else None
+        if root is not None:
+            try:
+                fs = os.statvfs(root)
+            except OSError as exc:
+                log.debug("no free space metric for %s: %s", root, exc)
+            else:
+                # f_bavail, not f_bfree: what a process without root's reserve may
+                # still write (df's "Avail"); the root-reserved blocks are not ours.
+                free.add_metric([str(root)], fs.f_bavail * fs.f_frsize)
+                size.add_metric([str(root)], fs.f_blocks * fs.f_frsize)
+        yield free
+        yield size
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        free = GaugeMetricFamily(
+            "popvault_archive_free_bytes",
+            "Octets free for the daemon on the archive root's file system (as df's Avail).",
+            labels=["path"],
+        )
+        size = GaugeMetricFamily(
+            "popvault_archive_size_bytes",
+            "Octets in all of the archive root's file system.",
+            labels=["path"],
+        )
+        return free, size
 
 
 def _remove(metric: Counter | Gauge | Histogram, *labels: str) -> None:
