@@ -38,6 +38,9 @@ def test_the_wheel_carries_the_migrations_the_unit_and_the_typed_marker(wheel: P
         assert f"popvault/migrations/versions/{migration.name}" in names
     assert "popvault/py.typed" in names
     assert "popvault/systemd/popvault.service" in names
+    # The Prometheus alerting rules (README "Alerts"), as the checkout has them.
+    alerts = zipfile.ZipFile(wheel).read("popvault/contrib/alerts.yml")
+    assert alerts == (ROOT / "src/popvault/contrib/alerts.yml").read_bytes()
     # `popvault init` writes it: a user of the wheel has no checkout to copy it from.
     example = zipfile.ZipFile(wheel).read("popvault/config.example.toml")
     assert example == (ROOT / "config.example.toml").read_bytes()
