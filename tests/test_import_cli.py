@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from popvault.importing.maildir import header_facts
 from popvault.testing import FakePop3Server, sample_messages
 from workspace import Workspace, fake_account
 
@@ -167,3 +168,80 @@ def test_an_unknown_account_is_a_configuration_error(ws: Workspace, server: Fake
 
     assert result.code == 2
     assert "nope" in result.err
+
+
+def getmail_maildir(folder: Path, raws: list[bytes]) -> Path:
+    """A Maildir as getmail6 leaves one: LF line ends, its own fields on top."""
+    for sub in ("cur", "new", "tmp"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    for number, raw in enumerate(raws):
+        stored = b"Delivered-To: bob@example.org\nReturn-Path: <x@example.org>\n"
+        stored += raw.replace(b"\r\n", b"\n")
+        (folder / "new" / f"1767225600.M{number}P1.host").write_bytes(stored)
+    return folder
+
+
+def keyed_messages(count: int) -> list[bytes]:
+    """Sample messages that each have a Message-ID and a Date (adoptable by headers)."""
+    return [raw for raw in sample_messages(count * 2, seed=3) if header_facts(raw).key][:count]
+
+
+def test_a_maildir_is_adopted_by_headers_without_a_body_download(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path, password=PASSWORD)
+    raws = keyed_messages(6)
+    maildir = getmail_maildir(tmp_path / "Mail", raws[:4])
+    with FakePop3Server(raws, username="bob", password=PASSWORD) as srv:
+        ws.write_config([fake_account(srv, "acct")])
+        uidls = [uidl for uidl, _ in srv.mailbox]
+
+        dry = ws.cli("import", "maildir", str(maildir), "--account", "acct", "--dry-run")
+        assert dry.code == 0, dry.output
+        assert "4 match a file, 0 are ambiguous, 2 match none" in dry.out
+        assert "dry run: nothing recorded" in dry.out
+        result = ws.cli("import", "maildir", str(maildir), "--account", "acct")
+
+        assert result.code == 0, result.output
+        assert "recorded 4 as archived elsewhere" in result.out
+        assert not [c for c in srv.commands if c.startswith("RETR")]
+        assert sum(1 for c in srv.commands if c.startswith("TOP")) == 2 * len(raws)
+        files = dict(ws.ledger_rows("SELECT uidl, source_file FROM imported"))
+        assert set(files) == set(uidls[:4])
+        assert all(Path(path).parent == maildir.resolve() / "new" for path in files.values())
+        assert ws.cli("run").code == 0
+        assert sorted(srv.downloaded) == sorted(uidls[4:])
+        # Adopting again asks TOP of nothing the ledger knows and records nothing.
+        again = ws.cli("import", "maildir", str(maildir), "--account", "acct")
+        assert "recorded 0 as archived elsewhere" in again.out
+        assert "(6 listed messages already known)" in again.out
+
+
+def test_a_message_stored_twice_is_reported_ambiguous_and_downloaded(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path, password=PASSWORD)
+    raws = keyed_messages(3)
+    # The tool stored the first message twice (a second delivery, a copy).
+    maildir = getmail_maildir(tmp_path / "Mail", [raws[0], raws[0], raws[1]])
+    with FakePop3Server(raws, username="bob", password=PASSWORD) as srv:
+        ws.write_config([fake_account(srv, "acct")])
+        uidls = [uidl for uidl, _ in srv.mailbox]
+
+        result = ws.cli("import", "maildir", str(maildir), "--account", "acct")
+
+        assert result.code == 0, result.output
+        assert "1 match a file, 1 are ambiguous, 1 match none" in result.out
+        assert f"ambiguous: message 1 (UIDL {uidls[0]!r})" in result.out
+        assert str(maildir / "new") in result.out  # its candidate files are named
+        assert dict(ws.ledger_rows("SELECT uidl, source FROM imported")) == {uidls[1]: "maildir"}
+        assert ws.cli("run").code == 0
+        assert sorted(srv.downloaded) == sorted([uidls[0], uidls[2]])
+
+
+def test_a_path_that_is_no_maildir_is_refused_before_connecting(
+    ws: Workspace, server: FakePop3Server
+) -> None:
+    ws.write_config([fake_account(server, "acct")])
+
+    result = ws.cli("import", "maildir", str(ws.folder), "--account", "acct")
+
+    assert result.code == 1
+    assert str(ws.folder) in result.err
+    assert server.commands == []

@@ -16,13 +16,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from popvault.config import Account, Config
 from popvault.errors import ImportFileError, PopvaultError
 from popvault.importing import SeenUidl
 from popvault.ledger import ImportedUidl, ImportOutcome, Ledger
+from popvault.redaction import redact
 from popvault.signin import credentials
 from popvault.sync import account_client, log_in
+
+if TYPE_CHECKING:
+    from popvault.importing.maildir import AdoptPlan, ServerMessage
 
 # The tools whose state files `popvault import TOOL FILE` reads.
 STATE_FILE_TOOLS = ("getmail6", "fetchmail", "mpop")
@@ -200,4 +205,158 @@ def render_report(report: ImportReport) -> list[str]:
         )
     if report.dry_run:
         lines.append(f"{report.account}: dry run: nothing recorded")
+    return lines
+
+
+# -- adopting a Maildir ------------------------------------------------------------
+
+# Ambiguous messages `popvault import maildir` names one by one; the count says the rest.
+SHOWN_AMBIGUOUS = 20
+
+
+@dataclass(frozen=True)
+class MaildirReport:
+    """What ``popvault import maildir`` matched (and recorded, unless a dry run)."""
+
+    account: str
+    path: str
+    files: int
+    plan: AdoptPlan
+    # The ledger's answer; None in a dry run.
+    outcome: ImportOutcome | None
+    # Listed messages the ledger already had (archived by popvault, or imported).
+    known: int
+    allow_delete: bool
+
+
+def import_maildir(
+    config: Config,
+    account: Account,
+    ledger: Ledger,
+    path: Path,
+    *,
+    allow_delete: bool,
+    dry_run: bool,
+    now: Callable[[], datetime],
+) -> MaildirReport:
+    """Match the server's messages to the files of the Maildir at ``path``; record the matched.
+
+    The Maildir is read first (a path that is none fails before any
+    connection); then one session lists the server and asks ``TOP n 0`` of
+    each message the ledger does not know yet (pipelined where the server
+    allows), and ends with QUIT: nothing is retrieved or deleted. A matched
+    message is recorded as archived elsewhere at its file (``source_file``),
+    seen when the file's name says it was delivered; the files stay where
+    they are. Ambiguous and unmatched messages are left for the next run to
+    download.
+    """
+    from popvault.importing.maildir import adopt_plan, scan_maildir  # noqa: PLC0415
+
+    scan = scan_maildir(path)
+    server, known = _server_headers(config, account, ledger)
+    plan = adopt_plan(
+        server,
+        scan.files,
+        check_sizes=account.trust_list_sizes,
+        unreadable=scan.unreadable,
+    )
+    outcome = None
+    if not dry_run:
+        entries = [
+            ImportedUidl(match.uidl, match.delivered_at, str(match.path.resolve()))
+            for match in plan.matched
+        ]
+        outcome = ledger.record_imported(
+            account.name, entries, source="maildir", allow_delete=allow_delete, at=now()
+        )
+    return MaildirReport(
+        account=account.name,
+        path=str(path),
+        files=len(scan.files),
+        plan=plan,
+        outcome=outcome,
+        known=known,
+        allow_delete=allow_delete,
+    )
+
+
+def _server_headers(
+    config: Config, account: Account, ledger: Ledger
+) -> tuple[list[ServerMessage], int]:
+    """The listed messages the ledger does not know, each with its ``TOP n 0``.
+
+    And how many listed messages it knows. One session ended by QUIT,
+    which changes nothing: no RETR, no DELE.
+    """
+    from popvault.importing.maildir import ServerMessage  # noqa: PLC0415
+
+    signin = credentials(config, account)
+    with account_client(account) as client:
+        client.connect()
+        log_in(client, account, signin, prefetch_listings=False)
+        listing = client.uidl()
+        sizes = dict(client.list())
+        uidls = [uidl for _, uidl in listing]
+        known = set(ledger.known_rows(account.name, uidls)) | set(
+            ledger.imported_among(account.name, uidls)
+        )
+        wanted = [(number, uidl) for number, uidl in listing if uidl not in known]
+        numbers = [number for number, _ in wanted]
+        replies = {
+            reply.number: reply
+            for reply in client.top_headers_many(numbers, depth=max(account.pipeline_depth, 1))
+        }
+        client.quit()
+    messages = []
+    for number, uidl in wanted:
+        reply = replies[number]
+        refusal = None if reply.error is None else redact(reply.error.text)
+        messages.append(ServerMessage(number, uidl, sizes.get(number, -1), reply.headers, refusal))
+    return messages, len(listing) - len(wanted)
+
+
+def render_maildir_report(report: MaildirReport) -> list[str]:
+    """The lines ``popvault import maildir`` prints."""
+    plan, name = report.plan, report.account
+    lines = [
+        f"{name}: {report.path}: {report.files:,} message file(s); of the server's messages "
+        f"the ledger did not know, {len(plan.matched):,} match a file, "
+        f"{len(plan.ambiguous):,} are ambiguous, {len(plan.unmatched):,} match none"
+        + (f" ({report.known:,} listed messages already known)" if report.known else "")
+    ]
+    for ambiguous in plan.ambiguous[:SHOWN_AMBIGUOUS]:
+        candidates = ", ".join(str(candidate) for candidate in ambiguous.candidates[:3])
+        more = len(ambiguous.candidates) - 3
+        shown = candidates + (f" and {more} more" if more > 0 else "")
+        lines.append(
+            f"  ambiguous: message {ambiguous.number} (UIDL {ambiguous.uidl!r}): "
+            f"{ambiguous.reason}" + (f"; candidates: {shown}" if shown else "")
+        )
+    if len(plan.ambiguous) > SHOWN_AMBIGUOUS:
+        lines.append(f"  ... and {len(plan.ambiguous) - SHOWN_AMBIGUOUS:,} more ambiguous")
+    for unreadable in plan.unreadable[:SHOWN_AMBIGUOUS]:
+        lines.append(f"  unreadable: {unreadable.path}: {unreadable.reason}")
+    if plan.files_unmatched:
+        lines.append(
+            f"{name}: {plan.files_unmatched:,} file(s) match no message on the server "
+            "(mail the server no longer has, or from elsewhere): left as they are"
+        )
+    outcome = report.outcome
+    if outcome is None:
+        lines.append(f"{name}: dry run: nothing recorded")
+    else:
+        lines.append(
+            f"{name}: recorded {outcome.recorded:,} as archived elsewhere at their files "
+            "(the files stay where they are)"
+        )
+    left = len(plan.ambiguous) + len(plan.unmatched)
+    if left:
+        lines.append(
+            f"{name}: the next `popvault run` downloads the {left:,} message(s) not matched"
+        )
+    if report.allow_delete:
+        lines.append(
+            f"{name}: retention will delete the matched messages' server copies by the "
+            "account's policy (--allow-delete): keep the Maildir, it is their only copy"
+        )
     return lines

@@ -245,20 +245,24 @@ def _add_import_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     importer = commands.add_parser(
         "import",
         parents=[common],
-        help="record what getmail6, fetchmail or mpop already retrieved, so that popvault "
-        "does not download it again",
-        description="Record the UIDLs another fetcher's state file names as archived "
-        "elsewhere: popvault never downloads them, and never deletes them from the server "
-        "unless --allow-delete. Importing the same file again changes nothing.",
+        help="record what getmail6, fetchmail or mpop already retrieved (their state file, "
+        "or a Maildir they wrote), so that popvault does not download it again",
+        description="Record the messages another fetcher already retrieved as archived "
+        "elsewhere: the UIDLs its state file names, or (maildir) the server's messages "
+        "matched to the files of a Maildir by their headers (TOP n 0, no body downloaded). "
+        "popvault never downloads them, and never deletes them from the server unless "
+        "--allow-delete. Importing the same again changes nothing.",
     )
-    # popvault.adopt.STATE_FILE_TOOLS, spelled out: `--help` must not import the run's modules.
-    tools = ("getmail6", "fetchmail", "mpop")
-    importer.add_argument("tool", choices=tools, help="the tool that wrote FILE")
+    # popvault.adopt.STATE_FILE_TOOLS and maildir, spelled out: `--help` must not
+    # import the run's modules.
+    tools = ("getmail6", "fetchmail", "mpop", "maildir")
+    importer.add_argument("tool", choices=tools, help="the tool that wrote FILE, or maildir")
     importer.add_argument(
         "file",
         type=Path,
         metavar="FILE",
-        help="its state file: getmail6's oldmail-* file, fetchmail's .fetchids, mpop's uidls file",
+        help="its state file (getmail6's oldmail-* file, fetchmail's .fetchids, mpop's "
+        "uidls file), or the Maildir's folder",
     )
     importer.add_argument("--account", required=True, metavar="NAME", help="the account")
     importer.add_argument(
@@ -562,6 +566,20 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     cfg = _load_config(args)
     account = cfg.account(args.account)
+    if args.tool == "maildir":
+        with _open_ledger(cfg, create=not args.dry_run) as ledger:
+            adopted = adopt.import_maildir(
+                cfg,
+                account,
+                ledger,
+                args.file,
+                allow_delete=args.allow_delete,
+                dry_run=args.dry_run,
+                now=utc_now,
+            )
+        for line in adopt.render_maildir_report(adopted):
+            print(line)
+        return EXIT_OK
     with _open_ledger(cfg, create=not args.dry_run) as ledger:
         report = adopt.import_state_file(
             cfg,

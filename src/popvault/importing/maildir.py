@@ -287,7 +287,9 @@ def scan_maildir(root: Path, *, subfolders: bool = True) -> MaildirScan:
     """
     root = Path(root)
     if not any((root / sub).is_dir() for sub in ("cur", "new")):
-        raise ImportFileError("not a Maildir: it has no cur/ or new/ folder", path=str(root))
+        raise ImportFileError(
+            f"{root}: not a Maildir: it has no cur/ or new/ folder", path=str(root)
+        )
     files: list[MaildirFile] = []
     unreadable: list[Unreadable] = []
     for path in _message_paths(root, subfolders=subfolders):
@@ -330,7 +332,9 @@ def _entries(folder: Path) -> list[os.DirEntry[str]]:
     except FileNotFoundError:
         return []  # a Maildir may lack new/ (or cur/) until something is delivered
     except OSError as exc:
-        raise ImportFileError(f"cannot list the folder: {exc.strerror}", path=str(folder)) from exc
+        raise ImportFileError(
+            f"{folder}: cannot list the folder: {exc.strerror}", path=str(folder)
+        ) from exc
 
 
 def read_maildir_file(path: Path, root: Path) -> MaildirFile:
@@ -340,7 +344,9 @@ def read_maildir_file(path: Path, root: Path) -> MaildirFile:
             size = os.fstat(stream.fileno()).st_size
             section = read_header_section(stream, path)
     except OSError as exc:
-        raise ImportFileError(f"cannot read the file: {exc.strerror}", path=str(path)) from exc
+        raise ImportFileError(
+            f"{path}: cannot read the file: {exc.strerror}", path=str(path)
+        ) from exc
     relpath = path.relative_to(root).as_posix()
     return MaildirFile(path, relpath, size, header_facts(section), delivery_time(path.name))
 
@@ -361,7 +367,7 @@ def read_header_section(stream: BinaryIO, path: Path, *, block_size: int = _HEAD
             return bytes(data[:found])
         if len(data) > MAX_HEADER_SECTION:
             raise ImportFileError(
-                f"no end of the header section in its first {MAX_HEADER_SECTION} octets",
+                f"{path}: no end of the header section in its first {MAX_HEADER_SECTION} octets",
                 path=str(path),
             )
     return bytes(data)  # a message that is all header
@@ -394,7 +400,9 @@ def measure_body(file: MaildirFile, *, block_size: int = _BODY_BLOCK) -> BodySha
                 bare_lf -= last == b"\r" and block[:1] == b"\n"  # a CRLF split by the blocks
                 last = block[-1:]
     except OSError as exc:
-        raise ImportFileError(f"cannot read the file: {exc.strerror}", path=str(file.path)) from exc
+        raise ImportFileError(
+            f"{file.path}: cannot read the file: {exc.strerror}", path=str(file.path)
+        ) from exc
     return BodyShape(octets, bare_lf, ends_line=octets == 0 or last == b"\n")
 
 
