@@ -245,3 +245,33 @@ def test_a_path_that_is_no_maildir_is_refused_before_connecting(
     assert result.code == 1
     assert str(ws.folder) in result.err
     assert server.commands == []
+
+
+def test_a_lost_ledger_adopts_popvaults_own_folder_and_downloads_nothing_twice(
+    tmp_path: Path,
+) -> None:
+    ws = Workspace(tmp_path, password=PASSWORD)
+    raws = keyed_messages(5)
+    with FakePop3Server(raws[:4], username="bob", password=PASSWORD) as srv:
+        ws.write_config([fake_account(srv, "acct")])
+        assert ws.cli("run").code == 0
+        stored = ws.stored()
+        # The ledger is lost; its marker in the archive root goes with it (README).
+        ws.ledger_file.unlink()
+        (ws.archive / ".popvault-ledger").unlink()
+        refused = ws.cli("run")
+        assert refused.code == 1
+        assert "popvault import maildir" in refused.output
+        srv.add_message(raws[4])
+
+        adopted = ws.cli("import", "maildir", str(ws.archive / "acct"), "--account", "acct")
+
+        assert adopted.code == 0, adopted.output
+        assert "recorded 4 as archived elsewhere" in adopted.out
+        before = len(srv.downloaded)
+        run = ws.cli("run")
+        assert run.code == 0, run.output
+        assert len(srv.downloaded) == before + 1  # only the new message
+        assert len(ws.stored()) == len(stored) + 1
+        verified = ws.cli("verify")
+        assert verified.code == 0, verified.output

@@ -31,6 +31,9 @@ def refuse_unknown_archive(config: Config, account: Account, ledger: Ledger, sto
     archived, _ = ledger.archived_totals(account.name)
     if archived or ledger.pending(account.name):
         return
+    folder = config.archive_root.joinpath(*account.path.split("/"))
+    if ledger.imported_files(account.name, under=str(folder.resolve())):
+        return  # adopted by `popvault import maildir`: the ledger knows the folder's files
     files = store.iter_files()
     examples = [path for _, path in zip(range(_EXAMPLES), files, strict=False)]
     if not examples:
@@ -49,8 +52,8 @@ def _message(config: Config, account: Account, count: int, examples: list[str]) 
         "renamed. Nothing was fetched: archiving now would store every message still on the "
         f"server a second time. Ways out: (1) {restore_hint(config.ledger_url)}; "
         "(2) `popvault run --archive-again` archives anyway, accepting those duplicates; "
-        "(3) adopting the existing files into the ledger, `popvault import maildir` "
-        "(planned, not available yet)"
+        f"(3) adopt the existing files, `popvault import maildir {folder} --account "
+        f"{account.name}`: the server's messages that match a file are not downloaded again"
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from popvault.config import Account, Config
@@ -56,6 +57,7 @@ def verify_account(config: Config, account: Account, ledger: Ledger) -> AccountR
     store = open_store(account.format, config.archive_root, account.path)
     report = AccountReport(account.name)
     known: set[str] = {pending.path for pending in ledger.pending(account.name)}
+    known |= {store.canonical(path) for path in _adopted(config, account, ledger)}
     for message in ledger.archived(account.name):
         known.add(message.path)
         report.checked += 1
@@ -70,6 +72,20 @@ def verify_account(config: Config, account: Account, ledger: Ledger) -> AccountR
     ]
     report.held = [describe_hold(message) for message in ledger.held(account.name)]
     return report
+
+
+def _adopted(config: Config, account: Account, ledger: Ledger) -> set[str]:
+    """The folder's files that ``popvault import maildir`` adopted, named as the store names them.
+
+    They are known, not unknown; popvault recorded no size or digest of
+    them to check (their messages are archived elsewhere: here, in place).
+    """
+    root = config.archive_root.resolve()
+    folder = root.joinpath(*account.path.split("/"))
+    return {
+        Path(path).relative_to(root).as_posix()
+        for path in ledger.imported_files(account.name, under=str(folder))
+    }
 
 
 def _unknown(store: Store, known: set[str]) -> list[str]:

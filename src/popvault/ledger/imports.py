@@ -110,6 +110,23 @@ class ImportsMixin(LedgerCore):
                 .values(deleted_at=at)
             )
 
+    def imported_files(self, account: str, *, under: str) -> list[str]:
+        """The files of the account's Maildir imports that lie in the folder ``under``.
+
+        ``popvault import maildir`` of the account's own archive folder (its
+        ledger lost) adopts popvault's own files: the run's check of a
+        folder the ledger does not know, and ``popvault verify``, know them
+        from this.
+        """
+        prefix = under.rstrip("/") + "/"
+        query = select(Imported.source_file).where(
+            Imported.account == account,
+            Imported.source == "maildir",
+            Imported.source_file.startswith(prefix, autoescape=True),
+        )
+        with self._reading() as connection:
+            return list(connection.scalars(query).all())
+
     def imported_counts(self) -> dict[str, int]:
         """How many messages each account has imported (for ``popvault status``)."""
         query = select(Imported.account, func.count()).group_by(Imported.account)
