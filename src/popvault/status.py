@@ -83,13 +83,19 @@ SHOWN_HELD: Final = 5
 STALE_AFTER: Final = timedelta(minutes=10)
 
 
-def account_statuses(config: Config, ledger: Ledger, *, now: datetime) -> list[StatusRow]:
+def account_statuses(
+    config: Config, ledger: Ledger, *, now: datetime, settle_dead_runs: bool = True
+) -> list[StatusRow]:
     """Configured accounts in config order, then accounts only the ledger knows.
 
     Runs left ``running`` by a process that is gone are marked interrupted first
-    (:func:`interrupt_dead_runs`).
+    (:func:`interrupt_dead_runs`), unless ``settle_dead_runs`` is false: the
+    daemon's status page only reads (settling takes each such account's lock
+    for a moment, which a run starting then would find taken), and the
+    daemon's own runs settle what a dead process left.
     """
-    interrupt_dead_runs(ledger)
+    if settle_dead_runs:
+        interrupt_dead_runs(ledger)
     known = {status.name: status for status in ledger.status()}
     plans = live_schedules(ledger.schedules(), now=now)
     rows = [

@@ -264,7 +264,7 @@ class ArchiveDaemon:
         now = utc_now()
         with self._lock:
             running = frozenset(self._running)
-        rows = account_statuses(self.config, self._ledger, now=now)
+        rows = account_statuses(self.config, self._ledger, now=now, settle_dead_runs=False)
         return PageData(rows, now, served_by=f"{self.host} pid {self.pid}", running_here=running)
 
     @property
