@@ -50,6 +50,29 @@ class ImportReport:
     on_server: int | None = None
 
 
+def run_import(
+    config: Config,
+    account: Account,
+    ledger: Ledger,
+    tool: str,
+    path: Path,
+    *,
+    allow_delete: bool,
+    dry_run: bool,
+    now: Callable[[], datetime],
+) -> list[str]:
+    """``popvault import TOOL PATH``: a state file's or a Maildir's import; the lines to print."""
+    if tool == "maildir":
+        adopted = import_maildir(
+            config, account, ledger, path, allow_delete=allow_delete, dry_run=dry_run, now=now
+        )
+        return render_maildir_report(adopted)
+    report = import_state_file(
+        config, account, ledger, tool, path, allow_delete=allow_delete, dry_run=dry_run, now=now
+    )
+    return render_report(report)
+
+
 def read_state_file(tool: str, path: Path, account: Account) -> list[SeenUidl]:
     """The UIDLs ``tool``'s state file at ``path`` names for ``account``.
 

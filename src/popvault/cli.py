@@ -566,22 +566,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     cfg = _load_config(args)
     account = cfg.account(args.account)
-    if args.tool == "maildir":
-        with _open_ledger(cfg, create=not args.dry_run) as ledger:
-            adopted = adopt.import_maildir(
-                cfg,
-                account,
-                ledger,
-                args.file,
-                allow_delete=args.allow_delete,
-                dry_run=args.dry_run,
-                now=utc_now,
-            )
-        for line in adopt.render_maildir_report(adopted):
-            print(line)
-        return EXIT_OK
     with _open_ledger(cfg, create=not args.dry_run) as ledger:
-        report = adopt.import_state_file(
+        lines = adopt.run_import(
             cfg,
             account,
             ledger,
@@ -591,7 +577,7 @@ def cmd_import(args: argparse.Namespace) -> int:
             dry_run=args.dry_run,
             now=utc_now,
         )
-    for line in adopt.render_report(report):
+    for line in lines:
         print(line)
     return EXIT_OK
 
