@@ -207,6 +207,12 @@ def test_every_column_shows_the_rows_numbers_and_times() -> None:
     }
 
 
+def test_messages_archived_elsewhere_are_counted_apart() -> None:
+    row = replace(ran(NEVER_RUN, "ok"), archived_messages=3, imported_messages=1200)
+    assert view(row).row("acct")["Archived"] == "3 0 B +1,200 imported"
+    assert "imported" not in view(replace(row, imported_messages=0)).row("acct")["Archived"]
+
+
 def test_an_account_only_the_ledger_knows_is_marked_and_absent_values_say_so() -> None:
     gone = replace(NEVER_RUN, name="old", configured=False)
     cells = view(gone).row("old")

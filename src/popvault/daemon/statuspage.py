@@ -217,9 +217,15 @@ def _state_cell(state: AccountState) -> str:
 def _archived_cell(row: StatusRow) -> str:
     # STORED octets, as `status` shows them (the archived files' size).
     messages = f"{row.archived_messages:,}"
+    # Archived elsewhere (`popvault import`): counted apart, popvault holds no copy.
+    imported = (
+        f' <small class="detail">+{row.imported_messages:,} imported</small>'
+        if row.imported_messages
+        else ""
+    )
     return (
         f'<span class="count">{messages}</span>'
-        f' <small class="detail">{_text(human_size(row.archived_bytes))}</small>'
+        f' <small class="detail">{_text(human_size(row.archived_bytes))}</small>{imported}'
     )
 
 
