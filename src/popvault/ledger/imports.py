@@ -9,12 +9,22 @@ See :class:`~popvault.ledger.models.Imported`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
+from functools import partial
+from typing import Any
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import ColumnElement, Connection, func, select, update
 
-from popvault.ledger.core import LedgerCore, among, require_aware, upsert_insert
+from popvault.gcpause import cyclic_gc_paused
+from popvault.ledger.core import (
+    LedgerCore,
+    among,
+    decoded_columns,
+    require_aware,
+    undecoded,
+    upsert_insert,
+)
 from popvault.ledger.models import IMPORT_SOURCES, Imported, Message
 from popvault.ledger.records import ImportedMessage, ImportedUidl, ImportOutcome
 
@@ -22,6 +32,18 @@ from popvault.ledger.records import ImportedMessage, ImportedUidl, ImportOutcome
 # far below the drivers' parameter limits (5 columns a row; SQLite allows
 # 32766 parameters since 3.32, PostgreSQL's protocol 65535).
 _INSERT_BATCH = 500
+
+# The columns of an ImportedMessage, in its order.
+_IMPORTED_COLUMNS: tuple[ColumnElement[Any], ...] = (
+    Imported.uidl,
+    Imported.source,
+    Imported.seen_at,
+    Imported.imported_at,
+    Imported.allow_delete,
+    Imported.deleted_at,
+)
+# An ImportedMessage from one row's values, in C (as messages._make_known_row).
+_make_imported: Callable[[Iterable[Any]], ImportedMessage] = partial(tuple.__new__, ImportedMessage)
 
 
 class ImportsMixin(LedgerCore):
@@ -82,16 +104,17 @@ class ImportsMixin(LedgerCore):
         if not wanted:
             return {}
         with self._reading() as connection:
-            query = select(
-                Imported.uidl,
-                Imported.source,
-                Imported.seen_at,
-                Imported.imported_at,
-                Imported.allow_delete,
-                Imported.deleted_at,
-            ).where(Imported.account == account, among(Imported.uidl, wanted, connection))
-            rows = connection.execute(query).all()
-        return {row.uidl: ImportedMessage(*row) for row in rows}
+            query = select(*map(undecoded, _IMPORTED_COLUMNS)).where(
+                Imported.account == account, among(Imported.uidl, wanted, connection)
+            )
+            with cyclic_gc_paused():  # a few objects per imported message: popvault.gcpause
+                rows = connection.execute(query).all()
+                # Each column decoded once per distinct value: an import's rows share
+                # their times (ledger.core.decoded_columns), and a run of a mailbox of
+                # 100k imported messages reads them all.
+                columns = decoded_columns(rows, _IMPORTED_COLUMNS, connection.dialect)
+                made = map(_make_imported, zip(*columns, strict=True))
+                return {message.uidl: message for message in made}
 
     def mark_imported_deleted(self, account: str, uidls: Sequence[str], *, at: datetime) -> None:
         """Note that the server deleted these imported messages (QUIT's +OK after their DELEs)."""
