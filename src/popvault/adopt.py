@@ -311,7 +311,7 @@ def _server_headers(
     And how many listed messages it knows. One session ended by QUIT,
     which changes nothing: no RETR, no DELE.
     """
-    from popvault.importing.maildir import ServerMessage  # noqa: PLC0415
+    from popvault.importing.maildir import ServerMessage, header_facts  # noqa: PLC0415
 
     signin = credentials(config, account)
     with account_client(account) as client:
@@ -325,16 +325,17 @@ def _server_headers(
         )
         wanted = [(number, uidl) for number, uidl in listing if uidl not in known]
         numbers = [number for number, _ in wanted]
-        replies = {
-            reply.number: reply
-            for reply in client.top_headers_many(numbers, depth=max(account.pipeline_depth, 1))
-        }
+        uidl_of = dict(wanted)
+        messages = []
+        # Each header section is reduced to its facts as it arrives: none is held.
+        for reply in client.top_headers_many(numbers, depth=max(account.pipeline_depth, 1)):
+            refusal = None if reply.error is None else redact(reply.error.text)
+            facts = None if reply.headers is None else header_facts(reply.headers)
+            size = sizes.get(reply.number, -1)
+            messages.append(
+                ServerMessage(reply.number, uidl_of[reply.number], size, None, refusal, facts)
+            )
         client.quit()
-    messages = []
-    for number, uidl in wanted:
-        reply = replies[number]
-        refusal = None if reply.error is None else redact(reply.error.text)
-        messages.append(ServerMessage(number, uidl, sizes.get(number, -1), reply.headers, refusal))
     return messages, len(listing) - len(wanted)
 
 

@@ -172,6 +172,22 @@ def test_every_message_matches_its_own_file_exactly_once(
 
 @PROPERTY
 @given(mailbox=mailboxes(), data=st.data())
+def test_facts_taken_as_replies_arrive_plan_as_the_header_sections_do(
+    tmp_path: Path, mailbox: list[bytes], data: st.DataObject
+) -> None:
+    root = fresh(tmp_path)
+    kept = data.draw(st.lists(st.booleans(), min_size=len(mailbox), max_size=len(mailbox)))
+    write_maildir(root, [as_getmail_writes(raw, n) for n, raw in enumerate(mailbox) if kept[n]])
+    server = on_server(mailbox)
+    reduced = [
+        ServerMessage(m.number, m.uidl, m.size, None, None, header_facts(m.headers or b""))
+        for m in server
+    ]
+    assert plan_for(root, reduced) == plan_for(root, server)
+
+
+@PROPERTY
+@given(mailbox=mailboxes(), data=st.data())
 def test_two_files_with_one_key_are_ambiguous_never_matched(
     tmp_path: Path, mailbox: list[bytes], data: st.DataObject
 ) -> None:

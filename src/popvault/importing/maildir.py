@@ -414,7 +414,9 @@ class ServerMessage:
     """One message as the server lists it: number, UIDL, LIST size, ``TOP n 0`` reply.
 
     ``headers`` is None when TOP was refused; ``refusal`` then says what the
-    server said.
+    server said. ``facts`` may stand in for ``headers`` (``header_facts`` of
+    them, computed as each reply arrives): a mailbox of 100k messages need
+    not hold 100k header sections (a few KB each) until the plan.
     """
 
     number: int
@@ -422,6 +424,14 @@ class ServerMessage:
     size: int
     headers: bytes | None
     refusal: str | None = None
+    facts: HeaderFacts | None = None
+
+    @property
+    def header_facts(self) -> HeaderFacts | None:
+        """What the matcher reads of the header section (None: TOP was refused)."""
+        if self.facts is not None:
+            return self.facts
+        return None if self.headers is None else header_facts(self.headers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -528,7 +538,7 @@ class _Matcher:
         check_sizes: bool,
         measure: Callable[[MaildirFile], BodyShape],
     ) -> None:
-        self._facts = {m.number: header_facts(m.headers) for m in server if m.headers is not None}
+        self._facts = {m.number: facts for m in server if (facts := m.header_facts) is not None}
         self._files: defaultdict[Key, list[MaildirFile]] = defaultdict(list)
         for file in files:
             if (key := file.headers.key) is not None:
