@@ -275,3 +275,25 @@ def test_a_lost_ledger_adopts_popvaults_own_folder_and_downloads_nothing_twice(
         assert len(ws.stored()) == len(stored) + 1
         verified = ws.cli("verify")
         assert verified.code == 0, verified.output
+
+
+def test_hostile_file_names_print_as_text_not_terminal_control(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path, password=PASSWORD)
+    raws = keyed_messages(2)
+    maildir = getmail_maildir(tmp_path / "Mail", [raws[0]])
+    # A second copy under a name with an escape sequence: the message is ambiguous, its
+    # candidate files are printed, and the name must not reach the terminal raw.
+    hostile = maildir / "new" / "1767225601.M9P1.\x1b]0;owned\x07host"
+    hostile.write_bytes(
+        (maildir / "new").joinpath(next((maildir / "new").iterdir()).name).read_bytes()
+    )
+    with FakePop3Server(raws, username="bob", password=PASSWORD) as srv:
+        ws.write_config([fake_account(srv, "acct")])
+
+        result = ws.cli("import", "maildir", str(maildir), "--account", "acct")
+
+    assert result.code == 0, result.output
+    assert "ambiguous" in result.out
+    assert "owned" in result.out  # the name is shown...
+    assert "\x1b" not in result.out  # ...as text
+    assert "\x07" not in result.out

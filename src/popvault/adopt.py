@@ -211,7 +211,7 @@ def render_report(report: ImportReport) -> list[str]:
     skipped = f" ({'; '.join(left)}: left as they are)" if left else ""
     verb = "would import" if report.dry_run else "imported"
     lines = [
-        f"{report.account}: {report.tool} state file {report.path} names {report.found:,} "
+        f"{report.account}: {report.tool} state file {redact(report.path)} names {report.found:,} "
         f"UIDL(s); {verb} {outcome.recorded:,} as archived elsewhere{skipped}"
     ]
     if report.on_server is not None:
@@ -343,23 +343,24 @@ def render_maildir_report(report: MaildirReport) -> list[str]:
     """The lines ``popvault import maildir`` prints."""
     plan, name = report.plan, report.account
     lines = [
-        f"{name}: {report.path}: {report.files:,} message file(s); of the server's messages "
-        f"the ledger did not know, {len(plan.matched):,} match a file, "
+        f"{name}: {redact(report.path)}: {report.files:,} message file(s); of the server's "
+        f"messages the ledger did not know, {len(plan.matched):,} match a file, "
         f"{len(plan.ambiguous):,} are ambiguous, {len(plan.unmatched):,} match none"
         + (f" ({report.known:,} listed messages already known)" if report.known else "")
     ]
     for ambiguous in plan.ambiguous[:SHOWN_AMBIGUOUS]:
-        candidates = ", ".join(str(candidate) for candidate in ambiguous.candidates[:3])
+        # File names are anyone's: control characters made visible (popvault.redaction).
+        candidates = ", ".join(redact(str(candidate)) for candidate in ambiguous.candidates[:3])
         more = len(ambiguous.candidates) - 3
         shown = candidates + (f" and {more} more" if more > 0 else "")
         lines.append(
             f"  ambiguous: message {ambiguous.number} (UIDL {ambiguous.uidl!r}): "
-            f"{ambiguous.reason}" + (f"; candidates: {shown}" if shown else "")
+            f"{redact(ambiguous.reason)}" + (f"; candidates: {shown}" if shown else "")
         )
     if len(plan.ambiguous) > SHOWN_AMBIGUOUS:
         lines.append(f"  ... and {len(plan.ambiguous) - SHOWN_AMBIGUOUS:,} more ambiguous")
     for unreadable in plan.unreadable[:SHOWN_AMBIGUOUS]:
-        lines.append(f"  unreadable: {unreadable.path}: {unreadable.reason}")
+        lines.append(f"  unreadable: {redact(str(unreadable.path))}: {redact(unreadable.reason)}")
     if plan.files_unmatched:
         lines.append(
             f"{name}: {plan.files_unmatched:,} file(s) match no message on the server "
