@@ -28,6 +28,7 @@ import pytest
 
 from corpus import corpus
 from peers import MboxMailbox, PeerServer, Popa3dServer, without_headers
+from popvault.testing import sample_messages
 from workspace import Workspace, maildir_form
 
 pytestmark = pytest.mark.peers
@@ -271,3 +272,33 @@ def test_gnu_pop3d_over_tls(gnu_pop3d: PeerServer, ws: Workspace, security: str)
     result = ws.cli("run")
     assert result.code == 0, result.output
     assert len(ws.archived_files("peer")) == 1
+
+
+def test_a_maildir_is_adopted_by_headers_on_each_peer(
+    ws: Workspace, peer: PeerServer, peer_mailbox: MboxMailbox, tmp_path: Path
+) -> None:
+    # Messages with a Message-ID and a Date only: the peers add their own fields
+    # (GNU pop3d's X-UIDL, X-UID, Status), which the match leaves aside.
+    from popvault.importing.maildir import header_facts  # noqa: PLC0415 - this test only
+
+    keyed = (raw for raw in sample_messages(60, seed=4) if header_facts(raw).key)
+    mail = [raw for raw in keyed if b"\nFrom " not in raw.replace(b"\r\n", b"\n")][:6]
+    assert len(mail) == 6
+    for raw in mail:
+        peer_mailbox.deliver(raw)
+    maildir = tmp_path / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (maildir / sub).mkdir(parents=True)
+    # Another tool fetched the first four: LF line ends and a field of its own on top.
+    for number, (_, raw) in enumerate(served(peer, peer_mailbox)[:4]):
+        stored = b"Delivered-To: someone@example.org\n" + maildir_form(raw)
+        (maildir / "cur" / f"1767225600.M{number}P1.host:2,S").write_bytes(stored)
+    configure(ws, peer, peer_mailbox)
+
+    adopted = ws.cli("import", "maildir", str(maildir), "--account", "peer")
+
+    assert adopted.code == 0, adopted.output
+    assert "4 match a file, 0 are ambiguous, 2 match none" in adopted.out
+    run = ws.cli("run")
+    assert run.code == 0, run.output
+    assert len(ws.archived_files("peer")) == 2
