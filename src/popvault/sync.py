@@ -286,7 +286,7 @@ def _prune_runs(ledger: Ledger, run_id: int | None, result: RunResult, keep: flo
     if run_id is None or keep is None or result.ended_at is None:
         return
     try:
-        ledger.prune_runs(result.account, before=result.ended_at - timedelta(seconds=keep))
+        ledger.prune_runs_now(result.account, keep=timedelta(seconds=keep), now=result.ended_at)
     except PopvaultError as exc:  # the history is only pruned later: nothing is lost
         log.warning("account %r: could not prune its old runs: %s", result.account, exc)
 

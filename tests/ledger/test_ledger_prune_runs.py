@@ -71,6 +71,26 @@ def test_recent_runs_and_a_run_going_on_stay(ledger: Ledger) -> None:
     assert run_ids(ledger, "a") == kept | {going}
 
 
+def test_one_ledger_prunes_an_account_at_most_once_an_hour(ledger: Ledger) -> None:
+    for day in range(5):
+        run(ledger, "a", day, "failed")
+        run(ledger, "b", day, "failed")
+    keep, now = 2 * DAY, T0 + 10 * DAY
+    assert ledger.prune_runs_now("a", keep=keep, now=now) == 4  # the latest stays
+    later = run(ledger, "a", 6, "failed")
+    run(ledger, "a", 7, "failed")
+    # Within the hour nothing more goes; another account is its own.
+    assert ledger.prune_runs_now("a", keep=keep, now=now + timedelta(minutes=59)) == 0
+    assert later in run_ids(ledger, "a")
+    assert ledger.prune_runs_now("b", keep=keep, now=now) == 4
+    # An hour on, it prunes again; a clock that stepped back prunes too.
+    assert ledger.prune_runs_now("a", keep=keep, now=now + timedelta(hours=1)) == 2
+    assert later not in run_ids(ledger, "a")
+    run(ledger, "a", 1, "failed")
+    run(ledger, "a", 8, "failed")
+    assert ledger.prune_runs_now("a", keep=keep, now=now - timedelta(days=1)) == 1
+
+
 def test_a_naive_cut_off_is_refused(ledger: Ledger) -> None:
     with pytest.raises(ValueError, match="aware"):
         ledger.prune_runs("a", before=T0.replace(tzinfo=None))

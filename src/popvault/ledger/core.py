@@ -60,6 +60,8 @@ class LedgerCore:
         self._closed = False
         self._local_locks = LocalLocks()
         self._daemon_locks = LocalLocks()
+        # When this Ledger last pruned each account's runs (RunsMixin.prune_runs_now).
+        self._runs_pruned_at: dict[str, datetime] = {}
 
     @property
     def url(self) -> str:

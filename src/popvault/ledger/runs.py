@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import Update, delete, func, insert, or_, select, update
 
@@ -12,6 +12,9 @@ from popvault.ledger.core import LedgerCore, require_aware
 from popvault.ledger.models import Run
 
 _FINAL_OUTCOMES = frozenset({"ok", "failed"})
+# How often one Ledger prunes an account's runs (prune_runs_now): keep_runs is
+# days or months, so an hour's more rows are nothing.
+PRUNE_EVERY = timedelta(hours=1)
 
 log = logging.getLogger("popvault.ledger")
 
@@ -97,6 +100,22 @@ class RunsMixin(LedgerCore):
         with self._writing() as connection:
             count: int = connection.execute(_interrupt(account, noticed)).rowcount
         return count
+
+    def prune_runs_now(self, account: str, *, keep: timedelta, now: datetime) -> int:
+        """:meth:`prune_runs` of the runs older than ``keep``, at most once an hour an account.
+
+        After every run of an account, as ``[ledger] keep_runs`` says; a
+        daemon running the account every few minutes prunes it on the first
+        run and then hourly (a week-old history's one extra hour of rows is
+        nothing; a write transaction every tick is a quarter of an idle
+        tick's ledger work). Returns how many runs went (0 when skipped).
+        """
+        last = self._runs_pruned_at.get(account)
+        if last is not None and timedelta(0) <= now - last < PRUNE_EVERY:
+            return 0
+        removed = self.prune_runs(account, before=now - keep)
+        self._runs_pruned_at[account] = now
+        return removed
 
     def prune_runs(self, account: str, *, before: datetime) -> int:
         """Delete the account's finished runs that started before ``before``; returns how many.
