@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from popvault.store import open_store
-from popvault.store.maildir import CrlfToLf, unique_name
+from popvault.store.maildir import CrlfToLf, crlf_to_lf, unique_name
 
 NAME = re.compile(
     r"(?P<secs>\d+)\.M(?P<usec>\d+)P(?P<pid>\d+)Q(?P<q>\d+)R(?P<rand>[0-9a-f]{16})\.(?P<host>[^/]+)"
@@ -56,6 +56,12 @@ def test_crlf_to_lf_matches_reference_under_any_chunking(data: bytes, cuts: list
     lines = CrlfToLf()
     out = b"".join(lines.feed(chunk) for chunk in split_at(data, cuts)) + lines.finish()
     assert out == reference_lf(data)
+
+
+@given(data=line_soup | st.binary(max_size=200))
+def test_crlf_to_lf_of_one_piece_matches_reference(data: bytes) -> None:
+    # Its two paths (every CR in a CRLF: CRs deleted; else replace) meet the same rule.
+    assert crlf_to_lf(data) == reference_lf(data)
 
 
 @pytest.mark.parametrize(
