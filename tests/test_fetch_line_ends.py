@@ -1,8 +1,9 @@
-"""The fetch's count of bare LFs (LIST counts line ends as CRLF): the same under any chunking.
+"""Line ends of received chunks: the fetch's bare-LF count and the Maildir conversion after it.
 
 fetch.bare_line_feeds takes a fast path for chunks whose line ends are all
-CRLF; these chunks mix CRLF with bare CR, bare LF and CRLFs split between
-chunks, and compare with a count over the whole body done one octet at a time.
+CRLF (store.lineends.crlf_only), and the Maildir writer reuses that judgment
+of the same chunk; these chunks mix CRLF with bare CR, bare LF and CRLFs split
+between chunks, and compare with references done one octet at a time.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from popvault.fetch import bare_line_feeds
+from popvault.store.lineends import crlf_only, known_crlf_only
+from popvault.store.maildir import CrlfToLf
 
 line_soup = st.lists(
     st.sampled_from([b"\r", b"\n", b"\r\n", b"\r\r\n", b"\n\r", b"a", b".", b"\x00"]),
@@ -49,3 +52,45 @@ def test_bare_lf_count_of_one_chunk(data: bytes, after_cr: bool) -> None:
     # after_cr: a CR ended the chunk before, so a first-octet LF is not bare.
     expected = reference_bare_lf(data) - (after_cr and data.startswith(b"\n"))
     assert bare_line_feeds(data, after_cr=after_cr) == expected
+
+
+def reference_crlf_only(data: bytes) -> bool:
+    """Every CR but a last octet's before an LF, every LF but a first octet's after a CR."""
+    return all(
+        (data[i + 1 : i + 2] == b"\n") == (octet == 0x0D) for i, octet in enumerate(data[:-1])
+    )
+
+
+def reference_lf(data: bytes) -> bytes:
+    """CRLF to LF, one octet at a time."""
+    out = bytearray()
+    i = 0
+    while i < len(data):
+        if data[i : i + 2] == b"\r\n":
+            out += b"\n"
+            i += 2
+        else:
+            out.append(data[i])
+            i += 1
+    return bytes(out)
+
+
+@given(data=bodies)
+def test_crlf_only_follows_its_rule(data: bytes) -> None:
+    assert crlf_only(data) is reference_crlf_only(data)
+    assert known_crlf_only(data) is reference_crlf_only(data)  # judged just now
+    if len(data) > 1:  # (CPython shares one object for each 0- and 1-octet value)
+        assert known_crlf_only(bytes(bytearray(data))) is False  # an equal chunk, not judged
+
+
+@given(data=bodies, cuts=cut_points)
+def test_maildir_conversion_after_the_fetch_judged_each_chunk(data: bytes, cuts: list[int]) -> None:
+    # The fetch's order: each chunk judged (bare LFs counted), then converted by
+    # the writer, which takes the judgment instead of looking for a bare CR.
+    lines = CrlfToLf()
+    out, after_cr = [], False
+    for chunk in split_at(data, cuts):
+        bare_line_feeds(chunk, after_cr=after_cr)
+        out.append(lines.feed(chunk))
+        after_cr = chunk.endswith(b"\r")
+    assert b"".join(out) + lines.finish() == reference_lf(data)

@@ -19,6 +19,7 @@ from datetime import datetime
 
 from popvault.store import durable
 from popvault.store.base import BaseStore, Fingerprint, Writer, list_dir, utc
+from popvault.store.lineends import known_crlf_only
 
 # A process-wide delivery counter: with the pid it keeps two names from the
 # same microsecond apart inside one process (the "Q" part of the name).
@@ -29,16 +30,18 @@ _deliveries = itertools.count(1)
 _BARE_CR = re.compile(rb"\r(?!\n)")
 
 
-def crlf_to_lf(data: bytes) -> bytes:
+def crlf_to_lf(data: bytes, *, no_bare_cr: bool = False) -> bytes:
     """``data`` with every CRLF turned into LF; a bare CR or bare LF stays as it is.
 
-    ``bytes.replace`` pays for every match (a 100 MB message of 78-octet lines
-    has 1.3 million: 164 ms). Without a bare CR, deleting every CR is the same
-    conversion, and the search for a bare CR plus ``translate`` take 100 ms.
+    ``no_bare_cr``: the caller knows every CR of ``data`` is followed by an
+    LF. ``bytes.replace`` pays for every match (a 100 MB message of 78-octet
+    lines has 1.3 million: 164 ms). Without a bare CR, deleting every CR is
+    the same conversion: ``translate`` takes 55 ms, and the search for a bare
+    CR, when the caller does not know, 45 ms more.
     """
     if b"\r" not in data:
         return data
-    if _BARE_CR.search(data) is None:
+    if no_bare_cr or _BARE_CR.search(data) is None:
         return data.translate(None, b"\r")
     return data.replace(b"\r\n", b"\n")
 
@@ -55,6 +58,9 @@ class CrlfToLf:
 
     def feed(self, chunk: bytes) -> bytes:
         """The converted form of ``chunk``, given everything fed before it."""
+        # The fetch judged this very chunk (lineends); cutting a first LF or a
+        # last CR off it below leaves every other CR followed by its LF.
+        no_bare_cr = known_crlf_only(chunk)
         head = b""
         if self._held_cr:
             self._held_cr = False
@@ -66,7 +72,7 @@ class CrlfToLf:
                 self._held_cr = True
         if chunk[-1:] == b"\r":
             self._held_cr, chunk = True, chunk[:-1]
-        return head + crlf_to_lf(chunk)
+        return head + crlf_to_lf(chunk, no_bare_cr=no_bare_cr)
 
     def finish(self) -> bytes:
         """The bytes still held back at the end of the message."""
