@@ -14,12 +14,14 @@ from functools import partial
 from typing import Any
 
 from sqlalchemy import (
+    BindParameter,
     ColumnElement,
     Connection,
     Label,
     Row,
     Select,
     and_,
+    bindparam,
     case,
     delete,
     func,
@@ -111,14 +113,9 @@ class RetentionMixin(LedgerCore):
         """
         require_aware(now, "now")
         on_server = frozenset(pair_of(key) for key in keys_on_server)
-        # Only whether a DELE was requested: decoding a timestamp per retained
-        # row would cost a 100k-message mailbox ~0.1 s in every run.
-        requested = Message.delete_requested_at.is_not(None).label("requested")
-        live = select(Message.id, Message.uidl, Message.occurrence, requested).where(
-            *_retained_rows(account)
-        )
         with self._writing() as connection:
-            plan = _ReconcilePlan.of(connection.execute(live).all(), on_server)
+            live = connection.execute(_LIVE_QUERY, {"account": account}).all()
+            plan = _ReconcilePlan.of(live, on_server)
             settled = plan.apply(connection, now)
             returned = _revive_returned(connection, account, on_server)
             _drop_stale_failures(connection, account, on_server)
@@ -158,7 +155,7 @@ class RetentionMixin(LedgerCore):
             connection.execute(statement)
 
 
-def _retained_rows(account: str) -> tuple[ColumnElement[bool], ...]:
+def _retained_rows(account: str | BindParameter[str]) -> tuple[ColumnElement[bool], ...]:
     """Archived rows of the account the server still has, as far as we know."""
     return (
         Message.account == account,
@@ -235,15 +232,31 @@ def _update_ids(connection: Connection, ids: list[int], **values: Any) -> int:
     return connection.execute(statement).rowcount
 
 
+# reconcile's reads, built once: every session sends them (statements cost
+# about as much CPU to build as to run on SQLite: the daemon's idle tick).
+# Only whether a DELE was requested: decoding a timestamp per retained row
+# would cost a 100k-message mailbox ~0.1 s in every run.
+_LIVE_QUERY = select(
+    Message.id,
+    Message.uidl,
+    Message.occurrence,
+    Message.delete_requested_at.is_not(None).label("requested"),
+).where(*_retained_rows(bindparam("account")))
+_GONE_QUERY = select(Message.id, Message.uidl, Message.occurrence).where(
+    Message.account == bindparam("account"),
+    Message.state == "archived",
+    Message.deleted_at.is_(None),
+    Message.gone_at.is_not(None),
+)
+_FAILED_QUERY = select(Failure.id, Failure.uidl, Failure.occurrence).where(
+    Failure.account == bindparam("account")
+)
+
+
 def _revive_returned(connection: Connection, account: str, on_server: frozenset[Pair]) -> int:
     """Clear gone_at of archived rows the server lists again; returns how many."""
-    gone = select(Message.id, Message.uidl, Message.occurrence).where(
-        Message.account == account,
-        Message.state == "archived",
-        Message.deleted_at.is_(None),
-        Message.gone_at.is_not(None),
-    )
-    back = [row.id for row in connection.execute(gone) if (row.uidl, row.occurrence) in on_server]
+    gone = connection.execute(_GONE_QUERY, {"account": account})
+    back = [row.id for row in gone if (row.uidl, row.occurrence) in on_server]
     if not back:
         return 0
     statement = update(Message).where(among(Message.id, back, connection)).values(gone_at=None)
@@ -252,10 +265,8 @@ def _revive_returned(connection: Connection, account: str, on_server: frozenset[
 
 def _drop_stale_failures(connection: Connection, account: str, on_server: frozenset[Pair]) -> None:
     """A failure record of a message the server no longer has can never clear."""
-    failed = select(Failure.id, Failure.uidl, Failure.occurrence).where(Failure.account == account)
-    stale = [
-        row.id for row in connection.execute(failed) if (row.uidl, row.occurrence) not in on_server
-    ]
+    failed = connection.execute(_FAILED_QUERY, {"account": account})
+    stale = [row.id for row in failed if (row.uidl, row.occurrence) not in on_server]
     if stale:
         connection.execute(delete(Failure).where(among(Failure.id, stale, connection)))
 

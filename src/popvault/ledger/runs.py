@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from sqlalchemy import Update, delete, func, insert, or_, select, update
+from sqlalchemy import Update, bindparam, delete, func, insert, or_, select, update
 
 from popvault.errors import LedgerError
 from popvault.ledger.core import LedgerCore, require_aware
@@ -35,7 +35,7 @@ class RunsMixin(LedgerCore):
             account=account, started_at=started_at, outcome="running", messages=0, bytes=0
         )
         with self._writing() as connection:
-            stale = connection.execute(_interrupt(account, "by the account's next run")).rowcount
+            stale = connection.execute(*_interrupt(account, "by the account's next run")).rowcount
             key = connection.execute(statement).inserted_primary_key
         if stale:
             log.warning(
@@ -98,7 +98,7 @@ class RunsMixin(LedgerCore):
         account is alive). ``noticed`` says who found them, for the error text.
         """
         with self._writing() as connection:
-            count: int = connection.execute(_interrupt(account, noticed)).rowcount
+            count: int = connection.execute(*_interrupt(account, noticed)).rowcount
         return count
 
     def prune_runs_now(self, account: str, *, keep: timedelta, now: datetime) -> int:
@@ -144,16 +144,25 @@ class RunsMixin(LedgerCore):
             return int(connection.execute(statement).rowcount)
 
 
-def _interrupt(account: str, noticed: str) -> Update:
-    """The runs of ``account`` still marked running become interrupted (no end time: unknown)."""
+# Built once: every run's start sends it (statements cost about as much CPU to
+# build as to run on SQLite: the daemon's idle tick).
+_INTERRUPT = (
+    update(Run)
+    # Parameter names that are no column's: an UPDATE keeps those for its SET.
+    .where(Run.account == bindparam("of_account"), Run.outcome == "running")
+    .values(outcome="interrupted", error=bindparam("interrupted_error"))
+)
+
+
+def _interrupt(account: str, noticed: str) -> tuple[Update, dict[str, str]]:
+    """The runs of ``account`` still marked running become interrupted (no end time: unknown).
+
+    The statement and its parameters.
+    """
     error = (
         f"the run never recorded an outcome: its process was killed or crashed (noticed {noticed})"
     )
-    return (
-        update(Run)
-        .where(Run.account == account, Run.outcome == "running")
-        .values(outcome="interrupted", error=error)
-    )
+    return _INTERRUPT, {"of_account": account, "interrupted_error": error}
 
 
 def _check_run_end(*, outcome: str, messages: int, octets: int, on_server: int | None) -> None:
