@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from popvault.fetch import bare_line_feeds
 from popvault.store.lineends import crlf_only, known_crlf_only
 from popvault.store.maildir import CrlfToLf
+from workspace import reference_lf
 
 line_soup = st.lists(
     st.sampled_from([b"\r", b"\n", b"\r\n", b"\r\r\n", b"\n\r", b"a", b".", b"\x00"]),
@@ -59,20 +60,6 @@ def reference_crlf_only(data: bytes) -> bool:
     return all(
         (data[i + 1 : i + 2] == b"\n") == (octet == 0x0D) for i, octet in enumerate(data[:-1])
     )
-
-
-def reference_lf(data: bytes) -> bytes:
-    """CRLF to LF, one octet at a time."""
-    out = bytearray()
-    i = 0
-    while i < len(data):
-        if data[i : i + 2] == b"\r\n":
-            out += b"\n"
-            i += 2
-        else:
-            out.append(data[i])
-            i += 1
-    return bytes(out)
 
 
 @given(data=bodies)

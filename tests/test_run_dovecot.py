@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from popvault.testing import large_attachment_message, sample_messages
-from workspace import Workspace, maildir_form, wire_form
+from workspace import Workspace, dovecot_account, maildir_form, wire_form
 
 pytestmark = pytest.mark.dovecot
 
@@ -22,18 +22,7 @@ def ws(tmp_path: Path) -> Workspace:
 
 
 def account(dovecot, mailbox, name: str, **extra: Any) -> dict[str, Any]:
-    entry: dict[str, Any] = {
-        "name": name,
-        "host": dovecot.host,
-        "port": dovecot.port,
-        "security": "starttls",
-        "ca_file": str(dovecot.ca_file),
-        "username": mailbox.username,
-        "password_env": f"PW_{name.upper()}",
-        "timeout": "20s",
-    }
-    entry.update(extra)
-    return entry
+    return dovecot_account(dovecot, mailbox.username, name, **extra)
 
 
 def expected_archive(raws: list[bytes], fmt: str) -> list[bytes]:

@@ -162,3 +162,34 @@ def wire_form(raw: bytes) -> bytes:
     """A message as a POP3 server hands it out: CRLF line endings, ending in CRLF."""
     crlf = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
     return crlf if crlf.endswith(b"\r\n") else crlf + b"\r\n"
+
+
+def dovecot_account(server: Any, username: str, name: str, **extra: Any) -> dict[str, Any]:
+    """An ``[[accounts]]`` entry for a private Dovecot (tests/dovecot.py): STARTTLS checked
+    against its CA, the password read from ``PW_<NAME>``. ``extra`` keys override."""
+    entry: dict[str, Any] = {
+        "name": name,
+        "host": server.host,
+        "port": server.port,
+        "security": "starttls",
+        "ca_file": str(server.ca_file),
+        "username": username,
+        "password_env": f"PW_{name.upper()}",
+        "timeout": "20s",
+    }
+    entry.update(extra)
+    return entry
+
+
+def reference_lf(data: bytes) -> bytes:
+    """CRLF to LF, one octet at a time (a reference independent of the store's code)."""
+    out = bytearray()
+    i = 0
+    while i < len(data):
+        if data[i : i + 2] == b"\r\n":
+            out += b"\n"
+            i += 2
+        else:
+            out.append(data[i])
+            i += 1
+    return bytes(out)

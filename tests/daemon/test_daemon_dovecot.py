@@ -12,7 +12,7 @@ import pytest
 from daemon_helpers import DaemonProcess, free_port, wait_for
 
 from popvault.testing import sample_messages
-from workspace import Workspace, maildir_form, wire_form
+from workspace import Workspace, dovecot_account, maildir_form, wire_form
 
 pytestmark = pytest.mark.dovecot
 
@@ -25,20 +25,6 @@ def daemons() -> Iterator[list[DaemonProcess]]:
         process.kill()
 
 
-def entry(dovecot, username: str, name: str) -> dict:
-    return {
-        "name": name,
-        "host": dovecot.host,
-        "port": dovecot.port,
-        "security": "starttls",
-        "ca_file": str(dovecot.ca_file),
-        "username": username,
-        "password_env": f"PW_{name.upper()}",
-        "timeout": "20s",
-        "every": "1s",
-    }
-
-
 def test_good_account_is_archived_while_the_bad_one_backs_off(
     dovecot, dovecot_mailbox, tmp_path, monkeypatch, daemons
 ):
@@ -48,7 +34,10 @@ def test_good_account_is_archived_while_the_bad_one_backs_off(
     monkeypatch.setenv("PW_BAD", "certainly-not-the-password")
     port = free_port()
     ws.write_config(
-        [entry(dovecot, dovecot_mailbox.username, "good"), entry(dovecot, victim.username, "bad")]
+        [
+            dovecot_account(dovecot, dovecot_mailbox.username, "good", every="1s"),
+            dovecot_account(dovecot, victim.username, "bad", every="1s"),
+        ]
     )
     ws.config.write_text(
         ws.config.read_text() + f'\n[daemon]\nmetrics = "127.0.0.1:{port}"\n', encoding="utf-8"

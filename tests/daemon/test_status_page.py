@@ -45,7 +45,7 @@ from popvault.ledger import Ledger
 from popvault.redaction import MASK, redact, register
 from popvault.status import StatusRow
 from popvault.testing import FakePop3Server, sample_messages
-from workspace import Workspace
+from workspace import Workspace, dovecot_account
 
 NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 NEVER_RUN = StatusRow("acct", True, 0, 0, None, None, None, None, None, None, 0, None, 0)
@@ -480,20 +480,6 @@ def png_pixel_bytes(data: bytes) -> bytes:
     return zlib.decompress(b"".join(chunks))
 
 
-def dovecot_entry(dovecot: DovecotServer, username: str, name: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "host": dovecot.host,
-        "port": dovecot.port,
-        "security": "starttls",
-        "ca_file": str(dovecot.ca_file),
-        "username": username,
-        "password_env": f"PW_{name.upper()}",
-        "timeout": "20s",
-        "every": "1h",  # one run each: the page is read while nothing runs
-    }
-
-
 @pytest.mark.dovecot
 def test_a_person_sees_the_accounts_in_chromium(
     dovecot: DovecotServer,
@@ -513,8 +499,9 @@ def test_a_person_sees_the_accounts_in_chromium(
     port = free_port()
     ws.write_config(
         [
-            dovecot_entry(dovecot, dovecot_mailbox.username, "good"),
-            dovecot_entry(dovecot, refused.username, "bad"),
+            # One run each: the page is read while nothing runs.
+            dovecot_account(dovecot, dovecot_mailbox.username, "good", every="1h"),
+            dovecot_account(dovecot, refused.username, "bad", every="1h"),
         ]
     )
     ws.config.write_text(

@@ -25,7 +25,7 @@ from real_tools import (
 from dovecot import HOST, DovecotMailbox, DovecotServer
 from popvault.importing.maildir import header_facts
 from popvault.testing import sample_messages
-from workspace import Workspace, maildir_form, wire_form
+from workspace import Workspace, dovecot_account, maildir_form, wire_form
 
 SEEN = sample_messages(8, seed=31)
 LATER = sample_messages(3, seed=32)
@@ -60,21 +60,8 @@ def ws(
     ws = Workspace(tmp_path)
     mailbox = dovecot_mailbox
     monkeypatch.setenv("PW_MAIN", mailbox.password)
-    ws.write_config(
-        [
-            {
-                "name": "main",
-                # As the tools were told: their state files name the server so.
-                "host": HOST,
-                "port": dovecot.port,
-                "security": "starttls",
-                "ca_file": str(dovecot.ca_file),
-                "username": mailbox.username,
-                "password_env": "PW_MAIN",
-                "timeout": "20s",
-            }
-        ]
-    )
+    # The host as the tools were told: their state files name the server so.
+    ws.write_config([dovecot_account(dovecot, mailbox.username, "main", host=HOST)])
     return ws
 
 

@@ -16,25 +16,12 @@ from hypothesis import strategies as st
 
 from popvault.store import open_store
 from popvault.store.maildir import CrlfToLf, crlf_to_lf, unique_name
+from workspace import reference_lf
 
 NAME = re.compile(
     r"(?P<secs>\d+)\.M(?P<usec>\d+)P(?P<pid>\d+)Q(?P<q>\d+)R(?P<rand>[0-9a-f]{16})\.(?P<host>[^/]+)"
     r",S=(?P<size>\d+)"
 )
-
-
-def reference_lf(data: bytes) -> bytes:
-    """CRLF to LF on the whole message, one octet at a time (independent of the store's code)."""
-    out = bytearray()
-    i = 0
-    while i < len(data):
-        if data[i : i + 2] == b"\r\n":
-            out += b"\n"
-            i += 2
-        else:
-            out.append(data[i])
-            i += 1
-    return bytes(out)
 
 
 def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
