@@ -12,7 +12,8 @@ server which of those UIDLs it lists now. A malformed file raises
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +29,7 @@ from popvault.sync import account_client, log_in
 
 if TYPE_CHECKING:
     from popvault.importing.maildir import AdoptPlan, ServerMessage
+    from popvault.pop3.client import Pop3Client
 
 # The tools whose state files `popvault import TOOL FILE` reads.
 STATE_FILE_TOOLS = ("getmail6", "fetchmail", "mpop")
@@ -140,10 +142,15 @@ def import_state_file(
     )
 
 
+def _known(ledger: Ledger, account: str, uidls: Sequence[str]) -> tuple[set[str], set[str]]:
+    """Which of ``uidls`` popvault archived itself, and which others were imported before."""
+    archived = set(ledger.known_rows(account, uidls)) & set(uidls)
+    return archived, set(ledger.imported_among(account, uidls)) - archived
+
+
 def _would_record(ledger: Ledger, account: str, uidls: Sequence[str]) -> ImportOutcome:
     """What :meth:`Ledger.record_imported` would answer for ``uidls``, recording nothing."""
-    archived = set(ledger.known_rows(account, uidls)) & set(uidls)
-    imported = set(ledger.imported_among(account, uidls)) - archived
+    archived, imported = _known(ledger, account, uidls)
     return ImportOutcome(
         recorded=len(set(uidls) - archived - imported),
         already_imported=len(imported),
@@ -151,18 +158,26 @@ def _would_record(ledger: Ledger, account: str, uidls: Sequence[str]) -> ImportO
     )
 
 
-def listed_uidls(config: Config, account: Account) -> list[tuple[int, str]]:
-    """The server's UIDL listing for ``account`` now: one session, ended with QUIT.
+@contextmanager
+def _looking_session(config: Config, account: Account) -> Iterator[Pop3Client]:
+    """A logged-in session with the account's server, ended with QUIT after the block.
 
-    Nothing is retrieved or deleted, so QUIT changes nothing on the server.
+    The imports only list and read headers: nothing is retrieved or deleted,
+    so QUIT changes nothing on the server. A block that raises drops the
+    connection without QUIT.
     """
     signin = credentials(config, account)
     with account_client(account) as client:
         client.connect()
         log_in(client, account, signin, prefetch_listings=False)
-        listing = client.uidl()
+        yield client
         client.quit()
-    return listing
+
+
+def listed_uidls(config: Config, account: Account) -> list[tuple[int, str]]:
+    """The server's UIDL listing for ``account`` now (one session, see _looking_session)."""
+    with _looking_session(config, account) as client:
+        return client.uidl()
 
 
 def _server_uidls(config: Config, account: Account, path: Path, *, dry_run: bool) -> set[str]:
@@ -313,16 +328,11 @@ def _server_headers(
     """
     from popvault.importing.maildir import ServerMessage, header_facts  # noqa: PLC0415
 
-    signin = credentials(config, account)
-    with account_client(account) as client:
-        client.connect()
-        log_in(client, account, signin, prefetch_listings=False)
+    with _looking_session(config, account) as client:
         listing = client.uidl()
         sizes = dict(client.list())
-        uidls = [uidl for _, uidl in listing]
-        known = set(ledger.known_rows(account.name, uidls)) | set(
-            ledger.imported_among(account.name, uidls)
-        )
+        archived, imported = _known(ledger, account.name, [uidl for _, uidl in listing])
+        known = archived | imported
         wanted = [(number, uidl) for number, uidl in listing if uidl not in known]
         numbers = [number for number, _ in wanted]
         uidl_of = dict(wanted)
@@ -335,7 +345,6 @@ def _server_headers(
             messages.append(
                 ServerMessage(reply.number, uidl_of[reply.number], size, None, refusal, facts)
             )
-        client.quit()
     return messages, len(listing) - len(wanted)
 
 

@@ -506,10 +506,6 @@ class _AccountRun:
             self.result.octets = self.tally.octets
             self.result.interrupted = self.tally.interrupted
 
-    def _login(self, client: Pop3Client, signin: Credentials) -> None:
-        """Log in with the account's password or OAuth token (see :func:`log_in`)."""
-        log_in(client, self.account, signin)
-
     def _run(self) -> None:
         store = self._prepare_store()
         # Read once for the run: its later sessions log in with the same.
@@ -590,7 +586,7 @@ class _AccountRun:
         options, result = self.options, self.result
         self.session, self.deletions, self.imported_deletions = Session(), [], []
         problems = len(result.message_errors)
-        with self._client() as client:
+        with account_client(self.account) as client:
             client.connect()
             if not self._log_in(client, signin, later=before is not None):
                 return None
@@ -625,7 +621,7 @@ class _AccountRun:
     def _log_in(self, client: Pop3Client, signin: Credentials, *, later: bool) -> bool:
         """Log in; False when the server refuses a later session for now (see _session)."""
         try:
-            self._login(client, signin)
+            log_in(client, self.account, signin)
         except (LoginDelayError, InUseError) as exc:
             if not later:
                 raise
@@ -733,9 +729,6 @@ class _AccountRun:
             create_root=messages == 0,
         )
 
-    def _client(self) -> Pop3Client:
-        return account_client(self.account)
-
     def _due(self, started: datetime) -> list[RetainedMessage]:
         """Which archived messages on the server the retention policy lets go now.
 
@@ -781,14 +774,14 @@ class _AccountRun:
                 log.warning("account %r: DELE refused: %s", self.account.name, refusal)
                 self.result.message_errors.append(f"DELE {number}: {redact(refusal.text)}")
         accepted = [refusal is None for refusal in refusals]
-        self.deletions = [
+        self.deletions.extend(
             choice.message.key
             for choice, ok in zip(going, accepted[: len(going)], strict=True)
             if ok
-        ]
-        self.imported_deletions = [
+        )
+        self.imported_deletions.extend(
             uidl for (_, uidl), ok in zip(imported, accepted[len(going) :], strict=True) if ok
-        ]
+        )
         if self.deletions:
             self.ledger.mark_delete_requested(self.account.name, self.deletions, at=self.clock())
 

@@ -150,12 +150,6 @@ class ImportsMixin(LedgerCore):
         with self._reading() as connection:
             return list(connection.scalars(query).all())
 
-    def imported_counts(self) -> dict[str, int]:
-        """How many messages each account has imported (for ``popvault status``)."""
-        query = select(Imported.account, func.count()).group_by(Imported.account)
-        with self._reading() as connection:
-            return {account: int(count) for account, count in connection.execute(query).all()}
-
 
 def _uidls_with_rows(connection: Connection, account: str, uidls: list[str]) -> set[str]:
     """Which of ``uidls`` the account has message rows of (any state)."""
